@@ -1,0 +1,47 @@
+# Concordia developer entry points. Everything installs into .venv; nothing touches the system Python.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed-dev
+
+.PHONY: venv test lint typecheck unit demo bench proto clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+# torch is installed first and pinned: the 2.13.0 CPU build is on disk; anything looser pulls CUDA.
+$(STAMP): $(PY) pyproject.toml
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy secagg federation survival site_agent coordinator fedctl
+
+test: lint typecheck
+	$(VENV)/bin/pytest -q
+
+unit: $(STAMP)
+	$(VENV)/bin/pytest -q -m unit
+
+demo: $(STAMP)
+	$(VENV)/bin/fedctl demo
+
+bench: $(STAMP)
+	$(PIP) install --quiet -e '.[bench]'
+	$(PY) benchmarks/secagg_bench.py --json benchmarks/results/secagg.json
+	$(PY) benchmarks/utility_bench.py --json benchmarks/results/utility.json
+
+proto: $(STAMP)
+	$(PY) -m federation.wire.regenerate
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The coordinator: gRPC services, round engine, SQLite store, admin API. Never imports torch."""

@@ -1,0 +1,1 @@
+"""fedctl, the operator CLI."""

@@ -1,0 +1,1 @@
+"""What the coordinator and the sites share: wire stubs, run plan, identity and TLS, audit chain."""

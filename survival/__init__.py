@@ -1,0 +1,1 @@
+"""The clinical survival model: schema, time grid, discrete-time hazard models, loss, metrics, data."""
