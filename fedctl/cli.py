@@ -1,18 +1,65 @@
-"""fedctl command dispatch (commands are added as the federation grows)."""
+"""fedctl command dispatch: each subcommand lives in its own module and registers itself here.
+
+Errors reach the operator as one line on stderr with a meaningful exit code, never a traceback.
+"""
+
+from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable
+from typing import NoReturn
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class CliError(Exception):
+    """An error to report as one line; exit_code 2 (bad input) unless said otherwise."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_BAD_INPUT) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors raise CliError instead of exiting from deep inside."""
+
+    def error(self, message: str) -> NoReturn:
+        raise CliError(f"{message} (see '{self.prog} --help')")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fedctl", description="Concordia operator CLI")
-    parser.add_subparsers(dest="command")
+    # Imported here so subcommand modules can import CliError from this module.
+    from fedctl import audit, provision
+
+    parser = _Parser(prog="fedctl", description="Concordia operator CLI")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    provision.register(sub)
+    audit.register(sub)
     return parser
 
 
 def run(argv: list[str]) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
-    return 0
+    """Parse and run one command; returns the exit code (0 ok, 1 failed/tampered, 2 bad input)."""
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        handler: Handler | None = getattr(args, "handler", None)
+        if handler is None:
+            parser.print_help(sys.stderr)
+            return EXIT_BAD_INPUT
+        return handler(args)
+    except CliError as exc:
+        print(f"fedctl: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("fedctl: interrupted", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"fedctl: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return EXIT_BAD_INPUT

@@ -1,0 +1,59 @@
+"""`fedctl provision CONSORTIUM.toml --out DIR`: make the consortium CA and every startup kit."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from fedctl.cli import EXIT_OK, CliError
+from federation.consortium import ConsortiumError, load_consortium
+from federation.identity import IdentityError
+from federation.pki import PkiError
+from federation.provisioning import ProvisionError, provision
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser(
+        "provision",
+        help="create the consortium CA and startup kits",
+        description=(
+            "Create a consortium CA, a coordinator server certificate and one client certificate"
+            " per site and operator, written as startup kits under --out."
+        ),
+    )
+    parser.add_argument("consortium", type=Path, help="consortium TOML file")
+    parser.add_argument("--out", type=Path, required=True, help="output folder for the kits")
+    parser.add_argument("--force", action="store_true", help="overwrite existing kits")
+    parser.add_argument("--output", choices=("text", "json"), default="text")
+    parser.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    try:
+        config = load_consortium(args.consortium)
+        result = provision(config, args.out, force=args.force)
+    except (ConsortiumError, ProvisionError, IdentityError, PkiError) as exc:
+        raise CliError(str(exc)) from exc
+    summary = {
+        "consortium": config.consortium.name,
+        "out": str(result.out),
+        "ca": str(result.ca_dir),
+        "coordinator": {"kit": str(result.coordinator_dir), "address": config.coordinator.address},
+        "sites": {k: str(v) for k, v in result.site_dirs.items()},
+        "operators": {k: str(v) for k, v in result.operator_dirs.items()},
+    }
+    if args.output == "json":
+        print(json.dumps(summary, indent=2))
+        return EXIT_OK
+    print(f"consortium {config.consortium.name!r}: kits written to {result.out}")
+    print(f"  CA (keep {result.ca_dir / 'ca.key'} offline): {result.ca_dir}")
+    print(f"  coordinator ({config.coordinator.address}): {result.coordinator_dir}")
+    for site, path in result.site_dirs.items():
+        print(f"  site {site}: {path}")
+    for operator in config.operators:
+        print(
+            f"  operator {operator.name} ({operator.role}): {result.operator_dirs[operator.name]}"
+        )
+    return EXIT_OK
