@@ -1,0 +1,1 @@
+"""Integration tests for federation/: real gRPC over loopback mutual TLS."""

@@ -1,0 +1,1 @@
+"""Unit tests for federation/ and the fedctl commands built on it."""

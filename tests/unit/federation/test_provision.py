@@ -1,0 +1,214 @@
+"""`fedctl provision`: kit files, modes, certificate contents, refusals, bad consortium files."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import stat
+import tomllib
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from fedctl.cli import run as fedctl
+from federation.identity import Identity, identity_from_certificate, verify_peer_certificate
+from federation.provisioning import ProvisionError, issue_site_kit, load_ca
+from federation.tls import TlsKit
+
+pytestmark = pytest.mark.unit
+
+CONSORTIUM = """
+sites = ["hospital-a", "hospital-b"]
+
+[consortium]
+name = "test consortium"
+validity_days = 30
+
+[coordinator]
+hosts = ["coord.example.org", "127.0.0.1", "::1"]
+port = 7443
+
+[[operators]]
+name = "alice"
+role = "admin"
+
+[[operators]]
+name = "victor"
+role = "viewer"
+"""
+
+
+def _write(tmp_path: Path, text: str = CONSORTIUM) -> Path:
+    path = tmp_path / "consortium.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def kits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("prov")
+    out = tmp / "kits"
+    assert fedctl(["provision", str(_write(tmp)), "--out", str(out)]) == 0
+    return out
+
+
+def _cert(path: Path) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(path.read_bytes())
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_kit_layout_and_key_modes(kits: Path) -> None:
+    expected = {
+        "ca": {"ca.pem", "ca.key"},
+        "coordinator": {"ca.pem", "server.pem", "server.key", "coordinator.toml"},
+        "sites/hospital-a": {"ca.pem", "client.pem", "client.key", "site.toml"},
+        "sites/hospital-b": {"ca.pem", "client.pem", "client.key", "site.toml"},
+        "operators/alice": {"ca.pem", "client.pem", "client.key", "fedctl.toml"},
+        "operators/victor": {"ca.pem", "client.pem", "client.key", "fedctl.toml"},
+    }
+    for folder, names in expected.items():
+        assert {p.name for p in (kits / folder).iterdir()} == names, folder
+        for key in (kits / folder).glob("*.key"):
+            assert _mode(key) == 0o600, key
+            loaded = serialization.load_pem_private_key(key.read_bytes(), password=None)
+            assert isinstance(loaded, ec.EllipticCurvePrivateKey)
+            assert loaded.curve.name == "secp256r1"
+    ca_key_copies = list(kits.rglob("ca.key"))
+    assert ca_key_copies == [kits / "ca" / "ca.key"]
+
+
+def test_coordinator_certificate_has_sans_and_server_auth(kits: Path) -> None:
+    cert = _cert(kits / "coordinator" / "server.pem")
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["coord.example.org"]
+    assert san.get_values_for_type(x509.IPAddress) == [
+        ipaddress.ip_address("127.0.0.1"),
+        ipaddress.ip_address("::1"),
+    ]
+    assert identity_from_certificate(cert) == Identity("coordinator", "coordinator")
+    eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(eku) == [ExtendedKeyUsageOID.SERVER_AUTH]
+
+
+def test_client_certificates_carry_identity_and_client_auth(kits: Path) -> None:
+    ca = _cert(kits / "ca" / "ca.pem")
+    cases = {
+        "sites/hospital-a": Identity("site", "hospital-a"),
+        "operators/alice": Identity("operator", "alice", "admin"),
+        "operators/victor": Identity("operator", "victor", "viewer"),
+    }
+    for folder, identity in cases.items():
+        pem = (kits / folder / "client.pem").read_bytes()
+        assert verify_peer_certificate(pem, ca) == identity
+        cert = _cert(kits / folder / "client.pem")
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        assert list(eku) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+        days = (cert.not_valid_after_utc - cert.not_valid_before_utc).days
+        assert days == 30
+
+
+def test_starter_configs_point_at_the_kit(kits: Path) -> None:
+    site = tomllib.loads((kits / "sites/hospital-a/site.toml").read_text())
+    assert site["coordinator"]["address"] == "coord.example.org:7443"
+    assert site["site"]["id"] == "hospital-a"
+    text = (kits / "sites/hospital-a/site.toml").read_text()
+    assert "# [data]" in text and "# [policy]" in text
+    coordinator = tomllib.loads((kits / "coordinator/coordinator.toml").read_text())
+    assert coordinator["server"]["listen"] == "0.0.0.0:7443"
+    operator = tomllib.loads((kits / "operators/victor/fedctl.toml").read_text())
+    assert operator["coordinator"]["address"] == "coord.example.org:7443"
+    for folder, expected in [
+        ("sites/hospital-a", Identity("site", "hospital-a")),
+        ("operators/victor", Identity("operator", "victor", "viewer")),
+        ("coordinator", Identity("coordinator", "coordinator")),
+    ]:
+        assert TlsKit.from_kit_dir(kits / folder).identity == expected
+
+
+def test_refuses_to_overwrite_without_force(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    consortium = _write(tmp_path)
+    out = tmp_path / "kits"
+    assert fedctl(["provision", str(consortium), "--out", str(out)]) == 0
+    before = (out / "ca" / "ca.pem").read_bytes()
+    capsys.readouterr()
+    assert fedctl(["provision", str(consortium), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "already exists" in err and "--force" in err and err.count("\n") == 1
+    assert (out / "ca" / "ca.pem").read_bytes() == before
+    assert fedctl(["provision", str(consortium), "--out", str(out), "--force"]) == 0
+    assert (out / "ca" / "ca.pem").read_bytes() != before
+    assert _mode(out / "sites/hospital-a/client.key") == 0o600
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "field"),
+    [
+        ('"hospital-a", "hospital-b"', '"hospital-a", "Hospital_B"', "sites[1]"),
+        ('"hospital-a", "hospital-b"', '"hospital-a", "hospital-a"', "sites"),
+        ('role = "viewer"', 'role = "root"', "operators[1].role"),
+        ('"127.0.0.1"', '"not a host!"', "coordinator.hosts"),
+        ("port = 7443", "port = 70000", "coordinator.port"),
+        ("validity_days = 30", "validity_days = 30\ncolour = 1", "consortium.colour"),
+        ('name = "test consortium"\n', "", "consortium.name"),
+    ],
+)
+def test_bad_consortium_file_names_the_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], old: str, new: str, field: str
+) -> None:
+    assert old in CONSORTIUM
+    consortium = _write(tmp_path, CONSORTIUM.replace(old, new, 1))
+    assert fedctl(["provision", str(consortium), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fedctl: error:") and f": {field}:" in err, err
+    assert "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_invalid_toml_and_missing_file_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert fedctl(["provision", str(_write(tmp_path, "sites = [")), "--out", "x"]) == 2
+    assert "not valid TOML" in capsys.readouterr().err
+    assert fedctl(["provision", str(tmp_path / "nope.toml"), "--out", "x"]) == 2
+    assert "cannot read consortium file" in capsys.readouterr().err
+
+
+def test_json_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "kits"
+    args = ["provision", str(_write(tmp_path)), "--out", str(out), "--output", "json"]
+    assert fedctl(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["coordinator"]["address"] == "coord.example.org:7443"
+    assert set(summary["sites"]) == {"hospital-a", "hospital-b"}
+
+
+def test_issue_site_kit_from_existing_ca(kits: Path, tmp_path: Path) -> None:
+    ca = load_ca(kits / "ca")
+    kit = issue_site_kit(
+        ca,
+        "hospital-c",
+        tmp_path / "hospital-c",
+        coordinator_address="coord.example.org:7443",
+        consortium="test consortium",
+    )
+    pem = (kit / "client.pem").read_bytes()
+    assert verify_peer_certificate(pem, _cert(kits / "ca" / "ca.pem")) == Identity(
+        "site", "hospital-c"
+    )
+    assert _mode(kit / "client.key") == 0o600
+    # Rotation: refused without force; with force a new certificate, the edited config kept.
+    (kit / "site.toml").write_text((kit / "site.toml").read_text() + "\n[policy]\nx = 1\n")
+    with pytest.raises(ProvisionError, match="already exists"):
+        issue_site_kit(ca, "hospital-c", kit, coordinator_address="h:1", consortium="t")
+    issue_site_kit(ca, "hospital-c", kit, coordinator_address="h:1", consortium="t", force=True)
+    assert (kit / "client.pem").read_bytes() != pem
+    assert "[policy]" in (kit / "site.toml").read_text()
