@@ -210,3 +210,18 @@ def test_fedctl_audit_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFi
     assert fedctl(["audit", "--db", str(garbage), "--limit", "0"]) == 2
     assert fedctl(["audit", "verify"]) == 2  # --db missing
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_two_writers_on_one_file_keep_one_chain(tmp_path: Path) -> None:
+    """Coordinator threads or a CLI beside a running agent: appends serialise, chain stays valid."""
+    path = tmp_path / "shared.db"
+    ticks = _clock()
+    with (
+        AuditLog(path, clock=lambda: next(ticks)) as a,
+        AuditLog(path, clock=lambda: next(ticks)) as b,
+    ):
+        for i in range(6):
+            (a if i % 2 else b).append("x", "step", {"i": i})
+        result = a.verify()
+        assert [e.detail["i"] for e in b.entries()] == list(range(6))
+    assert result.ok and result.checked == 6
