@@ -7,8 +7,16 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from fedctl.cli import EXIT_OK, CliError
-from federation.consortium import ConsortiumError, load_consortium
+from federation.consortium import (
+    ConsortiumConfig,
+    ConsortiumError,
+    ConsortiumInfo,
+    describe_validation_error,
+    load_consortium,
+)
 from federation.identity import IdentityError
 from federation.pki import PkiError
 from federation.provisioning import ProvisionError, provision
@@ -26,13 +34,28 @@ def register(sub: Any) -> None:
     parser.add_argument("consortium", type=Path, help="consortium TOML file")
     parser.add_argument("--out", type=Path, required=True, help="output folder for the kits")
     parser.add_argument("--force", action="store_true", help="overwrite existing kits")
+    parser.add_argument(
+        "--validity-days",
+        type=int,
+        help="certificate validity in days (overrides consortium.validity_days; default 365)",
+    )
     parser.add_argument("--output", choices=("text", "json"), default="text")
     parser.set_defaults(handler=handle)
+
+
+def _with_validity(config: ConsortiumConfig, days: int) -> ConsortiumConfig:
+    try:
+        info = ConsortiumInfo(name=config.consortium.name, validity_days=days)
+    except ValidationError as exc:
+        raise CliError(f"--validity-days: {describe_validation_error(exc)}") from exc
+    return config.model_copy(update={"consortium": info})
 
 
 def handle(args: argparse.Namespace) -> int:
     try:
         config = load_consortium(args.consortium)
+        if args.validity_days is not None:
+            config = _with_validity(config, args.validity_days)
         result = provision(config, args.out, force=args.force)
     except (ConsortiumError, ProvisionError, IdentityError, PkiError) as exc:
         raise CliError(str(exc)) from exc

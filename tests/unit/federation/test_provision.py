@@ -212,3 +212,17 @@ def test_issue_site_kit_from_existing_ca(kits: Path, tmp_path: Path) -> None:
     issue_site_kit(ca, "hospital-c", kit, coordinator_address="h:1", consortium="t", force=True)
     assert (kit / "client.pem").read_bytes() != pem
     assert "[policy]" in (kit / "site.toml").read_text()
+
+
+def test_validity_days_flag_overrides_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "kits"
+    args = ["provision", str(_write(tmp_path)), "--out", str(out), "--validity-days", "400"]
+    assert fedctl(args) == 0
+    for pem in (out / "ca/ca.pem", out / "sites/hospital-b/client.pem"):
+        cert = _cert(pem)
+        assert (cert.not_valid_after_utc - cert.not_valid_before_utc).days == 400
+    bad = ["provision", str(_write(tmp_path)), "--out", str(tmp_path / "x"), "--validity-days", "0"]
+    assert fedctl(bad) == 2
+    assert "--validity-days: validity_days:" in capsys.readouterr().err
