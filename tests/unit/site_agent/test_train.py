@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -11,11 +12,14 @@ import pytest
 import torch
 from dp_accounting import dp_event
 from dp_accounting.rdp import RdpAccountant
-from opacus.optimizers import DPOptimizer
+from opacus.grad_sample import GradSampleModuleFastGradientClipping
+from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+from survival.loss import nll_per_patient
+from survival.models import ModelSpec, build_model, flat_parameters, load_flat_parameters
 
+import site_agent.train as train_module
 from site_agent.accounting import RDP_ORDERS, Entry, PrivacyAccountant, epsilon_of
 from site_agent.train import LocalTrainer, TrainerConfig, TrainingError
-from survival.models import ModelSpec, build_model, flat_parameters, load_flat_parameters
 
 pytestmark = pytest.mark.unit
 
@@ -83,7 +87,7 @@ def test_reported_epsilon_matches_google_across_a_restart(data: Any) -> None:
         assert update.epsilon_total == pytest.approx(
             google_rdp_epsilon(logged, cfg.target_delta), abs=1e-6
         )
-    assert all(a < b for a, b in zip(reported, reported[1:], strict=False))
+    assert all(a < b for a, b in itertools.pairwise(reported))
     assert all(s == cfg.local_epochs * math.ceil(N / cfg.batch_size) for _, _, s in logged[1:])
 
 
@@ -147,9 +151,11 @@ class ClipSpy:
         monkeypatch.setattr(DPOptimizer, "clip_and_accumulate", clip_and_accumulate)
 
 
-def test_opacus_clips_every_per_sample_gradient(data: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hooks_mode_clips_every_per_sample_gradient(
+    data: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     clip = 0.05
-    cfg = config(rounds=1, local_epochs=1, max_grad_norm=clip)
+    cfg = config(rounds=1, local_epochs=1, max_grad_norm=clip, clipping_mode="hooks")
     trainer = LocalTrainer(SPEC, P, K, cfg, N, seed=0)
     trainer.noise_multiplier = 0.0  # noise-free, so the clipped sum is exactly what is applied
     spy = ClipSpy()
@@ -160,6 +166,70 @@ def test_opacus_clips_every_per_sample_gradient(data: Any, monkeypatch: pytest.M
     assert max(spy.clipped_norms) <= clip * (1 + 1e-5)
     assert spy.max_sum_error < 1e-5
     assert update.epsilon_total == math.inf  # σ = 0 is charged as a non-private release
+
+
+def test_ghost_mode_applies_the_sum_of_clipped_per_sample_gradients(
+    data: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ghost clipping never builds p.grad_sample, so per-sample gradients are recomputed by brute
+    force (one backward per patient) and compared with Opacus's norms and its clipped sum."""
+    clip = 0.05
+    cfg = config(rounds=1, local_epochs=1, max_grad_norm=clip, clipping_mode="ghost")
+    trainer = LocalTrainer(SPEC, P, K, cfg, N, seed=0)
+    trainer.noise_multiplier = 0.0
+    batches: list[tuple[torch.Tensor, ...]] = []
+    original_getitems = train_module._BatchTensors.__getitems__
+
+    def getitems(self: Any, indices: list[int]) -> tuple[torch.Tensor, ...]:
+        batch = original_getitems(self, indices)
+        batches.append(batch)
+        return batch
+
+    coefs: list[torch.Tensor] = []
+    original_coef = GradSampleModuleFastGradientClipping.get_clipping_coef
+
+    def get_clipping_coef(module: Any) -> torch.Tensor:
+        coef = original_coef(module)
+        coefs.append(coef.detach().clone())
+        return coef
+
+    checks = {"steps": 0, "max_raw": 0.0, "max_clipped": 0.0, "max_sum_error": 0.0}
+    original_accumulate = DPOptimizerFastGradientClipping.accumulate
+
+    def accumulate(opt: Any) -> None:  # first thing pre_step does, p.grad = clipped sum
+        xb, ib, eb = batches[-1]
+        params = list(opt.params)
+        model = build_model(SPEC, P, K)
+        with torch.no_grad():
+            for mine, theirs in zip(model.parameters(), params, strict=True):
+                mine.copy_(theirs)
+        expected = [torch.zeros_like(p) for p in params]
+        for i in range(xb.shape[0]):
+            model.zero_grad()
+            nll_per_patient(model(xb[i : i + 1]), ib[i : i + 1], eb[i : i + 1]).sum().backward()
+            grads = [p.grad.detach().clone() for p in model.parameters()]
+            raw = float(torch.sqrt(sum((g**2).sum() for g in grads)))
+            c = float(coefs[-1][i])
+            checks["max_raw"] = max(checks["max_raw"], raw)
+            checks["max_clipped"] = max(checks["max_clipped"], c * raw)
+            for acc, g in zip(expected, grads, strict=True):
+                acc += c * g
+        for p, e in zip(params, expected, strict=True):
+            err = float((p.grad - e).abs().max())
+            checks["max_sum_error"] = max(checks["max_sum_error"], err)
+        checks["steps"] += 1
+        original_accumulate(opt)
+
+    monkeypatch.setattr(train_module._BatchTensors, "__getitems__", getitems)
+    monkeypatch.setattr(
+        GradSampleModuleFastGradientClipping, "get_clipping_coef", get_clipping_coef
+    )
+    monkeypatch.setattr(DPOptimizerFastGradientClipping, "accumulate", accumulate)
+    trainer.train_round(initial_params(), *data)
+    assert checks["steps"] == math.ceil(N / cfg.batch_size)
+    assert checks["max_raw"] > clip
+    assert checks["max_clipped"] <= clip * (1 + 1e-4)
+    assert checks["max_sum_error"] < 1e-5
 
 
 @pytest.mark.parametrize("target_epsilon", [3.0, None])
