@@ -166,12 +166,16 @@ class TrainTask(_message.Message):
     def __init__(self, global_vector: _Optional[_Union[GlobalVector, _Mapping]] = ..., standardisation: _Optional[_Union[Standardisation, _Mapping]] = ...) -> None: ...
 
 class EvaluateTask(_message.Message):
-    __slots__ = ("global_vector", "standardisation")
+    __slots__ = ("global_vector", "standardisation", "events", "at_risk")
     GLOBAL_VECTOR_FIELD_NUMBER: _ClassVar[int]
     STANDARDISATION_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    AT_RISK_FIELD_NUMBER: _ClassVar[int]
     global_vector: GlobalVector
     standardisation: Standardisation
-    def __init__(self, global_vector: _Optional[_Union[GlobalVector, _Mapping]] = ..., standardisation: _Optional[_Union[Standardisation, _Mapping]] = ...) -> None: ...
+    events: _containers.RepeatedScalarFieldContainer[float]
+    at_risk: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, global_vector: _Optional[_Union[GlobalVector, _Mapping]] = ..., standardisation: _Optional[_Union[Standardisation, _Mapping]] = ..., events: _Optional[_Iterable[float]] = ..., at_risk: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ParticipantCertificate(_message.Message):
     __slots__ = ("site_id", "certificate_pem")

@@ -1,0 +1,139 @@
+"""The RunPlan: what an operator asks the consortium to train, validated before anything is stored.
+
+Everything in a plan is public: sites check it against their local policy, and it is recorded in
+every audit log. The time grid in particular comes from the plan, never from private event times.
+The feature schema, time grid and model spec are survival's own torch-free types, so that the
+coordinator (which never imports torch) validates exactly what the sites will run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import tomllib
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from survival.schema import Feature, FeatureSchema
+from survival.spec import ModelSpec
+from survival.timegrid import TimeGrid
+
+SITE_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{1,39}$"
+
+
+class PlanError(ValueError):
+    """A plan that cannot be accepted; the message names every offending field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TrainingPlan(_Strict):
+    """Local DP-SGD and the server optimiser."""
+
+    rounds: int = Field(default=5, ge=1, le=1000)
+    local_epochs: int = Field(default=2, ge=1, le=100)
+    batch_size: int = Field(default=256, ge=8, le=65536)
+    learning_rate: float = Field(default=0.05, gt=0.0, le=10.0)
+    optimizer: Literal["sgd", "adam"] = "adam"
+    max_grad_norm: float = Field(default=1.0, gt=0.0, le=1000.0)
+    server_optimizer: Literal["fedavg", "fedadam"] = "fedavg"
+    server_learning_rate: float = Field(default=1.0, gt=0.0, le=10.0)
+    evaluate_every: int = Field(default=1, ge=1)
+
+
+class PrivacyPlan(_Strict):
+    """The (ε, δ) each site spends on the whole run: statistics, training and metrics together."""
+
+    epsilon: float = Field(default=3.0, gt=0.0, le=100.0)
+    delta: float = Field(default=1e-5, gt=0.0, lt=0.01)
+    accountant: Literal["rdp", "prv"] = "rdp"
+    # Gaussian noise multipliers (noise std / L2 sensitivity) of the one-off releases.
+    stats_noise_multiplier: float = Field(default=8.0, ge=0.5, le=1000.0)
+    metrics_noise_multiplier: float = Field(default=20.0, ge=0.5, le=1000.0)
+
+
+class SecAggPlan(_Strict):
+    """Secure aggregation parameters. A threshold of None means ceil(2n/3), at least 2."""
+
+    threshold: int | None = Field(default=None, ge=2)
+    clip_norm: float = Field(default=10.0, gt=0.0)
+    coord_bound: float = Field(default=2.0, gt=0.0)
+    scale_bits: int = Field(default=18, ge=4, le=28)
+    train_timeout_s: float = Field(default=300.0, gt=0.0)
+    stage_timeout_s: float = Field(default=30.0, gt=0.0)
+    max_attempts: int = Field(default=3, ge=1, le=20)
+
+    def threshold_for(self, n_participants: int) -> int:
+        """The t for a session among n participants."""
+        if self.threshold is not None:
+            return self.threshold
+        return max(2, math.ceil(2 * n_participants / 3))
+
+
+class RunPlan(_Strict):
+    """A complete, validated run plan."""
+
+    name: str = Field(min_length=1, max_length=120)
+    features: list[Feature] = Field(min_length=1)
+    time_grid: TimeGrid
+    model: ModelSpec = ModelSpec()
+    training: TrainingPlan = TrainingPlan()
+    privacy: PrivacyPlan = PrivacyPlan()
+    secagg: SecAggPlan = SecAggPlan()
+    quorum: int = Field(default=2, ge=2, description="sites that must accept before the run starts")
+    sites: list[str] | None = Field(default=None, description="restrict the run to these site ids")
+    holdout_fraction: float = Field(default=0.2, gt=0.0, lt=0.9)
+    seed: int = Field(default=0, ge=0, lt=2**31)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunPlan:
+        FeatureSchema(features=self.features)  # duplicate names, bad bounds: one schema error
+        if self.sites is not None:
+            if len(set(self.sites)) != len(self.sites):
+                raise ValueError("sites: duplicate site id")
+            if self.quorum > len(self.sites):
+                raise ValueError(f"quorum {self.quorum} exceeds the {len(self.sites)} listed sites")
+        if self.secagg.threshold is not None and self.secagg.threshold > self.quorum:
+            # a session always has at least `quorum` participants; a larger t could never succeed
+            raise ValueError(
+                f"secagg.threshold {self.secagg.threshold} exceeds quorum {self.quorum}: "
+                "a run that starts with the quorum could never aggregate"
+            )
+        return self
+
+    @property
+    def schema(self) -> FeatureSchema:
+        return FeatureSchema(features=self.features)
+
+    def canonical_json(self) -> str:
+        """The exact text sites sign off on and audit (sorted keys, no whitespace)."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    def sha256(self) -> str:
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+
+def _format_validation_error(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "plan"
+        lines.append(f"{where}: {item['msg']}")
+    return "invalid plan: " + "; ".join(lines)
+
+
+def parse_plan(text: str, fmt: Literal["toml", "json"] = "toml") -> RunPlan:
+    """Parse and validate a plan; raises PlanError naming every bad field."""
+    try:
+        data = tomllib.loads(text) if fmt == "toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise PlanError(f"invalid plan: not valid {fmt.upper()}: {exc}") from None
+    if not isinstance(data, dict):
+        raise PlanError("invalid plan: the top level must be a table/object")
+    try:
+        return RunPlan.model_validate(data)
+    except ValidationError as exc:
+        raise PlanError(_format_validation_error(exc)) from None
