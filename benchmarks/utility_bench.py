@@ -32,6 +32,7 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(_HERE), str(_HERE.parent)]
 
 from _report import print_table, write_json  # noqa: E402
+
 from site_agent.train import LocalTrainer, TrainerConfig  # noqa: E402
 from survival.data import FLCHAIN_SCHEMA, default_time_grid, fixed_split, load_flchain  # noqa: E402
 from survival.loss import risk_score, survival_curve  # noqa: E402
@@ -72,6 +73,7 @@ class Split:
     time_test: np.ndarray
     status_test: np.ndarray
     cuts: np.ndarray
+    widths: np.ndarray
     eval_times: np.ndarray
     events: np.ndarray
     at_risk: np.ndarray
@@ -106,6 +108,7 @@ def load_split() -> Split:
         time_test=t_test,
         status_test=test["event"].to_numpy(int),
         cuts=cuts,
+        widths=np.asarray(grid.widths(), dtype=float),
         eval_times=cuts[cuts < horizon],
         events=np.asarray(events, dtype=float),
         at_risk=np.asarray(at_risk, dtype=float),
@@ -133,8 +136,8 @@ def run_model(
     n, p = split.x_train.shape
     k = len(split.cuts)
     spec = SPECS[kind]
-    torch.manual_seed(seed)
-    model = build_model(spec, p, k)
+    torch.manual_seed(seed)  # dropout and anything else drawing from torch's global RNG
+    model = build_model(spec, p, k, seed=seed)  # the coordinator's deterministic initial vector
     init_baseline(model, split.events, split.at_risk)
     params = flat_parameters(model)
     cfg = TrainerConfig(
@@ -155,7 +158,7 @@ def run_model(
     with torch.no_grad():
         logits = trained(torch.as_tensor(split.x_test))
         surv = survival_curve(logits).numpy().astype(float)
-        risk = risk_score(logits).numpy().astype(float)
+        risk = risk_score(logits, torch.as_tensor(split.widths)).numpy().astype(float)
     out = score(split, surv, risk)
     out["sec_per_epoch"] = update.seconds / cfg.local_epochs
     return out

@@ -31,7 +31,7 @@ from opacus.accountants import PRVAccountant, RDPAccountant
 
 AccountantKind = Literal["rdp", "prv"]
 
-#: Integer RDP orders (see the module docstring); 2..128 covers the optimum for ε ≳ 0.1 at δ ≥ 1e-12.
+#: Integer RDP orders (see the module docstring); 2..128 holds the optimum for ε ≳ 0.1.
 RDP_ORDERS: tuple[float, ...] = tuple(float(a) for a in (*range(2, 129), 160, 192, 256))
 
 

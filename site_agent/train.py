@@ -23,12 +23,12 @@ import numpy as np
 import torch
 from opacus import PrivacyEngine
 from pydantic import BaseModel, ConfigDict, Field
-from survival.loss import nll_per_patient
-from survival.models import ModelSpec, build_model, flat_parameters, load_flat_parameters
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from site_agent.accounting import PrivacyAccountant, calibrate_noise_multiplier
+from survival.loss import nll_per_patient
+from survival.models import ModelSpec, build_model, flat_parameters, load_flat_parameters
 
 
 class TrainingError(ValueError):
@@ -106,7 +106,7 @@ def _passthrough(batch: Any) -> Any:
 def _require_secure_rng() -> None:
     """Opacus's secure_mode draws noise and samples from torchcsprng, which must be importable."""
     try:
-        import torchcsprng  # type: ignore[import-not-found]  # noqa: F401
+        import torchcsprng  # noqa: F401
     except ImportError as exc:
         raise TrainingError(
             "secure_mode=True needs the 'torchcsprng' package (Opacus draws noise and Poisson "
@@ -254,7 +254,7 @@ class LocalTrainer:
         for _ in range(self.config.local_epochs):
             for xb, ib, eb in dp_loader:
                 dp_optimizer.zero_grad(set_to_none=True)
-                loss = dp_criterion(dp_model(xb), ib, eb)
+                loss: Any = dp_criterion(dp_model(xb), ib, eb)  # Opacus's loss wrapper
                 loss.backward()  # ghost mode: both passes and the clipping happen here
                 dp_optimizer.step()
         # Charge exactly what Opacus's own accountant saw (one entry: constant σ and q).
@@ -279,7 +279,7 @@ class LocalTrainer:
                 idx = order[start : start + batch]
                 optimizer.zero_grad(set_to_none=True)
                 loss = nll_per_patient(model(x[idx]), interval[idx], event[idx]).mean()
-                loss.backward()
+                loss.backward()  # type: ignore[no-untyped-call]
                 optimizer.step()
                 steps += 1
         return steps
