@@ -11,14 +11,22 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MISSING_SUFFIX = ":missing"
+
+
+class Columns(Protocol):
+    """Named columns of equal length: a dict of sequences, or a pandas DataFrame (not required)."""
+
+    def __getitem__(self, key: str, /) -> Any: ...
+    def __contains__(self, key: object, /) -> bool: ...
+    def __iter__(self) -> Iterator[Any]: ...
 
 
 class _Frozen(BaseModel):
@@ -161,7 +169,7 @@ class FeatureSchema(_Frozen):
     def n_encoded(self) -> int:
         return len(self.encoded_names())
 
-    def validate_rows(self, columns: Mapping[str, Sequence[object]]) -> RowValidation:
+    def validate_rows(self, columns: Columns) -> RowValidation:
         """Mark each row valid or not and count the reasons; bad data never raises.
 
         A row is invalid when a required value is missing, a numeric value does not parse or lies
@@ -205,9 +213,7 @@ class FeatureSchema(_Frozen):
                 fail(missing, f"{feature.name}: missing")
         return RowValidation(valid=valid, reasons=dict(reasons))
 
-    def raw_matrix(
-        self, columns: Mapping[str, Sequence[object]], valid: np.ndarray | None = None
-    ) -> np.ndarray:
+    def raw_matrix(self, columns: Columns, valid: np.ndarray | None = None) -> np.ndarray:
         """The float64 design matrix of the `valid` rows (all rows if None), before standardisation.
 
         Numeric values are clipped to their bounds; a missing optional numeric takes its `impute`
@@ -235,7 +241,7 @@ class FeatureSchema(_Frozen):
         return np.concatenate(blocks, axis=1) if m else np.zeros((0, self.n_encoded))
 
 
-def _n_rows(columns: Mapping[str, Sequence[object]]) -> int:
+def _n_rows(columns: Columns) -> int:
     # Iterate keys and index, not `.values()`: a pandas DataFrame is accepted as the mapping and
     # its `.values` is the array attribute, not the Mapping method.
     lengths = {len(columns[key]) for key in columns}
