@@ -97,6 +97,7 @@ def test_raw_matrix_refuses_unvalidated_rows() -> None:
 
 def test_pandas_frame_with_categorical_dtype() -> None:
     import pandas as pd  # the dev extra has it; survival itself never needs it
+
     frame = pd.DataFrame(
         {
             "age": [50.0, 70.0],
