@@ -148,7 +148,8 @@ class LocalTrainer:
         self.private = config.target_epsilon is not None
         self.steps_per_epoch = math.ceil(n_samples / config.batch_size)
         self.sample_rate = 1.0 / self.steps_per_epoch
-        self.plan_steps = config.rounds * config.local_epochs * self.steps_per_epoch
+        self.steps_per_round = config.local_epochs * self.steps_per_epoch
+        self.plan_steps = config.rounds * self.steps_per_round
         if accountant is None:
             accountant = PrivacyAccountant(kind=config.accountant)
         if accountant.kind != config.accountant:

@@ -14,12 +14,12 @@ from dp_accounting import dp_event
 from dp_accounting.rdp import RdpAccountant
 from opacus.grad_sample import GradSampleModuleFastGradientClipping
 from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
-from survival.loss import nll_per_patient
-from survival.models import ModelSpec, build_model, flat_parameters, load_flat_parameters
 
 import site_agent.train as train_module
 from site_agent.accounting import RDP_ORDERS, Entry, PrivacyAccountant, epsilon_of
 from site_agent.train import LocalTrainer, TrainerConfig, TrainingError
+from survival.loss import nll_per_patient
+from survival.models import ModelSpec, build_model, flat_parameters, load_flat_parameters
 
 pytestmark = pytest.mark.unit
 
@@ -108,6 +108,20 @@ def test_plan_epsilon_meets_target_and_sigma_is_not_wasteful(data: Any) -> None:
         params = params + update.delta
     assert update.epsilon_total <= target
     assert update.epsilon_total > 0.98 * target
+
+
+def test_prv_trainer_predicts_and_then_charges_its_round(data: Any) -> None:
+    cfg = config(rounds=2, accountant="prv")
+    trainer = LocalTrainer(SPEC, P, K, cfg, N, accountant=PrivacyAccountant(kind="prv"), seed=0)
+    sigma, q, steps = trainer.noise_multiplier, trainer.sample_rate, trainer.steps_per_round
+    predicted = trainer.accountant.epsilon_if(cfg.target_delta, sigma, q, steps)
+    update = trainer.train_round(initial_params(), *data)
+    assert update.steps == steps
+    assert update.epsilon_total == pytest.approx(predicted, rel=1e-9)
+    assert trainer.accountant.history == [Entry(sigma, q, steps)]
+    assert 0 < update.epsilon_total < 3.0
+    # PRV is tighter than RDP, so RDP would need more noise for the same plan.
+    assert sigma < LocalTrainer(SPEC, P, K, config(rounds=2), N, seed=0).noise_multiplier
 
 
 class ClipSpy:
