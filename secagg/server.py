@@ -1,0 +1,446 @@
+"""The coordinator's side of the protocol as a sans-I/O state machine.
+
+Driven by `receive(sender, payload, now)` and `tick(now)`; the caller owns clocks and transport.
+Each stage stays open until everyone expected has answered or its timeout (from the moment the
+stage opened) has passed; closing it yields the next stage's messages. Fewer than t participants
+at any close aborts the session with a reason. Masked inputs are added into one running uint32
+sum as they arrive, so memory is O(d) whatever n is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from secagg import primitives as P
+from secagg._codec import Reader, Writer
+from secagg.config import STAGE_CODES, STAGES_BY_CODE, SessionConfig, Stage, StageTimeouts
+from secagg.errors import (
+    InsufficientShares,
+    MalformedMessage,
+    ProtocolViolation,
+    SecAggError,
+    StageError,
+    WrongSession,
+)
+from secagg.messages import (
+    CIPHERTEXT_BYTES,
+    AdvertiseKeys,
+    ConsistencySignature,
+    KeyBroadcast,
+    MaskedInput,
+    ShareBundle,
+    ShareKeys,
+    ShareKind,
+    SignedKeys,
+    SurvivorList,
+    UnmaskRequest,
+    UnmaskResponse,
+)
+from secagg.prg import apply_masks, pairwise_key, self_key
+from secagg.shamir import SHARE_BYTES, decode_share, reconstruct
+
+_STATE_MAGIC = b"SASS"
+_STATE_VERSION = 1
+_OPEN_STAGES = (
+    Stage.ADVERTISE_KEYS,
+    Stage.SHARE_KEYS,
+    Stage.MASKED_INPUT,
+    Stage.CONSISTENCY_CHECK,
+    Stage.UNMASK,
+)
+
+
+@dataclass(frozen=True)
+class Outbound:
+    """A message to deliver to `recipient`, who should process it as its `stage` step."""
+
+    recipient: int
+    stage: Stage
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class SessionResult:
+    """The exact sum (uint32, mod 2^32) of the survivors' quantised inputs."""
+
+    total: npt.NDArray[np.uint32]
+    survivors: frozenset[int]
+
+
+class ServerSession:
+    """Relays, collects and finally unmasks one session; never sees an individual input."""
+
+    def __init__(self, config: SessionConfig, timeouts: StageTimeouts, now: float) -> None:
+        if not isinstance(config, SessionConfig) or not isinstance(timeouts, StageTimeouts):
+            raise TypeError("ServerSession needs a SessionConfig and StageTimeouts")
+        self.config = config
+        self.timeouts = timeouts
+        self._digest = config.digest()
+        self.stage = Stage.ADVERTISE_KEYS
+        self._opened = float(now)
+        self.session_id: bytes | None = None
+        self.result: SessionResult | None = None
+        self.abort_reason: str | None = None
+        self._advertised: dict[int, SignedKeys] = {}  # U1 once closed
+        self._u1: tuple[int, ...] = ()
+        self._shares: dict[int, dict[int, bytes]] = {}  # sender → recipient → ciphertext
+        self._u2: tuple[int, ...] = ()
+        self._sum = np.zeros(0, dtype=np.uint32)
+        self._commitments: dict[int, bytes] = {}  # U3 once closed
+        self._u3: tuple[int, ...] = ()
+        self._signatures: dict[int, bytes] = {}  # U4 once closed
+        self._u4: tuple[int, ...] = ()
+        self._responses: dict[int, dict[tuple[int, ShareKind], bytes]] = {}  # U5
+
+    # ------------------------------------------------------------------ views
+    @property
+    def u1(self) -> frozenset[int]:
+        return frozenset(self._u1)
+
+    @property
+    def u2(self) -> frozenset[int]:
+        return frozenset(self._u2)
+
+    @property
+    def u3(self) -> frozenset[int]:
+        return frozenset(self._u3)
+
+    @property
+    def u4(self) -> frozenset[int]:
+        return frozenset(self._u4)
+
+    @property
+    def deadline(self) -> float | None:
+        """When the open stage closes even if someone has not answered."""
+        if self.stage not in _OPEN_STAGES:
+            return None
+        return self._opened + self.timeouts.for_stage(self.stage)
+
+    def _eligible(self) -> tuple[int, ...]:
+        return {
+            Stage.ADVERTISE_KEYS: self.config.participants,
+            Stage.SHARE_KEYS: self._u1,
+            Stage.MASKED_INPUT: self._u2,
+            Stage.CONSISTENCY_CHECK: self._u3,
+            Stage.UNMASK: self._u4,
+        }.get(self.stage, ())
+
+    def _received(self) -> set[int]:
+        collected: dict[Stage, object] = {
+            Stage.ADVERTISE_KEYS: self._advertised,
+            Stage.SHARE_KEYS: self._shares,
+            Stage.MASKED_INPUT: self._commitments,
+            Stage.CONSISTENCY_CHECK: self._signatures,
+            Stage.UNMASK: self._responses,
+        }
+        got = collected.get(self.stage)
+        return set(got) if isinstance(got, dict) else set()
+
+    def expected(self) -> frozenset[int]:
+        """Who may still send in the current stage."""
+        return frozenset(set(self._eligible()) - self._received())
+
+    # ------------------------------------------------------------------ input
+    def receive(self, sender: int, payload: bytes, now: float) -> None:
+        """Validate and record one message; a typed error leaves the state unchanged."""
+        del now  # late messages that arrive before the closing tick are still accepted
+        if self.stage not in _OPEN_STAGES:
+            raise StageError(f"session is {self.stage.value}; no more messages are accepted")
+        if sender not in self._eligible():
+            raise ProtocolViolation(
+                f"participant {sender} may not send in stage {self.stage.value}"
+            )
+        if sender in self._received():
+            raise ProtocolViolation(
+                f"participant {sender} already sent its {self.stage.value} message"
+            )
+        handler = {
+            Stage.ADVERTISE_KEYS: self._on_advertise,
+            Stage.SHARE_KEYS: self._on_share_keys,
+            Stage.MASKED_INPUT: self._on_masked_input,
+            Stage.CONSISTENCY_CHECK: self._on_consistency,
+            Stage.UNMASK: self._on_unmask,
+        }[self.stage]
+        handler(sender, payload)
+
+    def _check_session(self, session_id: bytes, what: str) -> None:
+        if session_id != self.session_id:
+            raise WrongSession(f"{what} belongs to another session or round")
+
+    @staticmethod
+    def _check_sender(sender: int, claimed: int, what: str) -> None:
+        if claimed != sender:
+            raise ProtocolViolation(f"{what} from {sender} claims to come from {claimed}")
+
+    def _on_advertise(self, sender: int, payload: bytes) -> None:
+        msg = AdvertiseKeys.decode(payload)
+        if msg.config_digest != self._digest:
+            raise WrongSession("key advertisement is for another session configuration or round")
+        self._check_sender(sender, msg.keys.ident, "key advertisement")
+        if not msg.keys.signature:
+            raise ProtocolViolation(f"key advertisement from {sender} is unsigned")
+        self._advertised[sender] = msg.keys
+
+    def _on_share_keys(self, sender: int, payload: bytes) -> None:
+        msg = ShareKeys.decode(payload)
+        self._check_session(msg.session_id, "share keys")
+        self._check_sender(sender, msg.sender, "share keys")
+        recipients = [r for r, _ in msg.ciphertexts]
+        wanted = [v for v in self._u1 if v != sender]
+        if sorted(recipients) != wanted or len(set(recipients)) != len(recipients):
+            raise ProtocolViolation(
+                f"share keys from {sender} must hold one ciphertext for each of {wanted}, "
+                f"got {recipients}"
+            )
+        if any(len(ct) != CIPHERTEXT_BYTES for _, ct in msg.ciphertexts):
+            raise ProtocolViolation(f"share keys from {sender}: ciphertext of the wrong size")
+        self._shares[sender] = dict(msg.ciphertexts)
+
+    def _on_masked_input(self, sender: int, payload: bytes) -> None:
+        msg = MaskedInput.decode(payload, self.config.vector_length)
+        self._check_session(msg.session_id, "masked input")
+        self._check_sender(sender, msg.sender, "masked input")
+        np.add(self._sum, msg.vector, out=self._sum)
+        self._commitments[sender] = msg.seed_commitment
+
+    def _on_consistency(self, sender: int, payload: bytes) -> None:
+        msg = ConsistencySignature.decode(payload)
+        self._check_session(msg.session_id, "consistency signature")
+        self._check_sender(sender, msg.sender, "consistency signature")
+        if not msg.signature:
+            raise ProtocolViolation(f"consistency signature from {sender} is empty")
+        self._signatures[sender] = msg.signature
+
+    def _on_unmask(self, sender: int, payload: bytes) -> None:
+        msg = UnmaskResponse.decode(payload)
+        self._check_session(msg.session_id, "unmask response")
+        self._check_sender(sender, msg.sender, "unmask response")
+        wanted = {(v, ShareKind.SELF_SEED) for v in self._u3}
+        wanted |= {(v, ShareKind.MASK_KEY) for v in self._dropped()}
+        got = {(peer, kind): share for peer, kind, share in msg.shares}
+        if len(got) != len(msg.shares) or set(got) != wanted:
+            raise ProtocolViolation(
+                f"unmask response from {sender} must hold self-seed shares for exactly "
+                f"{list(self._u3)} and mask-key shares for exactly {list(self._dropped())}"
+            )
+        for (peer, _), share in got.items():
+            try:
+                decode_share(share)
+            except SecAggError:
+                raise ProtocolViolation(
+                    f"unmask response from {sender}: bad share for {peer}"
+                ) from None
+        self._responses[sender] = got
+
+    def _dropped(self) -> tuple[int, ...]:
+        survivors = set(self._u3)
+        return tuple(v for v in self._u2 if v not in survivors)
+
+    # ------------------------------------------------------------------ progress
+    def tick(self, now: float) -> list[Outbound]:
+        """Close the open stage if everyone answered or its deadline passed; return the next
+        stage's messages (empty if nothing changed, or the session ended)."""
+        if self.stage not in _OPEN_STAGES:
+            return []
+        deadline = self._opened + self.timeouts.for_stage(self.stage)
+        if self.expected() and now < deadline:
+            return []
+        closing = self.stage
+        responders = tuple(sorted(self._received()))
+        if len(responders) < self.config.threshold:
+            self._abort(
+                f"only {len(responders)} participants completed {closing.value} "
+                f"({list(responders)}); threshold is {self.config.threshold}"
+            )
+            return []
+        self._opened = float(now)
+        if closing is Stage.ADVERTISE_KEYS:
+            return self._open_share_keys(responders)
+        if closing is Stage.SHARE_KEYS:
+            return self._open_masked_input(responders)
+        if closing is Stage.MASKED_INPUT:
+            return self._open_consistency(responders)
+        if closing is Stage.CONSISTENCY_CHECK:
+            return self._open_unmask(responders)
+        self._finish()
+        return []
+
+    def _abort(self, reason: str) -> None:
+        self.stage = Stage.ABORTED
+        self.abort_reason = reason
+        self._sum = np.zeros(0, dtype=np.uint32)
+
+    def _open_share_keys(self, u1: tuple[int, ...]) -> list[Outbound]:
+        self._u1 = u1
+        entries = tuple(self._advertised[i] for i in u1)
+        self.session_id = P.compute_session_id(
+            self._digest, {e.ident: (e.c_pk, e.s_pk) for e in entries}
+        )
+        payload = KeyBroadcast(self._digest, entries).encode()
+        self.stage = Stage.SHARE_KEYS
+        return [Outbound(i, Stage.SHARE_KEYS, payload) for i in u1]
+
+    def _open_masked_input(self, u2: tuple[int, ...]) -> list[Outbound]:
+        assert self.session_id is not None
+        self._u2 = u2
+        self._sum = np.zeros(self.config.vector_length, dtype=np.uint32)
+        self.stage = Stage.MASKED_INPUT
+        out = []
+        for v in u2:
+            cts = tuple((u, self._shares[u][v]) for u in u2 if u != v)
+            payload = ShareBundle(self.session_id, v, cts).encode()
+            out.append(Outbound(v, Stage.MASKED_INPUT, payload))
+        self._shares = {}  # relayed: the server keeps no ciphertexts
+        return out
+
+    def _open_consistency(self, u3: tuple[int, ...]) -> list[Outbound]:
+        assert self.session_id is not None
+        self._u3 = u3
+        self.stage = Stage.CONSISTENCY_CHECK
+        payload = SurvivorList(self.session_id, u3).encode()
+        return [Outbound(u, Stage.CONSISTENCY_CHECK, payload) for u in u3]
+
+    def _open_unmask(self, u4: tuple[int, ...]) -> list[Outbound]:
+        assert self.session_id is not None
+        self._u4 = u4
+        self.stage = Stage.UNMASK
+        sigs = tuple((u, self._signatures[u]) for u in u4)
+        payload = UnmaskRequest(self.session_id, self._u3, self._dropped(), sigs).encode()
+        return [Outbound(u, Stage.UNMASK, payload) for u in u4]
+
+    def _finish(self) -> None:
+        """Reconstruct b_v (v ∈ U3) and s_v^SK (v dropped) and strip every remaining mask."""
+        assert self.session_id is not None
+        t, round_, sid = self.config.threshold, self.config.round, self.session_id
+        keys = {v: (e.c_pk, e.s_pk) for v, e in self._advertised.items()}
+        responders = sorted(self._responses)
+        subtract: list[bytes] = []
+        add: list[bytes] = []
+        try:
+            for v in self._u3:
+                shares = [
+                    (u, decode_share(self._responses[u][(v, ShareKind.SELF_SEED)]))
+                    for u in responders
+                ]
+                seed = reconstruct(shares, t)
+                if P.seed_commitment(sid, v, seed) != self._commitments[v]:
+                    raise InsufficientShares(f"self-mask seed of {v} does not match its commitment")
+                subtract.append(self_key(seed, sid, round_, v))
+            for v in self._dropped():
+                shares = [
+                    (u, decode_share(self._responses[u][(v, ShareKind.MASK_KEY)]))
+                    for u in responders
+                ]
+                s_sk = reconstruct(shares, t)
+                if P.x25519_public(s_sk) != keys[v][1]:
+                    raise InsufficientShares(f"masking key of dropped {v} does not match its key")
+                for u in self._u3:
+                    shared = P.agree(s_sk, keys[u][1])
+                    # u added PRG(s_uv) if u < v and subtracted it if u > v: undo that
+                    (subtract if u < v else add).append(pairwise_key(shared, sid, round_, u, v))
+        except SecAggError as exc:
+            self._abort(f"unmasking failed: {exc}")
+            return
+        total = self._sum
+        apply_masks(total, add, subtract)
+        self._sum = np.zeros(0, dtype=np.uint32)
+        self.result = SessionResult(total, frozenset(self._u3))
+        self.stage = Stage.DONE
+
+    # ------------------------------------------------------------------ persistence
+    def to_bytes(self) -> bytes:
+        w = Writer().raw(_STATE_MAGIC).u8(_STATE_VERSION).blob(self.config.to_bytes())
+        t = self.timeouts
+        timeouts = (t.advertise_keys, t.share_keys, t.masked_input, t.consistency_check, t.unmask)
+        for value in timeouts:
+            w.raw(np.float64(value).tobytes())
+        w.u8(STAGE_CODES[self.stage]).raw(np.float64(self._opened).tobytes())
+        w.blob(self.session_id or b"").blob((self.abort_reason or "").encode())
+        w.u16(len(self._advertised))
+        for ident in sorted(self._advertised):
+            self._advertised[ident].write(w)
+        w.ids(self._u1)
+        w.u16(len(self._shares))
+        for sender in sorted(self._shares):
+            w.u32(sender).u16(len(self._shares[sender]))
+            for recipient in sorted(self._shares[sender]):
+                w.u32(recipient).blob(self._shares[sender][recipient])
+        w.ids(self._u2)
+        w.u16(len(self._commitments))
+        for ident in sorted(self._commitments):
+            w.u32(ident).raw(self._commitments[ident])
+        w.ids(self._u3)
+        w.u16(len(self._signatures))
+        for ident in sorted(self._signatures):
+            w.u32(ident).blob(self._signatures[ident])
+        w.ids(self._u4)
+        w.u16(len(self._responses))
+        for ident in sorted(self._responses):
+            shares = self._responses[ident]
+            w.u32(ident).u16(len(shares))
+            for peer, kind in sorted(shares):
+                w.u32(peer).u8(kind).raw(shares[(peer, kind)])
+        w.u8(self.result is not None)
+        vector = self.result.total if self.result is not None else self._sum
+        w.u32(vector.shape[0]).raw(vector.astype("<u4", copy=False).tobytes())
+        return w.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ServerSession:
+        r = Reader(data, "server state")
+        if r.raw(4) != _STATE_MAGIC:
+            raise MalformedMessage("server state: bad magic")
+        if (version := r.u8()) != _STATE_VERSION:
+            raise MalformedMessage(f"server state: unsupported version {version}")
+        config = SessionConfig.from_bytes(r.blob())
+        timeouts = StageTimeouts(*(float(np.frombuffer(r.raw(8))[0]) for _ in range(5)))
+        code = r.u8()
+        if code not in STAGES_BY_CODE:
+            raise MalformedMessage(f"server state: unknown stage code {code}")
+        opened = float(np.frombuffer(r.raw(8))[0])
+        session = cls(config, timeouts, opened)
+        session.stage = STAGES_BY_CODE[code]
+        session.session_id = r.blob(32) or None
+        session.abort_reason = r.blob(4096).decode() or None
+        advertised = [SignedKeys.read(r) for _ in range(r.u16())]
+        session._advertised = {e.ident: e for e in advertised}
+        session._u1 = tuple(r.ids())
+        shares: dict[int, dict[int, bytes]] = {}
+        for _ in range(r.u16()):
+            sender = r.u32()
+            shares[sender] = {r.u32(): r.blob(CIPHERTEXT_BYTES) for _ in range(r.u16())}
+        session._shares = shares
+        session._u2 = tuple(r.ids())
+        session._commitments = {r.u32(): r.raw(32) for _ in range(r.u16())}
+        session._u3 = tuple(r.ids())
+        session._signatures = {r.u32(): r.blob(P.MAX_SIGNATURE_BYTES) for _ in range(r.u16())}
+        session._u4 = tuple(r.ids())
+        responses: dict[int, dict[tuple[int, ShareKind], bytes]] = {}
+        for _ in range(r.u16()):
+            ident = r.u32()
+            got: dict[tuple[int, ShareKind], bytes] = {}
+            for _ in range(r.u16()):
+                peer, kind = r.u32(), r.u8()
+                if kind not in ShareKind._value2member_map_:
+                    raise MalformedMessage(f"server state: unknown share kind {kind}")
+                got[(peer, ShareKind(kind))] = r.raw(SHARE_BYTES)
+            responses[ident] = got
+        session._responses = responses
+        has_result = r.u8()
+        length = r.u32()
+        vector = np.frombuffer(r.raw(4 * length), dtype="<u4").astype(np.uint32)
+        r.end()
+        if has_result:
+            session.result = SessionResult(vector, frozenset(session._u3))
+        else:
+            session._sum = vector
+        expected_length = config.vector_length if session.stage in _SUMMING else 0
+        if not has_result and length != expected_length:
+            raise MalformedMessage(f"server state: running sum of length {length} for its stage")
+        return session
+
+
+_SUMMING = frozenset({Stage.MASKED_INPUT, Stage.CONSISTENCY_CHECK, Stage.UNMASK})
