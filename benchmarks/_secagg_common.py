@@ -18,6 +18,7 @@ class RunTimes:
     """Timings (seconds) and sizes of one session; lists hold one entry per surviving client."""
 
     client_mask_s: list[float] = field(default_factory=list)
+    client_quantize_s: list[float] = field(default_factory=list)  # the quantise part of the above
     server_unmask_s: float = float("nan")
     upload_bytes: list[int] = field(default_factory=list)
     max_abs_error: float = float("nan")  # decoded mean vs. the float mean of the survivors

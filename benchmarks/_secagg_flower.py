@@ -11,7 +11,7 @@ Timing hooks wrap Flower's functions without changing them:
 
 - client masking = Flower's ``_collect_masked_vectors`` (the mod's MaskedInput step: decrypt the
   forwarded key shares, quantise, private mask, one ECDH + pairwise mask per peer, mod,
-  ``ndarray_to_bytes``);
+  ``ndarray_to_bytes``), and within it the time spent in Flower's ``quantize``;
 - server unmask = from the moment all Unmask replies are in (``send_and_receive`` returns) until
   the workflow holds the exact integer sum, i.e. calls ``dequantize`` (Shamir combine of the
   needed shares, regenerating the private masks of survivors and the pairwise masks of dropped
@@ -68,6 +68,7 @@ class FlowerRun:
     """Raw per-node measurements of one in-process SecAgg+ round."""
 
     client_mask_s: dict[int, float] = field(default_factory=dict)  # node id → MaskedInput time
+    client_quantize_s: dict[int, float] = field(default_factory=dict)  # its quantize() part
     upload_bytes: dict[int, int] = field(default_factory=dict)  # node id → bytes sent, all stages
 
 
@@ -172,11 +173,21 @@ def _hooks(clock: _Clock, run: FlowerRun) -> Iterator[None]:
     """Wrap Flower's own step functions with timers, restoring them afterwards."""
     real_collect = getattr(mod_module, "_collect_masked_vectors")  # noqa: B009
     real_dequantize = getattr(wf_module, "dequantize")  # noqa: B009
+    real_quantize = getattr(mod_module, "quantize")  # noqa: B009
+    quantize_s: list[float] = []
+
+    def timed_quantize(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        out = real_quantize(*args, **kwargs)
+        quantize_s.append(time.perf_counter() - start)
+        return out
 
     def timed_collect(state: Any, configs: Any, num_examples: int, params: Parameters) -> Any:
+        quantize_s.clear()
         start = time.perf_counter()
         out = real_collect(state, configs, num_examples, params)
         run.client_mask_s[int(state.nid)] = time.perf_counter() - start
+        run.client_quantize_s[int(state.nid)] = sum(quantize_s)
         return out
 
     def timed_dequantize(*args: Any, **kwargs: Any) -> Any:
@@ -185,11 +196,13 @@ def _hooks(clock: _Clock, run: FlowerRun) -> Iterator[None]:
 
     setattr(mod_module, "_collect_masked_vectors", timed_collect)  # noqa: B010
     setattr(wf_module, "dequantize", timed_dequantize)  # noqa: B010
+    setattr(mod_module, "quantize", timed_quantize)  # noqa: B010
     try:
         yield
     finally:
         setattr(mod_module, "_collect_masked_vectors", real_collect)  # noqa: B010
         setattr(wf_module, "dequantize", real_dequantize)  # noqa: B010
+        setattr(mod_module, "quantize", real_quantize)  # noqa: B010
 
 
 def run_flower_secaggplus(
@@ -238,6 +251,7 @@ def run_flower_secaggplus(
     aggregate = _first_array(server_ctx.state.array_records[MAIN_PARAMS_RECORD])
     return RunTimes(
         client_mask_s=[run.client_mask_s[nid] for nid in survivors],
+        client_quantize_s=[run.client_quantize_s[nid] for nid in survivors],
         server_unmask_s=clock.sum_ready - clock.unmask_replies_in,
         upload_bytes=[run.upload_bytes[nid] for nid in survivors],
         max_abs_error=mean_error(aggregate, updates, dropped),

@@ -108,6 +108,7 @@ def measure(
     """Run up to ``repeats`` full sessions on one cell (stopping early once ``budget_s`` is spent,
     if given); return the record of medians."""
     mask_s: list[float] = []
+    quantize_s: list[float] = []
     unmask_s: list[float] = []
     upload: list[int] = []
     worst_error = 0.0
@@ -121,6 +122,7 @@ def measure(
         gc.collect()
         times = runner(updates, dropped_ids(cell.n, cell.dropped), threshold_for(cell.n))
         mask_s.extend(times.client_mask_s)
+        quantize_s.extend(times.client_quantize_s)
         unmask_s.append(times.server_unmask_s)
         upload.extend(times.upload_bytes)
         worst_error = max(worst_error, times.max_abs_error)
@@ -132,6 +134,7 @@ def measure(
         "dropped": cell.dropped,
         "client_mask_ms": 1e3 * statistics.median(mask_s),
         "server_unmask_ms": 1e3 * statistics.median(unmask_s),
+        "client_quantize_ms": 1e3 * statistics.median(quantize_s),
         "upload_bytes": int(statistics.median(upload)),
         "repeats": done,
         "threshold": threshold_for(cell.n),
@@ -275,7 +278,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"total {time.perf_counter() - start:.0f} s; load average at end: {_load()}\n")
 
     columns = ["impl", "d", "n", "dropped", "client_mask_ms", "server_unmask_ms", "upload_bytes"]
-    print_table(records, [*columns, "repeats", "sum_ok"], "Secure aggregation (medians)")
+    print_table(
+        records,
+        [*columns, "client_quantize_ms", "repeats", "sum_ok"],
+        "Secure aggregation (medians)",
+    )
     capped = [r for r in records if r["impl"] == FLOWER and r["repeats"] != args.repeats]
     if capped:
         print(
