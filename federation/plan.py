@@ -106,7 +106,7 @@ class RunPlan(_Strict):
         return self
 
     @property
-    def schema(self) -> FeatureSchema:
+    def feature_schema(self) -> FeatureSchema:
         return FeatureSchema(features=self.features)
 
     def canonical_json(self) -> str:

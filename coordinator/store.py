@@ -1,0 +1,261 @@
+"""The coordinator's durable state: one SQLite file (WAL): sites, runs, vectors, audit log.
+
+Every engine change is saved in one transaction together with its audit entries, so a coordinator
+killed at any instant restarts from a consistent state: either the change and its audit record are
+both there, or neither is.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from federation.audit import AuditLog
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sites (
+    site_id TEXT PRIMARY KEY,
+    certificate_pem TEXT NOT NULL,
+    agent_version TEXT NOT NULL DEFAULT '',
+    policy_json TEXT NOT NULL DEFAULT '{}',
+    first_seen REAL NOT NULL,
+    last_seen REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    submitted REAL NOT NULL,
+    updated REAL NOT NULL,
+    status TEXT NOT NULL,
+    submitted_by TEXT NOT NULL,
+    state_json TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS run_vectors (
+    run_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (run_id, name)
+);
+CREATE TABLE IF NOT EXISTS aggregates (
+    run_id TEXT NOT NULL,
+    purpose TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    survivors_json TEXT NOT NULL,
+    total BLOB NOT NULL,
+    PRIMARY KEY (run_id, purpose, round, attempt)
+);
+CREATE TABLE IF NOT EXISTS round_vectors (
+    run_id TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (run_id, round)
+);
+"""
+
+
+@dataclass(frozen=True)
+class SiteRow:
+    site_id: str
+    certificate_pem: str
+    agent_version: str
+    policy: dict[str, Any]
+    first_seen: float
+    last_seen: float
+
+
+@dataclass(frozen=True)
+class RunRow:
+    run_id: str
+    submitted: float
+    updated: float
+    status: str
+    submitted_by: str
+    state: dict[str, Any]
+
+
+class CoordinatorStore:
+    """SQLite-backed state. Not thread-safe: the coordinator uses it from its event loop only."""
+
+    def __init__(self, path: Path | str, clock: Callable[[], float]) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.executescript(SCHEMA)
+        self._clock = clock
+        self.audit = AuditLog(self._conn, clock=clock)
+        self._saved_vectors: dict[tuple[str, str], int] = {}
+
+    def close(self) -> None:
+        self._conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One atomic unit: state change plus its audit entries."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    # ------------------------------------------------------------------ sites
+    def record_hello(
+        self, site_id: str, certificate_pem: str, agent_version: str, policy: dict[str, Any]
+    ) -> None:
+        now = self._clock()
+        with self.transaction():
+            self._conn.execute(
+                """INSERT INTO sites (site_id, certificate_pem, agent_version, policy_json,
+                                      first_seen, last_seen)
+                   VALUES (?, ?, ?, ?, ?, ?)
+                   ON CONFLICT(site_id) DO UPDATE SET certificate_pem = excluded.certificate_pem,
+                       agent_version = excluded.agent_version, policy_json = excluded.policy_json,
+                       last_seen = excluded.last_seen""",
+                (site_id, certificate_pem, agent_version, json.dumps(policy), now, now),
+            )
+            self.audit.append(f"site:{site_id}", "hello", {"agent_version": agent_version})
+
+    def touch_site(self, site_id: str) -> None:
+        self._conn.execute(
+            "UPDATE sites SET last_seen = ? WHERE site_id = ?", (self._clock(), site_id)
+        )
+
+    def sites(self) -> list[SiteRow]:
+        rows = self._conn.execute(
+            "SELECT site_id, certificate_pem, agent_version, policy_json, first_seen, last_seen "
+            "FROM sites ORDER BY site_id"
+        ).fetchall()
+        return [SiteRow(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5]) for r in rows]
+
+    def certificate(self, site_id: str) -> str | None:
+        row = self._conn.execute(
+            "SELECT certificate_pem FROM sites WHERE site_id = ?", (site_id,)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    # ------------------------------------------------------------------ runs
+    def save_run(
+        self,
+        state: dict[str, Any],
+        vectors: dict[str, np.ndarray],
+        *,
+        submitted_by: str = "",
+        global_round: int | None = None,
+        audit: Sequence[tuple[str, str, dict[str, Any]]] = (),
+        aggregate: tuple[str, int, int, list[str], np.ndarray] | None = None,
+    ) -> None:
+        """Persist an engine snapshot (and any audit entries) atomically.
+
+        Vectors are rewritten only when the engine replaced them (engines never mutate a vector
+        in place), so a d = 1e6 run does not rewrite 4 MB on every site result.
+        """
+        run_id = state["run_id"]
+        now = self._clock()
+        with self.transaction():
+            self._conn.execute(
+                """INSERT INTO runs (run_id, submitted, updated, status, submitted_by, state_json)
+                   VALUES (?, ?, ?, ?, ?, ?)
+                   ON CONFLICT(run_id) DO UPDATE SET updated = excluded.updated,
+                       status = excluded.status, state_json = excluded.state_json""",
+                (run_id, now, now, state["status"], submitted_by, json.dumps(state)),
+            )
+            for name, vector in vectors.items():
+                key = (run_id, name)
+                if self._saved_vectors.get(key) == id(vector):
+                    continue
+                blob = np.ascontiguousarray(vector, dtype="<f4").tobytes()
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO run_vectors (run_id, name, data) VALUES (?, ?, ?)",
+                    (run_id, name, blob),
+                )
+                if name == "global_vector" and global_round is not None:
+                    self._conn.execute(
+                        "INSERT OR REPLACE INTO round_vectors (run_id, round, data) "
+                        "VALUES (?, ?, ?)",
+                        (run_id, global_round, blob),
+                    )
+                self._saved_vectors[key] = id(vector)
+            if aggregate is not None:
+                purpose, round_, attempt, survivors, total = aggregate
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO aggregates VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        run_id,
+                        purpose,
+                        round_,
+                        attempt,
+                        json.dumps(survivors),
+                        np.ascontiguousarray(total, dtype="<u4").tobytes(),
+                    ),
+                )
+            for actor, action, detail in audit:
+                self.audit.append(actor, action, detail)
+
+    def runs(self, limit: int = 0) -> list[RunRow]:
+        query = (
+            "SELECT run_id, submitted, updated, status, submitted_by, state_json FROM runs "
+            "ORDER BY submitted DESC"
+        )
+        rows = self._conn.execute(query + (f" LIMIT {int(limit)}" if limit > 0 else "")).fetchall()
+        return [RunRow(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in rows]
+
+    def run(self, run_id: str) -> RunRow | None:
+        row = self._conn.execute(
+            "SELECT run_id, submitted, updated, status, submitted_by, state_json FROM runs "
+            "WHERE run_id = ?",
+            (run_id,),
+        ).fetchone()
+        return (
+            None
+            if row is None
+            else RunRow(row[0], row[1], row[2], row[3], row[4], json.loads(row[5]))
+        )
+
+    def run_vectors(self, run_id: str) -> dict[str, np.ndarray]:
+        rows = self._conn.execute(
+            "SELECT name, data FROM run_vectors WHERE run_id = ?", (run_id,)
+        ).fetchall()
+        return {name: np.frombuffer(data, dtype="<f4").copy() for name, data in rows}
+
+    def round_vector(self, run_id: str, round_: int | None = None) -> tuple[int, np.ndarray] | None:
+        """The global vector after `round_` (the latest round when None)."""
+        if round_ is None:
+            row = self._conn.execute(
+                "SELECT round, data FROM round_vectors WHERE run_id = ? "
+                "ORDER BY round DESC LIMIT 1",
+                (run_id,),
+            ).fetchone()
+        else:
+            row = self._conn.execute(
+                "SELECT round, data FROM round_vectors WHERE run_id = ? AND round = ?",
+                (run_id, round_),
+            ).fetchone()
+        if row is None:
+            return None
+        return int(row[0]), np.frombuffer(row[1], dtype="<f4").copy()
+
+    def aggregates(self, run_id: str) -> list[tuple[str, int, int, list[str], np.ndarray]]:
+        """Every decoded secure sum of a run: (purpose, round, attempt, survivors, uint32 total).
+
+        This is exactly what the coordinator learns — the sum over the survivors — kept so an
+        auditor (or a test) can check it against what the sites say they contributed.
+        """
+        rows = self._conn.execute(
+            "SELECT purpose, round, attempt, survivors_json, total FROM aggregates "
+            "WHERE run_id = ? ORDER BY round, attempt",
+            (run_id,),
+        ).fetchall()
+        return [
+            (r[0], int(r[1]), int(r[2]), json.loads(r[3]), np.frombuffer(r[4], dtype="<u4").copy())
+            for r in rows
+        ]
