@@ -31,7 +31,7 @@ def test_minimal_plan_gets_documented_defaults() -> None:
     plan = parse_plan(MINIMAL)
     assert plan.model.kind == "mlp"
     assert plan.privacy.epsilon == 3.0
-    assert plan.schema.encoded_names() == ["age", "sex=M"]
+    assert plan.feature_schema.encoded_names() == ["age", "sex=M"]
 
 
 def test_canonical_json_round_trips_and_hash_is_stable() -> None:
