@@ -241,8 +241,8 @@ class ClientSession:
             shared = P.agree(self._s_sk, self._peer_keys[v][1])
             key = pairwise_key(shared, session_id, self.config.round, self.my_id, v)
             (add if self.my_id < v else subtract).append(key)
-        y = x.copy()
-        apply_masks(y, add, subtract)
+        y = np.empty_like(x)
+        apply_masks(y, add, subtract, base=x)
         commitment = P.seed_commitment(session_id, self.my_id, self._seed)
         out = MaskedInput(session_id, self.my_id, commitment, y).encode()
         self._held = held

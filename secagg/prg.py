@@ -68,16 +68,26 @@ def keystream_words(key: bytes, count: int) -> U32Array:
     return np.frombuffer(data, dtype="<u4").astype(np.uint32)
 
 
-def apply_masks(acc: U32Array, add: Sequence[bytes], subtract: Sequence[bytes]) -> None:
-    """acc += Σ PRG(k) for k in add − Σ PRG(k) for k in subtract  (mod 2^32, in place)."""
+def apply_masks(
+    acc: U32Array,
+    add: Sequence[bytes],
+    subtract: Sequence[bytes],
+    base: U32Array | None = None,
+) -> None:
+    """acc = (base if given, else acc) + Σ PRG(k) for k in add − Σ PRG(k) for k in subtract,
+    mod 2^32, in place. With `base`, the copy is fused into the first pass over each chunk."""
     if acc.dtype != np.uint32 or acc.ndim != 1 or not acc.flags.c_contiguous:
         raise InvalidInput("mask accumulator must be a contiguous 1-D uint32 array")
+    if base is not None and (base.dtype != np.uint32 or base.shape != acc.shape):
+        raise InvalidInput("mask base must be a uint32 array shaped like the accumulator")
     streams = [
         (Cipher(algorithms.AES(key), modes.CTR(_ZERO_IV)).encryptor(), positive)
         for keys, positive in ((add, True), (subtract, False))
         for key in keys
     ]
     if not streams:
+        if base is not None:
+            np.copyto(acc, base)
         return
     out = bytearray(CHUNK_WORDS * 4 + 15)  # update_into needs len(data) + block_size - 1
     words = np.frombuffer(out, dtype="<u4", count=CHUNK_WORDS)
@@ -86,14 +96,16 @@ def apply_masks(acc: U32Array, add: Sequence[bytes], subtract: Sequence[bytes]) 
     for lo in range(0, d, CHUNK_WORDS):
         m = min(CHUNK_WORDS, d - lo)
         part = acc[lo : lo + m]
+        first = part if base is None else base[lo : lo + m]
         stream = words[:m]
         data = zeros[: 4 * m]
         for encryptor, positive in streams:
             encryptor.update_into(data, out)
             if positive:
-                np.add(part, stream, out=part)
+                np.add(first, stream, out=part)
             else:
-                np.subtract(part, stream, out=part)
+                np.subtract(first, stream, out=part)
+            first = part
 
 
 class Csprng:
@@ -105,6 +117,15 @@ class Csprng:
         if len(key) != 32:
             raise InvalidInput("Csprng key must be 32 bytes")
         self._encryptor = Cipher(algorithms.AES(key), modes.CTR(_ZERO_IV)).encryptor()
+        self._scratch = bytearray(CHUNK_WORDS * 4 + 15)
+        self._scratch_words = np.frombuffer(self._scratch, dtype="<u4", count=CHUNK_WORDS)
+
+    def chunk(self, count: int) -> U32Array:
+        """The next `count` ≤ CHUNK_WORDS words, in a scratch buffer reused by the next call."""
+        if not 0 <= count <= CHUNK_WORDS:
+            raise InvalidInput(f"Csprng.chunk takes at most {CHUNK_WORDS} words, got {count}")
+        self._encryptor.update_into(memoryview(_ZEROS)[: 4 * count], self._scratch)
+        return self._scratch_words[:count]
 
     def fill(self, out: U32Array) -> None:
         """Overwrite a contiguous uint32 array with fresh uniform words."""

@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from secagg.errors import InvalidConfig, InvalidInput
-from secagg.prg import Csprng
+from secagg.prg import CHUNK_WORDS, Csprng
 
 __all__ = [
     "Csprng",
@@ -28,7 +28,6 @@ __all__ = [
 ]
 
 _FLOAT32_EXACT = 2**24  # below this every integer and every x - floor(x) is exact in float32
-_TWO_POW_M24 = np.float32(2.0**-24)
 
 
 @dataclass(frozen=True)
@@ -79,7 +78,9 @@ def _check_vector(vec: npt.ArrayLike) -> npt.NDArray[np.floating]:
 
 def _factor(arr: npt.NDArray[np.floating], cfg: QuantizationConfig) -> float:
     """scale × min(1, clip_norm / ‖arr‖₂), refusing NaN and infinity."""
-    norm = math.sqrt(float(np.dot(arr, arr))) if arr.size else 0.0
+    # einsum, not np.dot: BLAS wakes its thread pool for a long vector and is erratic (up to
+    # 100x slower) on a loaded machine
+    norm = math.sqrt(float(np.einsum("i,i->", arr, arr, dtype=np.float64)))
     if not math.isfinite(norm):
         raise InvalidInput("quantise: the vector contains NaN or infinity")
     shrink = 1.0 if norm <= cfg.clip_norm else cfg.clip_norm / norm
@@ -99,27 +100,63 @@ def clip_and_scale(vec: npt.ArrayLike, cfg: QuantizationConfig) -> npt.NDArray[n
 def quantize(
     vec: npt.ArrayLike, cfg: QuantizationConfig, rng: Csprng | None = None
 ) -> npt.NDArray[np.uint32]:
-    """Clip, scale, stochastically round with CSPRNG uniforms, and store as uint32."""
+    """Clip, scale, stochastically round with CSPRNG uniforms, and store as uint32.
+
+    Works in cache-sized chunks with reused scratch buffers (no d-sized temporaries). When every
+    scaled value is below 2^24 the arithmetic is float32 (floor and fractional part are exact
+    there); otherwise float64. Uniforms are built from CSPRNG bits as 1 + u in [1, 2) and compared
+    with 1 + frac, so the round-up probability equals frac to within 2^-23 (float32) or 2^-32.
+    """
     arr = _check_vector(vec)
     factor = _factor(arr, cfg)
     rng = rng if rng is not None else Csprng()
     bound = cfg.coord_bound * cfg.scale
-    dtype = np.float32 if cfg.max_magnitude < _FLOAT32_EXACT else np.float64
-    x = np.multiply(arr, factor, dtype=dtype)
-    np.clip(x, -bound, bound, out=x)
-    low = np.floor(x)
-    x -= low  # fractional part in [0, 1), exact
-    bits = rng.words(arr.shape[0])
-    if dtype is np.float32:
-        bits >>= 8  # 24-bit uniforms, exact in float32
-        uniform = bits.astype(np.float32)
-        uniform *= _TWO_POW_M24
+    d = arr.shape[0]
+    out = np.empty(d, dtype=np.int32)
+    if cfg.max_magnitude < _FLOAT32_EXACT:
+        _round_chunks(arr, factor, bound, rng, out, np.float32)
     else:
-        uniform = bits.astype(np.float64)
-        uniform *= 2.0**-32
-    low += np.less(uniform, x, out=np.empty(x.shape, dtype=np.bool_))
-    out: npt.NDArray[np.uint32] = low.astype(np.int32).view(np.uint32)
-    return out
+        _round_chunks(arr, factor, bound, rng, out, np.float64)
+    result: npt.NDArray[np.uint32] = out.view(np.uint32)
+    return result
+
+
+def _round_chunks(
+    arr: npt.NDArray[np.floating],
+    factor: float,
+    bound: float,
+    rng: Csprng,
+    out: npt.NDArray[np.int32],
+    dtype: type[np.float32] | type[np.float64],
+) -> None:
+    size = CHUNK_WORDS
+    x_buf = np.empty(size, dtype=dtype)
+    low_buf = np.empty(size, dtype=dtype)
+    up_buf = np.empty(size, dtype=np.bool_)
+    wide = dtype is np.float64
+    bits64 = np.empty(size if wide else 0, dtype=np.uint64)
+    for lo in range(0, arr.shape[0], size):
+        m = min(size, arr.shape[0] - lo)
+        x, low, up = x_buf[:m], low_buf[:m], up_buf[:m]
+        np.multiply(arr[lo : lo + m], factor, out=x, casting="same_kind")
+        np.clip(x, -bound, bound, out=x)
+        np.floor(x, out=low)
+        np.subtract(x, low, out=x)  # fractional part in [0, 1), exact
+        x += 1.0
+        bits = rng.chunk(m)
+        if wide:
+            b = bits64[:m]
+            np.copyto(b, bits)
+            b <<= np.uint64(20)
+            b |= np.uint64(0x3FF0000000000000)
+            uniform = b.view(np.float64)  # 1 + u, u = 32 random bits
+        else:
+            bits >>= 9
+            bits |= np.uint32(0x3F800000)
+            uniform = bits.view(np.float32)  # 1 + u, u = 23 random bits
+        np.less(uniform, x, out=up)
+        np.add(low, up, out=low)
+        np.copyto(out[lo : lo + m], low, casting="unsafe")
 
 
 def to_signed(total: npt.NDArray[np.uint32]) -> npt.NDArray[np.int64]:
