@@ -34,12 +34,14 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     # Imported here so subcommand modules can import CliError from this module.
-    from fedctl import audit, provision
+    from fedctl import audit, demo, provision, runs
 
     parser = _Parser(prog="fedctl", description="Concordia operator CLI")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     provision.register(sub)
+    runs.register(sub)
     audit.register(sub)
+    demo.register(sub)
     return parser
 
 

@@ -1,0 +1,212 @@
+"""A whole federation on one machine: kits, hospital data, and real processes over loopback mTLS.
+
+Used by `fedctl demo` and by the end-to-end tests, so the demo an operator runs and the federation
+the tests kill pieces of are the same thing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from federation.consortium import parse_consortium
+from federation.provisioning import provision
+from federation.wire.v1 import admin_pb2, admin_pb2_grpc
+
+MARKER = ".concordia-demo"
+OPERATOR = "operator"
+
+
+class LocalFederationError(RuntimeError):
+    """A process died or did not come up; the message points at its log."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LocalFederation:
+    """Coordinator + hospitals as separate processes under `workdir`."""
+
+    def __init__(self, workdir: Path, hospitals: tuple[str, ...], viewer: bool = False) -> None:
+        self.workdir = workdir.resolve()
+        self.hospitals = hospitals
+        self.kits = self.workdir / "kits"
+        self.logs = self.workdir / "logs"
+        self.port = free_port()
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._viewer = viewer
+        self._channel: grpc.Channel | None = None
+
+    # ------------------------------------------------------------------ setup
+    def prepare(self) -> None:
+        if self.workdir.exists():
+            if not (self.workdir / MARKER).exists():
+                raise LocalFederationError(f"{self.workdir} exists and is not a scratch folder")
+            shutil.rmtree(self.workdir)
+        self.workdir.mkdir(parents=True)
+        (self.workdir / MARKER).write_text("scratch folder of a local federation; safe to delete\n")
+        operators = [{"name": OPERATOR, "role": "admin"}]
+        if self._viewer:
+            operators.append({"name": "viewer", "role": "viewer"})
+        consortium = parse_consortium(
+            {
+                "consortium": {"name": "concordia-local"},
+                "coordinator": {"hosts": ["localhost", "127.0.0.1"], "port": self.port},
+                "sites": list(self.hospitals),
+                "operators": operators,
+            }
+        )
+        provision(consortium, self.kits)
+        self.logs.mkdir()
+
+    def site_kit(self, hospital: str) -> Path:
+        return self.kits / "sites" / hospital
+
+    def configure_site(
+        self,
+        hospital: str,
+        csv: Path,
+        columns: Mapping[str, str],
+        time_column: str,
+        event_column: str,
+        policy: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Fill the provisioned starter site.toml with its data and policy sections."""
+        kit = self.site_kit(hospital)
+        lines = [
+            ln for ln in (kit / "site.toml").read_text().splitlines() if not ln.startswith("#")
+        ]
+        text = "\n".join(lines).replace(
+            "[site]\n", f"[site]\nstate_dir = {json.dumps(str(kit / 'state'))}\n", 1
+        )
+        text += "\n\n[data]\n"
+        text += f"csv = {json.dumps(str(csv))}\n"
+        text += f"time_column = {json.dumps(time_column)}\n"
+        text += f"event_column = {json.dumps(event_column)}\n"
+        text += f"split_salt = {json.dumps(os.urandom(16).hex())}\n"
+        text += "\n[data.columns]\n"
+        text += "".join(f"{json.dumps(k)} = {json.dumps(v)}\n" for k, v in columns.items())
+        merged = {
+            "max_epsilon_per_run": 3.0,
+            "lifetime_epsilon": 10.0,
+            "max_delta": 1e-5,
+            "min_cohort_size": 100,
+            **(policy or {}),
+        }
+        text += "\n[policy]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in merged.items())
+        (kit / "site.toml").write_text(text)
+
+    # ------------------------------------------------------------------ processes
+    def _spawn(self, name: str, args: list[str], env: Mapping[str, str] | None) -> None:
+        log = (self.logs / f"{name}.log").open("ab")
+        self.processes[name] = subprocess.Popen(
+            [sys.executable, *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+
+    def start_coordinator(self) -> None:
+        config = self.kits / "coordinator" / "coordinator.toml"
+        self._spawn("coordinator", ["-m", "coordinator", "--config", str(config)], None)
+
+    def start_site(
+        self, hospital: str, env: Mapping[str, str] | None = None, record: Path | None = None
+    ) -> None:
+        args = ["-m", "site_agent", "--config", str(self.site_kit(hospital) / "site.toml")]
+        if record is not None:
+            args += ["--record-updates", str(record)]
+        self._spawn(hospital, args, env)
+
+    def kill(self, name: str) -> None:
+        """SIGKILL: no cleanup, no goodbye — a crash."""
+        process = self.processes[name]
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+
+    def alive(self, name: str) -> bool:
+        return name in self.processes and self.processes[name].poll() is None
+
+    def stop_all(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+
+    # ------------------------------------------------------------------ operator
+    def operator_config(self, name: str = OPERATOR) -> Path:
+        return self.kits / "operators" / name / "fedctl.toml"
+
+    def admin(self, name: str = OPERATOR) -> admin_pb2_grpc.AdminStub:
+        from fedctl.remote import admin_stub
+
+        stub, channel = admin_stub(self.operator_config(name))
+        if name == OPERATOR:
+            self._channel = channel
+        return stub
+
+    def wait_for_sites(
+        self, stub: admin_pb2_grpc.AdminStub, count: int, timeout: float = 120
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for name, process in self.processes.items():
+                if process.poll() is not None and process.returncode not in (-signal.SIGKILL,):
+                    raise LocalFederationError(
+                        f"{name} exited with code {process.returncode}; see {self.logs / name}.log"
+                    )
+            try:
+                sites = stub.ListSites(admin_pb2.ListSitesRequest(), timeout=5)
+                online = [s for s in sites.sites if s.state == admin_pb2.SITE_STATE_ONLINE]
+                if len(online) >= count:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.3)
+        raise LocalFederationError(f"{count} sites did not connect within {timeout:.0f} s")
+
+    def log_text(self, name: str) -> str:
+        path = self.logs / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+def flchain_hospitals(
+    federation: LocalFederation, policy: Mapping[str, Any] | None = None
+) -> tuple[Any, Any, list[Path], list[dict[str, str]]]:
+    """Write FLCHAIN's training split as one CSV per hospital (age bands, own column names) and
+    configure every site. Returns (train, test, csv paths, column mappings)."""
+    from survival.data import fixed_split, hospital_column_names, load_flchain, write_hospital_csvs
+
+    train, test = fixed_split(load_flchain())
+    k = len(federation.hospitals)
+    csvs = write_hospital_csvs(federation.workdir / "data", train, k, "age", seed=0)
+    names = hospital_column_names(k)
+    for hospital, csv, mapping in zip(federation.hospitals, csvs, names, strict=True):
+        columns = {key: value for key, value in mapping.items() if key not in ("time", "event")}
+        federation.configure_site(hospital, csv, columns, mapping["time"], mapping["event"], policy)
+    return train, test, csvs, names

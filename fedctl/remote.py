@@ -1,0 +1,70 @@
+"""The operator's connection to the coordinator: its kit's `fedctl.toml`, mutual TLS, Admin stub."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from fedctl.cli import CliError
+from federation.tls import TlsError, TlsKit, TransportSettings, secure_channel
+from federation.wire.v1 import admin_pb2_grpc
+
+DEFAULT_CONFIG = "fedctl.toml"
+
+
+def add_config_argument(parser: Any) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="operator kit's fedctl.toml (default: $CONCORDIA_FEDCTL_CONFIG or ./fedctl.toml)",
+    )
+    parser.add_argument("--output", choices=("text", "json"), default="text")
+
+
+def config_path(given: Path | None) -> Path:
+    if given is not None:
+        return given
+    return Path(os.environ.get("CONCORDIA_FEDCTL_CONFIG", DEFAULT_CONFIG))
+
+
+def admin_stub(given: Path | None) -> tuple[admin_pb2_grpc.AdminStub, grpc.Channel]:
+    """An Admin stub over mutual TLS with the operator's certificate."""
+    path = config_path(given)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise CliError(f"{path}: no operator configuration (pass --config)") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise CliError(f"{path}: not valid TOML: {exc}") from None
+    address = os.environ.get("CONCORDIA_COORDINATOR_ADDRESS") or (
+        data.get("coordinator", {}).get("address")
+        if isinstance(data.get("coordinator"), dict)
+        else None
+    )
+    if not isinstance(address, str) or not address:
+        raise CliError(f"{path}: coordinator.address is missing")
+    try:
+        kit = TlsKit.from_table(data.get("tls"), base=path.parent, source=str(path))
+    except TlsError as exc:
+        raise CliError(str(exc)) from None
+    channel = secure_channel(address, kit, TransportSettings())
+    return admin_pb2_grpc.AdminStub(channel), channel  # type: ignore[no-untyped-call]
+
+
+def rpc_error(exc: grpc.RpcError) -> CliError:
+    """One line for a failed call; unreachable coordinator and denials are bad input (exit 2)."""
+    code = exc.code() if hasattr(exc, "code") else None
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return CliError(f"coordinator unreachable: {details}")
+    if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+        return CliError(f"not allowed: {details}")
+    if code == grpc.StatusCode.NOT_FOUND:
+        return CliError(str(details))
+    name = code.name if code is not None else "ERROR"
+    return CliError(f"{name}: {details}", exit_code=1)

@@ -1,0 +1,256 @@
+"""Operator commands over the Admin service: run, watch, status, runs, sites, stop, export."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+
+from fedctl.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, CliError
+from fedctl.remote import add_config_argument, admin_stub, rpc_error
+from federation.wire.v1 import admin_pb2, federation_pb2
+
+TERMINAL = {
+    federation_pb2.RUN_STATE_COMPLETED,
+    federation_pb2.RUN_STATE_FAILED,
+    federation_pb2.RUN_STATE_STOPPED,
+}
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("run", help="validate and submit a plan, then follow it")
+    p.add_argument("plan", type=Path, help="run plan (TOML, or JSON with a .json suffix)")
+    p.add_argument("--validate-only", action="store_true", help="check the plan, submit nothing")
+    p.add_argument("--detach", action="store_true", help="submit and return without following")
+    add_config_argument(p)
+    p.set_defaults(handler=cmd_run)
+
+    p = sub.add_parser("watch", help="follow a run until it ends (exit 0 completed, 1 otherwise)")
+    p.add_argument("run_id")
+    add_config_argument(p)
+    p.set_defaults(handler=cmd_watch)
+
+    p = sub.add_parser("status", help="one run's status")
+    p.add_argument("run_id")
+    add_config_argument(p)
+    p.set_defaults(handler=cmd_status)
+
+    p = sub.add_parser("runs", help="list runs")
+    p.add_argument("--limit", type=int, default=20)
+    add_config_argument(p)
+    p.set_defaults(handler=cmd_runs)
+
+    p = sub.add_parser("sites", help="list sites, their state and policy")
+    add_config_argument(p)
+    p.set_defaults(handler=cmd_sites)
+
+    p = sub.add_parser("stop", help="stop a run")
+    p.add_argument("run_id")
+    p.add_argument("--reason", default="")
+    add_config_argument(p)
+    p.set_defaults(handler=cmd_stop)
+
+    p = sub.add_parser("export", help="export a run's global model and model card")
+    p.add_argument("run_id")
+    p.add_argument("--round", type=int, default=0, help="round to export (default: latest)")
+    p.add_argument("--out", type=Path, required=True, help="folder for model.pt + model_card.json")
+    add_config_argument(p)
+    p.set_defaults(handler=cmd_export)
+
+
+# ---------------------------------------------------------------------- formatting
+def status_line(status: admin_pb2.RunStatus) -> str:
+    state = federation_pb2.RunState.Name(status.state).removeprefix("RUN_STATE_").lower()
+    stage = admin_pb2.RunStage.Name(status.stage).removeprefix("RUN_STAGE_").lower()
+    eps = " ".join(f"{s.site_id}={s.epsilon_spent:.2f}" for s in status.sites if s.epsilon_spent)
+    metrics = " ".join(
+        f"{m.name}={m.value:.3f}" for m in status.latest_metrics if m.name in ("c_index", "ibs")
+    )
+    accepted = sum(1 for s in status.sites if s.decision == admin_pb2.PLAN_DECISION_ACCEPTED)
+    parts = [
+        f"{status.run_id}",
+        f"{state}",
+        f"round {status.round}/{status.total_rounds}",
+        f"{stage}" + (f" (attempt {status.attempt + 1})" if status.attempt else ""),
+        f"sites alive {status.sites_alive}/{accepted or len(status.sites)}",
+    ]
+    if eps:
+        parts.append(f"ε {eps}")
+    if metrics:
+        parts.append(f"round {status.metrics_round}: {metrics}")
+    if status.message and status.state in TERMINAL:
+        parts.append(status.message)
+    return " · ".join(parts)
+
+
+def _json(message: Any) -> str:
+    return json.dumps(
+        MessageToDict(
+            message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        ),
+        sort_keys=True,
+    )
+
+
+def _exit_for(status: admin_pb2.RunStatus) -> int:
+    return EXIT_OK if status.state == federation_pb2.RUN_STATE_COMPLETED else EXIT_FAILED
+
+
+def follow(stub: Any, run_id: str, output: str) -> int:
+    last: admin_pb2.RunStatus | None = None
+    try:
+        for status in stub.WatchRun(admin_pb2.WatchRunRequest(run_id=run_id)):
+            last = status
+            print(_json(status) if output == "json" else status_line(status), flush=True)
+    except grpc.RpcError as exc:
+        raise rpc_error(exc) from None
+    if last is None:
+        raise CliError(f"no status for run {run_id}", exit_code=EXIT_FAILED)
+    if last.state not in TERMINAL:  # the stream ended early (coordinator restart): one more look
+        last = stub.GetRun(admin_pb2.GetRunRequest(run_id=run_id))
+    return _exit_for(last)
+
+
+# ---------------------------------------------------------------------- commands
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        text = args.plan.read_text()
+    except FileNotFoundError:
+        raise CliError(f"{args.plan}: no such plan file") from None
+    fmt = admin_pb2.PLAN_FORMAT_JSON if args.plan.suffix == ".json" else admin_pb2.PLAN_FORMAT_TOML
+    stub, _channel = admin_stub(args.config)
+    try:
+        response = stub.SubmitRun(
+            admin_pb2.SubmitRunRequest(format=fmt, plan_text=text, validate_only=args.validate_only)
+        )
+    except grpc.RpcError as exc:
+        raise rpc_error(exc) from None
+    if response.errors:
+        for error in response.errors:
+            print(f"fedctl: error: {error.message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.validate_only:
+        print(
+            _json(response) if args.output == "json" else f"plan OK (sha256 {response.plan_sha256})"
+        )
+        return EXIT_OK
+    if args.output == "json":
+        print(_json(response), flush=True)
+    else:
+        print(f"submitted {response.run_id} (plan sha256 {response.plan_sha256[:16]})", flush=True)
+    if args.detach:
+        return EXIT_OK
+    return follow(stub, response.run_id, args.output)
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    stub, _channel = admin_stub(args.config)
+    return follow(stub, args.run_id, args.output)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    stub, _channel = admin_stub(args.config)
+    try:
+        status = stub.GetRun(admin_pb2.GetRunRequest(run_id=args.run_id))
+    except grpc.RpcError as exc:
+        raise rpc_error(exc) from None
+    if args.output == "json":
+        print(_json(status))
+        return EXIT_OK
+    print(status_line(status))
+    for site in status.sites:
+        decision = admin_pb2.PlanDecision.Name(site.decision).removeprefix("PLAN_DECISION_").lower()
+        alive = "alive" if site.alive else "-"
+        line = f"  {site.site_id:<20} {decision:<9} {alive:<6} ε={site.epsilon_spent:.3f}"
+        print(line + (f"  {site.reason}" if site.reason else ""))
+    return EXIT_OK
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    stub, _channel = admin_stub(args.config)
+    try:
+        response = stub.ListRuns(admin_pb2.ListRunsRequest(limit=args.limit))
+    except grpc.RpcError as exc:
+        raise rpc_error(exc) from None
+    if args.output == "json":
+        print(_json(response))
+    else:
+        for status in response.runs:
+            print(status_line(status))
+        if not response.runs:
+            print("no runs")
+    return EXIT_OK
+
+
+def cmd_sites(args: argparse.Namespace) -> int:
+    stub, _channel = admin_stub(args.config)
+    try:
+        response = stub.ListSites(admin_pb2.ListSitesRequest())
+    except grpc.RpcError as exc:
+        raise rpc_error(exc) from None
+    if args.output == "json":
+        print(_json(response))
+        return EXIT_OK
+    for site in response.sites:
+        state = admin_pb2.SiteState.Name(site.state).removeprefix("SITE_STATE_").lower()
+        policy = site.policy
+        print(
+            f"{site.site_id:<20} {state:<8} agent {site.agent_version or '?':<10} "
+            f"max ε/run {policy.max_epsilon_per_run:g} "
+            f"lifetime ε {policy.lifetime_epsilon_spent:.2f}"
+            f"/{policy.lifetime_epsilon_budget:g}"
+        )
+    if not response.sites:
+        print("no site has connected yet")
+    return EXIT_OK
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    stub, _channel = admin_stub(args.config)
+    try:
+        status = stub.StopRun(admin_pb2.StopRunRequest(run_id=args.run_id, reason=args.reason))
+    except grpc.RpcError as exc:
+        raise rpc_error(exc) from None
+    print(_json(status) if args.output == "json" else status_line(status))
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    stub, _channel = admin_stub(args.config)
+    try:
+        response = stub.ExportRun(admin_pb2.ExportRunRequest(run_id=args.run_id, round=args.round))
+    except grpc.RpcError as exc:
+        raise rpc_error(exc) from None
+    paths = write_export(response, args.out)
+    if args.output == "json":
+        print(json.dumps({k: str(v) for k, v in paths.items()}))
+    else:
+        print(
+            f"exported {response.run_id} round {response.round}: {paths['model']} {paths['card']}"
+        )
+    return EXIT_OK
+
+
+def write_export(response: admin_pb2.ExportRunResponse, out: Path) -> dict[str, Path]:
+    """model.pt (a torch state dict) and model_card.json, from an ExportRun answer."""
+    import numpy as np
+    import torch
+
+    from federation.plan import RunPlan
+    from survival.models import build_model, load_flat_parameters
+
+    card = json.loads(response.model_card_json)
+    plan = RunPlan.model_validate(card["plan"])
+    vector = np.frombuffer(response.global_vector.float32_le, dtype="<f4")
+    model = build_model(plan.model, plan.feature_schema.n_encoded, plan.time_grid.n_intervals)
+    load_flat_parameters(model, vector)
+    out.mkdir(parents=True, exist_ok=True)
+    model_path, card_path = out / "model.pt", out / "model_card.json"
+    torch.save(model.state_dict(), model_path)
+    card_path.write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+    return {"model": model_path, "card": card_path}
