@@ -101,18 +101,40 @@ class Federation:
         what the server sends (a cheating coordinator)."""
         outbound = [Outbound(i, Stage.ADVERTISE_KEYS, b"") for i in self.config.participants]
         for stage in ORDER:
-            self.silent |= self.drops.get(stage, set())
-            for message in outbound:
-                if message.recipient in self.silent:
-                    continue
-                payload = tamper(message) if tamper is not None else message.payload
-                reply = self._act(stage, message.recipient, payload)
-                self._server().receive(message.recipient, reply, self.now)
-            server = self._server()
-            outbound = server.tick(self.now)
-            if server.stage is stage:  # someone is silent: wait for the deadline
-                self.now += TIMEOUTS.for_stage(stage)
-                outbound = server.tick(self.now)
-            if server.stage in (Stage.ABORTED, Stage.DONE):
+            outbound = self.run_stage(stage, outbound, tamper)
+            if self.server.stage in (Stage.ABORTED, Stage.DONE):
                 break
         return self._server()
+
+    def run_stage(
+        self,
+        stage: Stage,
+        outbound: list[Outbound],
+        tamper: Callable[[Outbound], bytes] | None = None,
+    ) -> list[Outbound]:
+        """Deliver `outbound` for `stage`, return the replies to the server, close the stage."""
+        self.silent |= self.drops.get(stage, set())
+        for message in outbound:
+            if message.recipient in self.silent:
+                continue
+            payload = tamper(message) if tamper is not None else message.payload
+            reply = self._act(stage, message.recipient, payload)
+            self._server().receive(message.recipient, reply, self.now)
+        server = self._server()
+        result = server.tick(self.now)
+        if server.stage is stage:  # someone is silent: wait for the deadline
+            self.now += TIMEOUTS.for_stage(stage)
+            result = server.tick(self.now)
+        return result
+
+    def step_to(self, stage: Stage) -> dict[int, bytes]:
+        """Run the honest protocol up to `stage`; return what the server sends for it."""
+        outbound = [Outbound(i, Stage.ADVERTISE_KEYS, b"") for i in self.config.participants]
+        for current in ORDER:
+            if current is stage:
+                return {m.recipient: m.payload for m in outbound}
+            outbound = self.run_stage(current, outbound)
+        raise AssertionError(f"{stage} is not a client stage")
+
+    def act(self, stage: Stage, ident: int, payload: bytes) -> bytes:
+        return self._act(stage, ident, payload)
