@@ -1,0 +1,362 @@
+"""Site agent configuration: the provisioned `site.toml` plus CONCORDIA_<SECTION>_<FIELD> overrides.
+
+Layout: `[site] id, state_dir`, `[coordinator] address`, `[tls] ca, cert, key`, `[data]` (with an
+optional `[data.columns]` table) and `[policy]`. Relative paths resolve against the folder of the
+config file (also when they come from the environment), so a startup kit can be moved as a whole.
+Every problem becomes one `ConfigError` line naming the field, never a traceback: a hospital
+operator must be able to fix the file from the message alone. docs/site-config.md is the reference.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from federation.plan import SITE_ID_PATTERN
+
+ENV_PREFIX = "CONCORDIA_"
+SALT_FILE = "split_salt"
+"""Where a derived split salt lives (in state_dir) when the config does not set one."""
+
+ModelKind = Literal["linear", "mlp"]
+MODEL_KINDS: tuple[ModelKind, ...] = ("linear", "mlp")
+
+
+class ConfigError(ValueError):
+    """A site configuration that cannot be used; the message is one line naming the field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SitePolicy(_Section):
+    """What this hospital agrees to: a plan outside it is refused with a reason."""
+
+    allowed_features: list[str] | None = None
+    """None: any feature of the consortium schema."""
+    max_epsilon_per_run: float = Field(default=3.0, gt=0.0)
+    lifetime_epsilon: float = Field(
+        default=10.0,
+        gt=0.0,
+        validation_alias=AliasChoices("lifetime_epsilon", "lifetime_epsilon_budget"),
+    )
+    max_delta: float = Field(default=1e-5, gt=0.0, lt=1e-2)
+    min_cohort_size: int = Field(default=100, ge=1)
+    allowed_model_kinds: list[ModelKind] = Field(default_factory=lambda: list(MODEL_KINDS))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_name_for_lifetime(cls, data: Any) -> Any:
+        if isinstance(data, dict) and {"lifetime_epsilon", "lifetime_epsilon_budget"} <= set(data):
+            raise ValueError("set lifetime_epsilon or lifetime_epsilon_budget, not both")
+        return data
+
+    @model_validator(mode="after")
+    def _lifetime_covers_a_run(self) -> SitePolicy:
+        if self.lifetime_epsilon < self.max_epsilon_per_run:
+            raise ValueError(
+                f"lifetime_epsilon ({self.lifetime_epsilon:g}) must be >= max_epsilon_per_run"
+                f" ({self.max_epsilon_per_run:g})"
+            )
+        return self
+
+
+class DataConfig(_Section):
+    """The local CSV and how its columns map to the consortium's names."""
+
+    csv: Path
+    columns: dict[str, str] = Field(default_factory=dict)
+    """Consortium feature name -> local column name; a feature not listed uses its own name."""
+    time_column: str = Field(default="time", min_length=1)
+    event_column: str = Field(default="event", min_length=1)
+    id_column: str | None = None
+    """Stable patient key for the held-out split; None: a hash of the row's content."""
+    holdout_fraction: float = Field(default=0.2, gt=0.0, lt=0.9)
+    split_salt: str = Field(min_length=16, repr=False)
+    """Secret key of the held-out split (HMAC); fixed for the life of the privacy ledger."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _time_event_in_columns(cls, data: Any) -> Any:
+        """The starter site.toml maps `time`/`event` in [data.columns]; accept that spelling."""
+        if not isinstance(data, dict) or not isinstance(data.get("columns"), dict):
+            return data
+        data = dict(data)
+        columns = dict(data["columns"])
+        for name in ("time", "event"):
+            if name in columns:
+                local = columns.pop(name)
+                given = data.get(f"{name}_column")
+                if given is not None and given != local:
+                    raise ValueError(
+                        f"columns.{name} ({local!r}) contradicts {name}_column ({given!r})"
+                    )
+                data[f"{name}_column"] = local
+        data["columns"] = columns
+        return data
+
+    @field_validator("columns")
+    @classmethod
+    def _non_empty_names(cls, columns: dict[str, str]) -> dict[str, str]:
+        for name, local in columns.items():
+            if not name.strip() or not local.strip():
+                raise ValueError(f"empty column name in mapping {name!r} -> {local!r}")
+        return columns
+
+    def local_column(self, feature: str) -> str:
+        """The CSV column holding consortium feature `feature`."""
+        return self.columns.get(feature, feature)
+
+
+class TlsPaths(_Section):
+    """The kit's files; `TlsKit.from_files(ca, cert, key)` loads them."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+class SiteConfig(_Section):
+    """A validated site configuration with absolute paths."""
+
+    site_id: str = Field(pattern=SITE_ID_PATTERN)
+    state_dir: Path
+    coordinator_address: str = Field(min_length=1)
+    tls: TlsPaths
+    data: DataConfig
+    policy: SitePolicy = Field(default_factory=SitePolicy)
+
+    @field_validator("coordinator_address")
+    @classmethod
+    def _address(cls, address: str) -> str:
+        if re.search(r"\s", address):
+            raise ValueError("must not contain whitespace")
+        return address
+
+
+# Known keys per TOML section, and how an environment string becomes a value for each.
+_LIST_FIELDS = {("policy", "allowed_features"), ("policy", "allowed_model_kinds")}
+_OPTIONAL_FIELDS = {("data", "id_column")}
+_PATH_FIELDS = {
+    ("site", "state_dir"),
+    ("tls", "ca"),
+    ("tls", "cert"),
+    ("tls", "key"),
+    ("data", "csv"),
+}
+_SECTIONS: dict[str, tuple[str, ...]] = {
+    "site": ("id", "state_dir"),
+    "coordinator": ("address",),
+    "tls": ("ca", "cert", "key"),
+    "data": tuple(DataConfig.model_fields),
+    "policy": (*SitePolicy.model_fields, "lifetime_epsilon_budget"),
+}
+# Where each TOML location lands in the SiteConfig model (for error messages, the other way).
+_TOML_TO_MODEL = {("site", "id"): "site_id", ("coordinator", "address"): "coordinator_address"}
+_MODEL_TO_TOML = {v: ".".join(k) for k, v in _TOML_TO_MODEL.items()}
+
+
+def env_name(section: str, field: str) -> str:
+    """The environment variable that overrides `[section] field`."""
+    return f"{ENV_PREFIX}{section.upper()}_{field.upper()}"
+
+
+def _env_value(section: str, field: str, text: str) -> object:
+    if (section, field) in _LIST_FIELDS:
+        return [item.strip() for item in text.split(",") if item.strip()]
+    if (section, field) in _OPTIONAL_FIELDS and not text.strip():
+        return None
+    if (section, field) == ("data", "columns"):
+        mapping: dict[str, str] = {}
+        for item in (part.strip() for part in text.split(",")):
+            if not item:
+                continue
+            name, sep, local = item.partition("=")
+            if not sep:
+                raise ConfigError(
+                    f"data.columns (from {env_name(section, field)}): expected"
+                    f" name=column pairs separated by commas, got {item!r}"
+                )
+            mapping[name.strip()] = local.strip()
+        return mapping
+    return text
+
+
+def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:
+    """Overlay CONCORDIA_<SECTION>_<FIELD> values; returns {"section.field": variable} used."""
+    used: dict[str, str] = {}
+    for section, fields in _SECTIONS.items():
+        for field in fields:
+            name = env_name(section, field)
+            if name not in env:
+                continue
+            table = data.setdefault(section, {})
+            if not isinstance(table, dict):
+                raise ConfigError(f"{section}: must be a table")
+            table[field] = _env_value(section, field, env[name])
+            used[f"{section}.{field}"] = name
+    return used
+
+
+def _resolve(value: object, base: Path) -> object:
+    if isinstance(value, str) and value:
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else base / path
+    return value
+
+
+def _to_model_input(data: dict[str, Any], base: Path, source: str) -> dict[str, Any]:
+    for section, table in data.items():
+        if section not in _SECTIONS:
+            raise ConfigError(f"{source}: [{section}]: unknown section")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: {section}: must be a table")
+        for field in table:
+            if field not in _SECTIONS[section]:
+                raise ConfigError(f"{source}: {section}.{field}: unknown key")
+        for section_field in _PATH_FIELDS:
+            if section_field[0] == section and section_field[1] in table:
+                table[section_field[1]] = _resolve(table[section_field[1]], base)
+    site = data.get("site", {})
+    out: dict[str, Any] = {
+        "site_id": site.get("id"),
+        "state_dir": site.get("state_dir", base / "state"),
+        "coordinator_address": data.get("coordinator", {}).get("address"),
+        "tls": data.get("tls"),
+        "data": data.get("data"),
+        "policy": data.get("policy", {}),
+    }
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def _describe(item: Mapping[str, Any]) -> str:
+    """A short human phrase for one pydantic error (never echoes the value: salts are secret)."""
+    kind = item["type"]
+    ctx = item.get("ctx") or {}
+    phrases = {
+        "missing": "is required",
+        "greater_than": f"must be > {ctx.get('gt')}",
+        "greater_than_equal": f"must be >= {ctx.get('ge')}",
+        "less_than": f"must be < {ctx.get('lt')}",
+        "less_than_equal": f"must be <= {ctx.get('le')}",
+        "float_parsing": "must be a number",
+        "float_type": "must be a number",
+        "int_parsing": "must be an integer",
+        "int_type": "must be an integer",
+        "int_from_float": "must be an integer",
+        "string_type": "must be a string",
+        "list_type": "must be a list",
+        "dict_type": "must be a table",
+        "model_type": "must be a table",
+        "extra_forbidden": "unknown key",
+        "string_too_short": f"must have at least {ctx.get('min_length')} characters",
+        "string_pattern_mismatch": f"must match {ctx.get('pattern')}",
+        "literal_error": f"must be one of {ctx.get('expected')}",
+        "path_type": "must be a path string",
+    }
+    if kind in phrases:
+        return phrases[kind]
+    message = str(item["msg"])
+    return message.removeprefix("Value error, ")
+
+
+def _where(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in _MODEL_TO_TOML:
+        return ".".join([_MODEL_TO_TOML[parts[0]], *parts[1:]])
+    return ".".join(parts) or "config"
+
+
+def _format(error: ValidationError, source: str, from_env: Mapping[str, str]) -> str:
+    messages = []
+    for item in error.errors():
+        where = _where(tuple(item["loc"]))
+        variable = next((v for k, v in from_env.items() if where.startswith(k)), None)
+        label = f"{where} (from {variable})" if variable else where
+        messages.append(f"{label}: {_describe(item)}")
+    return f"{source}: " + "; ".join(messages)
+
+
+def _derived_salt(state_dir: Path) -> str:
+    """A random per-site salt kept in state_dir, created once with mode 0600."""
+    path = state_dir / SALT_FILE
+    try:
+        if not path.exists():
+            state_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="ascii") as handle:
+                handle.write(secrets.token_hex(32) + "\n")
+        return path.read_text(encoding="ascii").strip()
+    except FileExistsError:  # another process created it first
+        return path.read_text(encoding="ascii").strip()
+    except OSError as exc:
+        raise ConfigError(
+            f"data.split_salt: not set, and {path} cannot be created or read: {exc.strerror}"
+        ) from None
+
+
+def _check_files(config: SiteConfig, source: str) -> None:
+    for where, path in (
+        ("tls.ca", config.tls.ca),
+        ("tls.cert", config.tls.cert),
+        ("tls.key", config.tls.key),
+        ("data.csv", config.data.csv),
+    ):
+        if not path.is_file():
+            raise ConfigError(f"{source}: {where}: no such file {path}")
+    if config.state_dir.exists() and not config.state_dir.is_dir():
+        raise ConfigError(f"{source}: site.state_dir: {config.state_dir} is not a folder")
+
+
+def load_site_config(path: Path, env: Mapping[str, str] | None = None) -> SiteConfig:
+    """Read, override from the environment, validate; raises ConfigError with one line."""
+    env = os.environ if env is None else env
+    path = Path(path)
+    source = str(path)
+    try:
+        data: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: no such configuration file") from None
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{source}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    base = path.resolve().parent
+    from_env = _apply_env(data, env)
+    model_input = _to_model_input(data, base, source)
+    data_table = model_input.get("data")
+    derive_salt = isinstance(data_table, dict) and "split_salt" not in data_table
+    if derive_salt:
+        # Validate everything else first: a broken config must not create state on disk.
+        data_table["split_salt"] = "0" * 64  # type: ignore[index]
+    try:
+        config = SiteConfig.model_validate(model_input)
+    except ValidationError as exc:
+        raise ConfigError(_format(exc, source, from_env)) from None
+    _check_files(config, source)
+    if derive_salt:
+        salt = _derived_salt(config.state_dir)
+        config = config.model_copy(
+            update={"data": config.data.model_copy(update={"split_salt": salt})}
+        )
+        if len(salt) < 16:
+            raise ConfigError(f"data.split_salt: {config.state_dir / SALT_FILE} is too short")
+    return config
