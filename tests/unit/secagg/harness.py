@@ -69,6 +69,7 @@ class Federation:
         self.clients = {i: ClientSession(self.config, i, identity_key(i), self.peers) for i in ids}
         self.server = ServerSession(self.config, TIMEOUTS, self.now)
         self.silent: set[int] = set()
+        self.uploaded = dict.fromkeys(ids, 0)  # bytes each client sent
 
     def _client(self, ident: int) -> ClientSession:
         if self.persist:
@@ -82,6 +83,11 @@ class Federation:
         return self.server
 
     def _act(self, stage: Stage, ident: int, payload: bytes) -> bytes:
+        reply = self._reply(stage, ident, payload)
+        self.uploaded[ident] += len(reply)
+        return reply
+
+    def _reply(self, stage: Stage, ident: int, payload: bytes) -> bytes:
         client = self._client(ident)
         if stage is Stage.ADVERTISE_KEYS:
             return client.advertise_keys()
