@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -147,11 +148,11 @@ def test_a_coordinator_substituting_one_sites_key_is_detected_by_every_other_sit
         client = fed.clients[ident]
         if ident == 2:
             match = "participant 2's own keys unchanged|participant 2 are not signed"
-            refuses(client, lambda c=client, p=tampered: c.share_keys(p), SecAggError, match)
+            refuses(client, functools.partial(client.share_keys, tampered), SecAggError, match)
         else:
             refuses(
                 client,
-                lambda c=client, p=tampered: c.share_keys(p),
+                functools.partial(client.share_keys, tampered),
                 InvalidSignature,
                 "participant 2 are not signed",
             )
@@ -290,8 +291,15 @@ def test_wrong_input_vectors_are_refused() -> None:
     fed = federation(d=8)
     payload = fed.step_to(Stage.MASKED_INPUT)[1]
     client = fed.clients[1]
-    for bad in (np.zeros(7, np.uint32), np.zeros(8, np.int64), np.zeros((8, 1), np.uint32)):
-        refuses(client, lambda b=bad: client.masked_input(payload, b), InvalidInput, "uint32")
+    bads: list[np.ndarray] = [
+        np.zeros(7, np.uint32),
+        np.zeros(8, np.int64),
+        np.zeros((8, 1), np.uint32),
+    ]
+    for bad in bads:
+        refuses(
+            client, functools.partial(client.masked_input, payload, bad), InvalidInput, "uint32"
+        )
 
 
 def test_a_second_masked_input_is_refused() -> None:

@@ -104,7 +104,7 @@ def test_adding_and_subtracting_the_same_mask_cancels() -> None:
 
 def test_accumulator_must_be_uint32() -> None:
     with pytest.raises(InvalidInput, match="uint32"):
-        apply_masks(np.zeros(4, dtype=np.int64), [b"k" * 32], [])  # type: ignore[arg-type]
+        apply_masks(np.zeros(4, dtype=np.int64), [b"k" * 32], [])
 
 
 def test_csprng_is_the_keystream_of_its_key_and_fresh_by_default() -> None:

@@ -134,7 +134,7 @@ def test_bad_vectors_are_refused() -> None:
     with pytest.raises(InvalidInput, match="real"):
         quantize(np.array(["a"]), cfg)
     with pytest.raises(InvalidInput, match="uint32"):
-        dequantize_sum(np.zeros(3, dtype=np.int64), cfg)  # type: ignore[arg-type]
+        dequantize_sum(np.zeros(3, dtype=np.int64), cfg)
 
 
 def test_float32_and_integer_inputs_are_accepted() -> None:
