@@ -340,7 +340,10 @@ def load_site_config(path: Path, env: Mapping[str, str] | None = None) -> SiteCo
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
     base = path.resolve().parent
-    from_env = _apply_env(data, env)
+    try:
+        from_env = _apply_env(data, env)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     model_input = _to_model_input(data, base, source)
     data_table = model_input.get("data")
     derive_salt = isinstance(data_table, dict) and "split_salt" not in data_table
