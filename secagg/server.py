@@ -9,6 +9,7 @@ sum as they arrive, so memory is O(d) whatever n is.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 import numpy as np
@@ -356,8 +357,8 @@ class ServerSession:
         t = self.timeouts
         timeouts = (t.advertise_keys, t.share_keys, t.masked_input, t.consistency_check, t.unmask)
         for value in timeouts:
-            w.raw(np.float64(value).tobytes())
-        w.u8(STAGE_CODES[self.stage]).raw(np.float64(self._opened).tobytes())
+            w.raw(struct.pack(">d", value))
+        w.u8(STAGE_CODES[self.stage]).raw(struct.pack(">d", self._opened))
         w.blob(self.session_id or b"").blob((self.abort_reason or "").encode())
         w.u16(len(self._advertised))
         for ident in sorted(self._advertised):
@@ -396,15 +397,15 @@ class ServerSession:
         if (version := r.u8()) != _STATE_VERSION:
             raise MalformedMessage(f"server state: unsupported version {version}")
         config = SessionConfig.from_bytes(r.blob())
-        timeouts = StageTimeouts(*(float(np.frombuffer(r.raw(8))[0]) for _ in range(5)))
+        timeouts = StageTimeouts(*(_float(r) for _ in range(5)))
         code = r.u8()
         if code not in STAGES_BY_CODE:
             raise MalformedMessage(f"server state: unknown stage code {code}")
-        opened = float(np.frombuffer(r.raw(8))[0])
+        opened = _float(r)
         session = cls(config, timeouts, opened)
         session.stage = STAGES_BY_CODE[code]
         session.session_id = r.blob(32) or None
-        session.abort_reason = r.blob(4096).decode() or None
+        session.abort_reason = r.blob(4096).decode(errors="replace") or None
         advertised = [SignedKeys.read(r) for _ in range(r.u16())]
         session._advertised = {e.ident: e for e in advertised}
         session._u1 = tuple(r.ids())
@@ -440,7 +441,48 @@ class ServerSession:
         expected_length = config.vector_length if session.stage in _SUMMING else 0
         if not has_result and length != expected_length:
             raise MalformedMessage(f"server state: running sum of length {length} for its stage")
+        session._validate()
         return session
+
+    def _validate(self) -> None:
+        """Refuse a restored state whose sets do not nest as the protocol makes them."""
+        problems = []
+        if self.stage is Stage.DONE and self.result is None:
+            problems.append("done without a result")
+        if not set(self._advertised) <= set(self.config.participants):
+            problems.append("advertised keys from non-participants")
+        if any(e.ident != i for i, e in self._advertised.items()):
+            problems.append("advertised keys under the wrong id")
+        chain = [
+            (set(self.config.participants), set(self._u1)),
+            (set(self._u1), set(self._u2)),
+            (set(self._u2), set(self._u3)),
+            (set(self._u3), set(self._u4)),
+        ]
+        for outer, inner in chain:
+            if not inner <= outer:
+                problems.append("participant sets do not nest")
+        if not set(self._u1) <= set(self._advertised):
+            problems.append("U1 members without keys")
+        if not set(self._commitments) <= set(self._u2) or not set(self._u3) <= set(
+            self._commitments
+        ):
+            problems.append("seed commitments do not match U3")
+        if not set(self._signatures) <= set(self._u3) or not set(self._u4) <= set(self._signatures):
+            problems.append("consistency signatures do not match U4")
+        if not set(self._responses) <= set(self._u4):
+            problems.append("unmask responses from outside U4")
+        if not set(self._shares) <= set(self._u1):
+            problems.append("share ciphertexts from outside U1")
+        if self._u1 and self.session_id is None:
+            problems.append("session id missing")
+        if problems:
+            raise MalformedMessage("server state is inconsistent: " + "; ".join(problems))
+
+
+def _float(r: Reader) -> float:
+    value: float = struct.unpack(">d", r.raw(8))[0]
+    return value
 
 
 _SUMMING = frozenset({Stage.MASKED_INPUT, Stage.CONSISTENCY_CHECK, Stage.UNMASK})
