@@ -442,7 +442,7 @@ class RunEngine:
 
     def _vector_length(self, purpose: Purpose) -> int:
         if purpose is Purpose.STATS:
-            return StatsLayout(self.n_features, self.n_intervals).length
+            return StatsLayout.for_schema(self.plan.feature_schema, self.n_intervals).length
         if purpose is Purpose.UPDATE:
             return self.n_parameters
         return MetricsLayout().length
@@ -531,9 +531,12 @@ class RunEngine:
         )
         self.completed_aggregate = (record, total)
         if purpose is Purpose.STATS:
-            layout = StatsLayout(self.n_features, self.n_intervals)
+            layout = StatsLayout.for_schema(self.plan.feature_schema, self.n_intervals)
             values = dequantize_sum(total, layout.quantization(n))
-            self.stats = decode_stats(values, self.plan.feature_schema, self.n_intervals)
+            noise_std = self.plan.privacy.stats_noise_multiplier * layout.sensitivity * np.sqrt(n)
+            self.stats = decode_stats(
+                values, self.plan.feature_schema, self.n_intervals, float(noise_std)
+            )
             self.global_vector = initial_parameters(
                 self.plan.model,
                 self.n_features,

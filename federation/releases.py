@@ -20,14 +20,17 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 import numpy as np
-from secagg.quantize import QuantizationConfig
 
+from secagg.quantize import QuantizationConfig
 from survival.schema import FeatureSchema, NumericFeature, Standardization
 
 # A site's cohort is capped so that every release has a public bound (sites with more rows
 # subsample): it sets the fixed-point range of the statistics and the sensitivity of the metrics.
 MAX_COHORT = 200_000
 MAX_SITES = 64
+# A numeric column's scaled variance is never taken below this (std ≥ 1/30 of its public range):
+# noise must not produce a near-zero scale that multiplies a feature by orders of magnitude.
+MIN_NUMERIC_VARIANCE = (1.0 / 30.0) ** 2
 
 
 class Purpose(StrEnum):
@@ -38,20 +41,50 @@ class Purpose(StrEnum):
 
 @dataclass(frozen=True)
 class StatsLayout:
-    """[count, Σu_j, Σu_j², events_k, at_risk_k] with every encoded column u_j scaled to [0, 1]
-    by public bounds, so that one patient moves each coordinate by at most one."""
+    """[count, Σu_j, Σu_v², events_k, w·at_risk_k]: every encoded column u_j scaled to [0, 1] by
+    public bounds; squares only of numeric value columns v (a 0/1 column's square is itself).
+
+    Sensitivity is spent where precision matters. One patient adds 1 to the count; its encoded
+    row has L2² ≤ `row_norm_sq` (one per numeric value and missing indicator, one per categorical
+    feature since its dummies are one-hot); one per numeric square; one event. At-risk counts are
+    large (the cohort at the start) and a patient is at risk in up to K intervals, so they are
+    released scaled by w = 1/√K: their L2 contribution is 1 instead of √K, and their noise is
+    √K times larger relative to counts that are in the thousands.
+    """
 
     n_columns: int
+    numeric_columns: tuple[int, ...]
+    row_norm_sq: int
     n_intervals: int
+
+    @classmethod
+    def for_schema(cls, schema: FeatureSchema, n_intervals: int) -> StatsLayout:
+        numeric: list[int] = []
+        row_norm_sq = 0
+        index = 0
+        for feature in schema.features:
+            names = feature.encoded_names()
+            if isinstance(feature, NumericFeature):
+                numeric.append(index)
+                row_norm_sq += len(names)  # value and, if optional, its missing indicator
+            else:
+                row_norm_sq += 1  # one-hot dummies (missing indicator included)
+            index += len(names)
+        return cls(index, tuple(numeric), row_norm_sq, n_intervals)
+
+    @property
+    def at_risk_weight(self) -> float:
+        return 1.0 / math.sqrt(max(self.n_intervals, 1))
 
     @property
     def length(self) -> int:
-        return 1 + 2 * self.n_columns + 2 * self.n_intervals
+        return 1 + self.n_columns + len(self.numeric_columns) + 2 * self.n_intervals
 
     @property
     def sensitivity(self) -> float:
-        # one patient: count 1, each scaled sum and square ≤ 1, one event, at risk in ≤ K intervals
-        return math.sqrt(1 + 2 * self.n_columns + 1 + self.n_intervals)
+        squares = len(self.numeric_columns)
+        at_risk = self.n_intervals * self.at_risk_weight**2
+        return math.sqrt(1 + self.row_norm_sq + squares + 1 + at_risk)
 
     def quantization(self, n_participants: int) -> QuantizationConfig:
         bound = float(2 * MAX_COHORT)  # counts plus generous room for the Gaussian noise
@@ -146,9 +179,17 @@ def stats_vector(
     low, high = encoded_bounds(schema)
     if raw.ndim != 2 or raw.shape[1] != low.size:
         raise ValueError(f"design matrix has shape {raw.shape}, expected (n, {low.size})")
+    layout = StatsLayout.for_schema(schema, len(events))
     scaled = np.clip((raw - low) / (high - low), 0.0, 1.0)
+    numeric = scaled[:, list(layout.numeric_columns)]
     return np.concatenate(
-        [[float(raw.shape[0])], scaled.sum(axis=0), (scaled * scaled).sum(axis=0), events, at_risk]
+        [
+            [float(raw.shape[0])],
+            scaled.sum(axis=0),
+            (numeric * numeric).sum(axis=0),
+            events,
+            np.asarray(at_risk, dtype=np.float64) * layout.at_risk_weight,
+        ]
     ).astype(np.float64)
 
 
@@ -162,23 +203,38 @@ class ConsortiumStats:
     at_risk: np.ndarray
 
 
-def decode_stats(total: np.ndarray, schema: FeatureSchema, n_intervals: int) -> ConsortiumStats:
-    """Turn the (noised) summed statistics vector into standardisation and hazard counts."""
+def decode_stats(
+    total: np.ndarray, schema: FeatureSchema, n_intervals: int, noise_std: float = 0.0
+) -> ConsortiumStats:
+    """Turn the (noised) summed statistics vector into standardisation and hazard counts.
+
+    A 0/1 column's variance is p(1 − p) from its mean. A numeric column's is E[u²] − E[u]²; with
+    public bounds much wider than the data (lab values), that difference can drown in noise, so an
+    estimate within one noise standard deviation (`noise_std` is the std of the summed noise per
+    coordinate, public: σ·Δ·√sites) of zero, or below MIN_NUMERIC_VARIANCE, is replaced by
+    MIN_NUMERIC_VARIANCE: the feature's scale is then range/30, never a near-zero scale that would
+    multiply it by orders of magnitude.
+    """
     low, high = encoded_bounds(schema)
-    columns = low.size
-    layout = StatsLayout(columns, n_intervals)
+    layout = StatsLayout.for_schema(schema, n_intervals)
     if total.shape != (layout.length,):
         raise ValueError(f"statistics vector has shape {total.shape}, expected ({layout.length},)")
+    columns = layout.n_columns
+    numeric = list(layout.numeric_columns)
     count = max(float(total[0]), 1.0)
     sums = total[1 : 1 + columns]
-    sums_sq = total[1 + columns : 1 + 2 * columns]
+    sums_sq = total[1 + columns : 1 + columns + len(numeric)]
+    offset = 1 + columns + len(numeric)
     mean_u = np.clip(sums / count, 0.0, 1.0)
-    var_u = np.clip(sums_sq / count - mean_u**2, 0.0, None)
+    var_u = mean_u * (1.0 - mean_u)  # 0/1 columns
+    numeric_var = sums_sq / count - mean_u[numeric] ** 2
+    unreliable = numeric_var < max(noise_std / count, MIN_NUMERIC_VARIANCE)
+    var_u[numeric] = np.where(unreliable, MIN_NUMERIC_VARIANCE, numeric_var)
     means = low + (high - low) * mean_u
     stds = (high - low) * np.sqrt(var_u)
     stds = np.where(stds > 1e-6 * (high - low), stds, 1.0)
-    events = np.clip(total[1 + 2 * columns : 1 + 2 * columns + n_intervals], 0.0, None)
-    at_risk = np.clip(total[1 + 2 * columns + n_intervals :], 0.0, None)
+    events = np.clip(total[offset : offset + n_intervals], 0.0, None)
+    at_risk = np.clip(total[offset + n_intervals :] / layout.at_risk_weight, 0.0, None)
     at_risk = np.maximum.accumulate(at_risk[::-1])[::-1]  # at-risk counts never increase with time
     events = np.minimum(events, at_risk)
     return ConsortiumStats(

@@ -99,7 +99,7 @@ class FakeSite:
             event = self.rng.integers(0, 2, n)
             events, at_risk = plan.time_grid.interval_counts(time, event)
             values = stats_vector(raw, events, at_risk, plan.feature_schema)
-            layout = StatsLayout(plan.feature_schema.n_encoded, plan.time_grid.n_intervals)
+            layout = StatsLayout.for_schema(plan.feature_schema, plan.time_grid.n_intervals)
             return quantize(values, layout.quantization(MAX_SITES))
         if task.purpose is Purpose.UPDATE:
             delta = self.rng.normal(0, 0.05, engine.n_parameters)
