@@ -39,18 +39,19 @@ kind = "linear"
 
 [training]
 rounds = {rounds}
-local_epochs = 5
+local_epochs = {local_epochs}
 batch_size = 256
-learning_rate = 0.5
+learning_rate = {learning_rate}
 optimizer = "sgd"
 max_grad_norm = 2.0
-server_optimizer = "fedavg"
-server_learning_rate = 1.0
+server_optimizer = "{server_optimizer}"
+server_learning_rate = {server_learning_rate}
 evaluate_every = {rounds}
 
 [privacy]
 epsilon = 3.0
 delta = 1e-5
+metrics_noise_multiplier = {metrics_noise_multiplier}
 
 [secagg]
 stage_timeout_s = 30.0
@@ -63,7 +64,7 @@ def register(sub: Any) -> None:
         "demo", help="run a real three-hospital federation on bundled data (≈ 3 minutes)"
     )
     p.add_argument("--workdir", type=Path, default=Path("demo-run"), help="scratch folder")
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--keep", action="store_true", help="keep the scratch folder afterwards")
     p.set_defaults(handler=cmd_demo)
 
@@ -75,10 +76,27 @@ class Scores:
     ibs: float
 
 
-def plan_text(rounds: int) -> str:
+def plan_text(
+    rounds: int,
+    *,
+    local_epochs: int = 2,
+    learning_rate: float = 0.5,
+    server_optimizer: str = "fedavg",
+    server_learning_rate: float = 1.0,
+    metrics_noise_multiplier: float = 2.0,
+) -> str:
+    """The demo plan (also the end-to-end tests' plan, with fewer epochs and shorter timeouts)."""
     from survival.data import FLCHAIN_SCHEMA, default_time_grid
 
-    body = DEMO_PLAN.format(cuts=json.dumps(default_time_grid().cuts), rounds=rounds)
+    body = DEMO_PLAN.format(
+        cuts=json.dumps(default_time_grid().cuts),
+        rounds=rounds,
+        local_epochs=local_epochs,
+        learning_rate=learning_rate,
+        server_optimizer=server_optimizer,
+        server_learning_rate=server_learning_rate,
+        metrics_noise_multiplier=metrics_noise_multiplier,
+    )
     features = []
     for feature in FLCHAIN_SCHEMA.features:
         lines = ["[[features]]"]

@@ -1,0 +1,92 @@
+"""What a site computes for each release, before noise, quantisation and secure aggregation.
+
+The layouts (lengths, sensitivities, fixed-point encodings) are shared with the coordinator in
+`federation.releases`; this module holds the site-side arithmetic that needs patient rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+
+from federation.releases import MetricsLayout
+from survival.metrics import CensoringSurvival
+from survival.timegrid import TimeGrid
+
+
+def gaussian_noise(size: int, std: float) -> np.ndarray:
+    """Gaussian noise from a generator freshly seeded with 256 bits of OS entropy per release.
+
+    Like Opacus without secure_mode, this uses a statistical (not cryptographic) generator; the
+    seed, never stored, is what an attacker would have to guess.
+    """
+    rng = np.random.default_rng(int.from_bytes(os.urandom(32), "little"))
+    return rng.normal(0.0, std, size=size)
+
+
+def consortium_censoring(
+    grid: TimeGrid, events: np.ndarray, at_risk: np.ndarray
+) -> CensoringSurvival:
+    """The public censoring curve G from the noised consortium counts on the plan's grid.
+
+    Patients leaving interval k without an event were censored in it; counts are clipped into a
+    consistent range first (post-processing of DP output costs no privacy).
+    """
+    at_risk = np.maximum.accumulate(np.clip(np.asarray(at_risk, float), 0.0, None)[::-1])[::-1]
+    events = np.minimum(np.clip(np.asarray(events, float), 0.0, None), at_risk)
+    leaving = at_risk - np.append(at_risk[1:], 0.0)
+    censored = np.clip(leaving - events, 0.0, at_risk)
+    return CensoringSurvival.from_counts(np.asarray(grid.cuts), censored, at_risk)
+
+
+def metrics_vector(
+    time: np.ndarray,
+    event: np.ndarray,
+    risk: np.ndarray,
+    surv: np.ndarray,
+    grid: TimeGrid,
+    censoring: CensoringSurvival,
+    layout: MetricsLayout,
+    tie_key: bytes,
+) -> np.ndarray:
+    """[patients, events, Σ brier_i, concordant, comparable] with bounded per-patient terms.
+
+    See `federation.releases.MetricsLayout` for why concordance is windowed: each patient with an
+    event is compared with the `layout.window` patients at the next sort positions (a pair counts
+    when the partner's time is strictly later), which bounds one patient's influence on the counts
+    by 2·window under any ties.
+    """
+    n = time.shape[0]
+    order = np.lexsort((_tie_break(n, tie_key), time))
+    t_sorted, e_sorted, r_sorted = time[order], event[order], risk[order]
+    partners = np.arange(n)[:, None] + np.arange(1, layout.window + 1)[None, :]
+    in_range = partners < n
+    partners = np.minimum(partners, n - 1)
+    valid = in_range & (e_sorted[:, None] == 1) & (t_sorted[partners] > t_sorted[:, None])
+    diff = r_sorted[:, None] - r_sorted[partners]
+    concordant = float(((diff > 0) * valid).sum() + 0.5 * ((diff == 0) * valid).sum())
+    comparable = float(valid.sum())
+
+    cuts = np.asarray(grid.cuts)
+    eval_cuts = cuts[:-1] if cuts.size > 1 else cuts
+    s_eval = surv[:, : eval_cuts.size]
+    died_before = (time[:, None] <= eval_cuts[None, :]) & (event[:, None] == 1)
+    alive_after = time[:, None] > eval_cuts[None, :]
+    g_case = np.maximum(censoring.left_limit(time), 1e-12)[:, None]
+    g_t = np.maximum(censoring(eval_cuts), 1e-12)[None, :]
+    weight = np.where(died_before, 1.0 / g_case, 0.0) + np.where(alive_after, 1.0 / g_t, 0.0)
+    weight = np.minimum(weight, layout.max_weight)
+    target = alive_after.astype(np.float64)
+    brier_terms = (weight * (target - s_eval) ** 2).mean(axis=1) / layout.max_weight
+    return np.array(
+        [float(n), float(event.sum()), float(brier_terms.sum()), concordant, comparable]
+    )
+
+
+def _tie_break(n: int, key: bytes) -> np.ndarray:
+    """A keyed, data-independent order among equal times (so ties do not leak row order)."""
+    digest = hashlib.sha256(key).digest()
+    rng = np.random.Generator(np.random.PCG64(int.from_bytes(digest, "little")))
+    return rng.permutation(n)
