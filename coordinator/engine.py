@@ -561,8 +561,9 @@ class RunEngine:
             else:
                 self._next_round(now)
             return
-        metrics = dequantize_sum(total, MetricsLayout().quantization(n))
-        record.metrics = metrics_from_sums(metrics, MetricsLayout())
+        layout_m = MetricsLayout()
+        metrics = layout_m.decode(dequantize_sum(total, layout_m.quantization(n)))
+        record.metrics = metrics_from_sums(metrics, layout_m)
         self.history.append(record)
         self._next_round(now)
 

@@ -132,26 +132,53 @@ class MetricsLayout:
     is its mean IPCW squared error over the evaluation times with weights clipped at `max_weight`,
     divided by max_weight so that it lies in [0, 1]; the censoring curve comes from the consortium
     statistics, not from local data, so one patient moves only its own term.
+
+    Noise is allocated by weight: the site releases `weights ⊙ values` (L2 sensitivity ≤ 1 by
+    construction, see `sensitivity`) plus N(0, σ²), and the coordinator divides the sum by the
+    weights. Counts of patients and events are in the hundreds and need little of the budget; the
+    Brier sum (per patient at most 1) and the pair counts (at most 2·window) share the rest.
     """
 
     window: int = 10
-    max_weight: float = 10.0
+    max_weight: float = 4.0
+    # shares of the unit L2 budget: patients, events, Brier sum, concordant, comparable
+    shares: tuple[float, float, float, float, float] = (0.1, 0.1, 0.45, 0.61, 0.61)
 
     @property
     def length(self) -> int:
         return 5
 
     @property
-    def sensitivity(self) -> float:
+    def raw_sensitivity(self) -> tuple[float, float, float, float, float]:
         pairs = 2.0 * self.window
-        return math.sqrt(1.0 + 1.0 + 1.0 + pairs**2 + pairs**2)
+        return (1.0, 1.0, 1.0, pairs, pairs)
+
+    @property
+    def weights(self) -> np.ndarray:
+        weights: np.ndarray = np.asarray(self.shares) / np.asarray(self.raw_sensitivity)
+        return weights
+
+    @property
+    def sensitivity(self) -> float:
+        """L2 sensitivity of the weighted release (≤ 1)."""
+        return math.sqrt(sum(share * share for share in self.shares))
+
+    def encode(self, values: np.ndarray) -> np.ndarray:
+        weighted: np.ndarray = np.asarray(values, dtype=np.float64) * self.weights
+        return weighted
+
+    def decode(self, weighted_sum: np.ndarray) -> np.ndarray:
+        values: np.ndarray = np.asarray(weighted_sum, dtype=np.float64) / self.weights
+        return values
 
     def quantization(self, n_participants: int) -> QuantizationConfig:
-        bound = float(2 * MAX_COHORT * self.window)
+        # every weighted coordinate is ≤ 0.61·MAX_COHORT (shares ≤ 0.61, per-patient terms ≤ 1
+        # after weighting), so MAX_COHORT leaves ample room for the noise
+        bound = float(MAX_COHORT)
         return QuantizationConfig(
             clip_norm=bound * math.sqrt(self.length),
             coord_bound=bound,
-            scale=4.0,
+            scale=64.0,
             max_participants=max(n_participants, 2),
         )
 

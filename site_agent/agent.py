@@ -394,7 +394,7 @@ class SiteAgent:
         )
         sigma = plan.privacy.metrics_noise_multiplier
         self._charge(task, run, Purpose.METRICS, "holdout", sigma, 1.0, 1)
-        values = values + gaussian_noise(values.size, sigma * layout.sensitivity)
+        values = layout.encode(values) + gaussian_noise(values.size, sigma * layout.sensitivity)
         self.cache.put(
             task.run_id,
             Purpose.METRICS.value,

@@ -105,7 +105,7 @@ class FakeSite:
             delta = self.rng.normal(0, 0.05, engine.n_parameters)
             return quantize(delta, engine._update_layout().quantization(MAX_SITES))
         values = np.array([100.0, 30.0, 5.0, 200.0, 260.0])
-        return quantize(values, MetricsLayout().quantization(MAX_SITES))
+        return quantize(MetricsLayout().encode(values), MetricsLayout().quantization(MAX_SITES))
 
 
 def _run(

@@ -111,3 +111,15 @@ def test_a_variance_drowned_in_noise_falls_back_to_a_public_floor() -> None:
 def test_decode_refuses_a_vector_of_the_wrong_length() -> None:
     with pytest.raises(ValueError, match="statistics vector has shape"):
         decode_stats(np.zeros(3), SCHEMA, GRID.n_intervals)
+
+
+def test_weighted_metrics_release_has_unit_sensitivity_and_decodes_exactly() -> None:
+    from federation.releases import MetricsLayout
+
+    layout = MetricsLayout()
+    worst = np.asarray(layout.raw_sensitivity)  # one patient's largest move of each coordinate
+    assert np.linalg.norm(layout.encode(worst)) == pytest.approx(layout.sensitivity)
+    assert layout.sensitivity <= 1.0
+    values = np.array([400.0, 90.0, 12.5, 700.0, 880.0])
+    np.testing.assert_allclose(layout.decode(layout.encode(values)), values)
+    layout.quantization(64)  # a configuration that cannot wrap (refused at construction if so)
