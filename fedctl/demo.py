@@ -162,6 +162,7 @@ def compare(
     import numpy as np
 
     from federation.plan import RunPlan
+    from site_agent.config import DataConfig
     from survival.data import read_hospital_csv
 
     card = json.loads(export.model_card_json)
@@ -173,7 +174,11 @@ def compare(
         ("federated (DP ε=3, secagg)", score(plan, vector, std["means"], std["stds"], train, test))
     )
     for hospital, csv, mapping in zip(HOSPITALS, csvs, names, strict=True):
+        # The hospital alone trains on the rows its agent trains on in the federation: the site
+        # holds out a share of its rows for federated evaluation, so the baseline does too.
         local = read_hospital_csv(csv, mapping)
+        holdout = DataConfig.model_fields["holdout_fraction"].default  # the demo sites' value
+        local = local.sample(frac=1.0 - holdout, random_state=0)
         rows.append(
             (f"{hospital} alone (DP ε=3)", train_alone(plan, local, train, test, private=True))
         )

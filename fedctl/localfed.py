@@ -190,6 +190,21 @@ class LocalFederation:
             time.sleep(0.3)
         raise LocalFederationError(f"{count} sites did not connect within {timeout:.0f} s")
 
+    def wait_ready(self, stub: admin_pb2_grpc.AdminStub, timeout: float = 60) -> None:
+        """Until the coordinator answers an admin call (after a start or a restart)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive("coordinator"):
+                raise LocalFederationError(
+                    f"the coordinator exited; see {self.logs / 'coordinator'}.log"
+                )
+            try:
+                stub.ListSites(admin_pb2.ListSitesRequest(), timeout=5)
+                return
+            except grpc.RpcError:
+                time.sleep(0.3)
+        raise LocalFederationError(f"the coordinator did not answer within {timeout:.0f} s")
+
     def log_text(self, name: str) -> str:
         path = self.logs / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
