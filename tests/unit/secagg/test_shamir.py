@@ -10,7 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from secagg.errors import InsufficientShares, InvalidInput
-from secagg.shamir import PRIME, decode_share, encode_share, lagrange_at_zero, reconstruct, split
+from secagg.shamir import (
+    PRIME,
+    decode_share,
+    encode_share,
+    lagrange_at_zero,
+    reconstruct,
+    reconstruct_verified,
+    split,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -99,3 +107,67 @@ def test_share_encoding_round_trips_and_coefficients_are_cached() -> None:
     for _ in range(3):
         reconstruct([(4, shares[4]), (9, shares[9])], 2)
     assert lagrange_at_zero.cache_info().hits == 2
+
+
+def _forged(shares: dict[int, int], bad: set[int], rng: random.Random) -> list[tuple[int, int]]:
+    return [
+        (x, (y + rng.randrange(1, PRIME)) % PRIME if x in bad else y) for x, y in shares.items()
+    ]
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), secret=st.binary(min_size=32, max_size=32))
+def test_verified_reconstruction_finds_the_secret_iff_t_good_shares_exist(
+    data: st.DataObject, secret: bytes
+) -> None:
+    """Small cases, where every t-subset is searched: abort exactly when fewer than t shares are
+    good, otherwise the secret and only bad shares named."""
+    m = data.draw(st.integers(1, 9))
+    t = data.draw(st.integers(1, m))
+    shares = split(secret, t, list(range(1, m + 1)))
+    bad = set(data.draw(st.lists(st.integers(1, m), unique=True)))
+    forged = _forged(shares, bad, random.Random(data.draw(st.integers(0, 2**32))))
+    if m - len(bad) < t:
+        with pytest.raises(InsufficientShares, match=f"no {t} of the {m} shares"):
+            reconstruct_verified(forged, t, lambda s: s == secret)
+        return
+    got, named = reconstruct_verified(forged, t, lambda s: s == secret)
+    assert got == secret
+    assert named <= bad
+    if any(x in bad for x in range(1, t + 1)):  # the first t were not enough: all are examined
+        assert named == bad
+
+
+def test_decoding_corrects_up_to_half_the_spare_shares_without_any_search() -> None:
+    secret, m, t = os.urandom(32), 40, 12
+    shares = split(secret, t, list(range(1, m + 1)))
+    rng = random.Random(3)
+    bad = set(rng.sample(range(1, m + 1), (m - t) // 2))
+    got, named = reconstruct_verified(_forged(shares, bad, rng), t, secret.__eq__, max_trials=0)
+    assert (got, named) == (secret, frozenset(bad))
+    bad.add(next(x for x in range(1, m + 1) if x not in bad))
+    with pytest.raises(InsufficientShares, match="decoding corrects up to 14 bad shares"):
+        reconstruct_verified(_forged(shares, bad, rng), t, secret.__eq__, max_trials=0)
+
+
+def test_the_search_is_bounded_when_there_are_too_many_subsets_to_try_all() -> None:
+    # m = 30, t = 20: C(30, 20) = 30045015 subsets. With 11 bad shares no clean one exists, so
+    # the search runs to its bound: the first t, one decoding, then max_trials random subsets.
+    secret, m, t = os.urandom(32), 30, 20
+    shares = split(secret, t, list(range(1, m + 1)))
+    forged = _forged(shares, set(range(1, 12)), random.Random(4))
+    seen: list[bytes] = []
+
+    def accept(candidate: bytes) -> bool:
+        seen.append(candidate)
+        return candidate == secret
+
+    with pytest.raises(InsufficientShares, match="tried: 7 random ones of 30045015"):
+        reconstruct_verified(forged, t, accept, max_trials=7)
+    assert len(seen) <= 1 + 1 + 7
+
+
+def test_a_check_that_nothing_passes_is_an_abort_not_a_guess() -> None:
+    shares = split(os.urandom(32), 2, [1, 2, 3, 4])
+    with pytest.raises(InsufficientShares, match="of the seed"):
+        reconstruct_verified(list(shares.items()), 2, lambda s: False, what="seed")
