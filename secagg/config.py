@@ -32,6 +32,15 @@ class Stage(enum.Enum):
 
 STAGE_CODES: dict[Stage, int] = {stage: index for index, stage in enumerate(Stage)}
 STAGES_BY_CODE: dict[int, Stage] = {index: stage for stage, index in STAGE_CODES.items()}
+# How far a session has got: the stages in protocol order (ABORTED can follow any of them).
+STAGE_LEVELS: dict[Stage, int] = {
+    Stage.ADVERTISE_KEYS: 0,
+    Stage.SHARE_KEYS: 1,
+    Stage.MASKED_INPUT: 2,
+    Stage.CONSISTENCY_CHECK: 3,
+    Stage.UNMASK: 4,
+    Stage.DONE: 5,
+}
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,10 @@ sum as they arrive, so memory is O(d) whatever n is.
 
 from __future__ import annotations
 
+import itertools
+import math
 import struct
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,9 +20,15 @@ import numpy.typing as npt
 
 from secagg import primitives as P
 from secagg._codec import Reader, Writer
-from secagg.config import STAGE_CODES, STAGES_BY_CODE, SessionConfig, Stage, StageTimeouts
+from secagg.config import (
+    STAGE_CODES,
+    STAGE_LEVELS,
+    STAGES_BY_CODE,
+    SessionConfig,
+    Stage,
+    StageTimeouts,
+)
 from secagg.errors import (
-    InsufficientShares,
     MalformedMessage,
     ProtocolViolation,
     SecAggError,
@@ -41,10 +50,11 @@ from secagg.messages import (
     UnmaskResponse,
 )
 from secagg.prg import apply_masks, pairwise_key, self_key
-from secagg.shamir import SHARE_BYTES, decode_share, reconstruct
+from secagg.shamir import PRIME, SHARE_BYTES, decode_share, reconstruct_verified
 
 _STATE_MAGIC = b"SASS"
-_STATE_VERSION = 1
+_STATE_VERSION = 2  # 2: the result records faulty unmask responders
+_MAX_REASON_BYTES = 4096
 _OPEN_STAGES = (
     Stage.ADVERTISE_KEYS,
     Stage.SHARE_KEYS,
@@ -65,10 +75,15 @@ class Outbound:
 
 @dataclass(frozen=True)
 class SessionResult:
-    """The exact sum (uint32, mod 2^32) of the survivors' quantised inputs."""
+    """The exact sum (uint32, mod 2^32) of the survivors' quantised inputs.
+
+    `faulty`: unmask responders whose shares were found off the polynomial of a secret (corrupted
+    or forged); they were left out of every later reconstruction of the session.
+    """
 
     total: npt.NDArray[np.uint32]
     survivors: frozenset[int]
+    faulty: frozenset[int] = frozenset()
 
 
 class ServerSession:
@@ -271,7 +286,8 @@ class ServerSession:
 
     def _abort(self, reason: str) -> None:
         self.stage = Stage.ABORTED
-        self.abort_reason = reason
+        # bounded (and still UTF-8) so that the saved state can hold it
+        self.abort_reason = reason.encode()[:_MAX_REASON_BYTES].decode(errors="ignore")
         self._sum = np.zeros(0, dtype=np.uint32)
 
     def _open_share_keys(self, u1: tuple[int, ...]) -> list[Outbound]:
@@ -313,31 +329,48 @@ class ServerSession:
         return [Outbound(u, Stage.UNMASK, payload) for u in u4]
 
     def _finish(self) -> None:
-        """Reconstruct b_v (v ∈ U3) and s_v^SK (v dropped) and strip every remaining mask."""
+        """Reconstruct b_v (v ∈ U3) and s_v^SK (v dropped) and strip every remaining mask.
+
+        Each secret is checked against what its owner published before unmasking (b_v against
+        its seed commitment, s_v^SK against its advertised public key), so a corrupted or forged
+        share cannot slip in a wrong secret: it is routed around (`reconstruct_verified`), and
+        responders whose shares are found inconsistent are left out of later reconstructions.
+        The session aborts only if some secret has no reconstruction that passes its check.
+        """
         assert self.session_id is not None
         t, round_, sid = self.config.threshold, self.config.round, self.session_id
         keys = {v: (e.c_pk, e.s_pk) for v, e in self._advertised.items()}
         responders = sorted(self._responses)
+        faulty: set[int] = set()
         subtract: list[bytes] = []
         add: list[bytes] = []
+
+        def recover(v: int, kind: ShareKind, accept: Callable[[bytes], bool], what: str) -> bytes:
+            shares = [
+                (u, decode_share(self._responses[u][(v, kind)]))
+                for u in responders
+                if u not in faulty
+            ]
+            secret, bad = reconstruct_verified(shares, t, accept, what)
+            faulty.update(bad)
+            return secret
+
         try:
             for v in self._u3:
-                shares = [
-                    (u, decode_share(self._responses[u][(v, ShareKind.SELF_SEED)]))
-                    for u in responders
-                ]
-                seed = reconstruct(shares, t)
-                if P.seed_commitment(sid, v, seed) != self._commitments[v]:
-                    raise InsufficientShares(f"self-mask seed of {v} does not match its commitment")
+                seed = recover(
+                    v,
+                    ShareKind.SELF_SEED,
+                    _matches_commitment(sid, v, self._commitments[v]),
+                    f"self-mask seed of {v} (checked against its commitment)",
+                )
                 subtract.append(self_key(seed, sid, round_, v))
             for v in self._dropped():
-                shares = [
-                    (u, decode_share(self._responses[u][(v, ShareKind.MASK_KEY)]))
-                    for u in responders
-                ]
-                s_sk = reconstruct(shares, t)
-                if P.x25519_public(s_sk) != keys[v][1]:
-                    raise InsufficientShares(f"masking key of dropped {v} does not match its key")
+                s_sk = recover(
+                    v,
+                    ShareKind.MASK_KEY,
+                    _matches_public_key(keys[v][1]),
+                    f"masking key of dropped {v} (checked against its advertised key)",
+                )
                 for u in self._u3:
                     shared = P.agree(s_sk, keys[u][1])
                     # u added PRG(s_uv) if u < v and subtracted it if u > v: undo that
@@ -348,7 +381,7 @@ class ServerSession:
         total = self._sum
         apply_masks(total, add, subtract)
         self._sum = np.zeros(0, dtype=np.uint32)
-        self.result = SessionResult(total, frozenset(self._u3))
+        self.result = SessionResult(total, frozenset(self._u3), frozenset(faulty))
         self.stage = Stage.DONE
 
     # ------------------------------------------------------------------ persistence
@@ -385,12 +418,19 @@ class ServerSession:
             for peer, kind in sorted(shares):
                 w.u32(peer).u8(kind).raw(shares[(peer, kind)])
         w.u8(self.result is not None)
+        w.ids(sorted(self.result.faulty) if self.result is not None else ())
         vector = self.result.total if self.result is not None else self._sum
         w.u32(vector.shape[0]).raw(vector.astype("<u4", copy=False).tobytes())
         return w.getvalue()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ServerSession:
+        """Inverse of `to_bytes`. Input that is not exactly a state this class can reach
+        (truncated, altered, reordered or internally inconsistent) raises a `SecAggError`
+        (`MalformedMessage`, or `InvalidConfig` for impossible settings), never anything else,
+        so a restored session can always be driven on."""
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise MalformedMessage(f"server state must be bytes, got {type(data).__name__}")
         r = Reader(data, "server state")
         if r.raw(4) != _STATE_MAGIC:
             raise MalformedMessage("server state: bad magic")
@@ -402,82 +442,189 @@ class ServerSession:
         if code not in STAGES_BY_CODE:
             raise MalformedMessage(f"server state: unknown stage code {code}")
         opened = _float(r)
+        if not math.isfinite(opened):
+            raise MalformedMessage("server state: stage start time is not a finite number")
         session = cls(config, timeouts, opened)
         session.stage = STAGES_BY_CODE[code]
-        session.session_id = r.blob(32) or None
-        session.abort_reason = r.blob(4096).decode(errors="replace") or None
+        session_id = r.blob(32)
+        if len(session_id) not in (0, 32):
+            raise MalformedMessage(f"server state: session id of {len(session_id)} bytes")
+        session.session_id = session_id or None
+        try:
+            session.abort_reason = r.blob(_MAX_REASON_BYTES).decode() or None
+        except UnicodeDecodeError:
+            raise MalformedMessage("server state: abort reason is not UTF-8") from None
         advertised = [SignedKeys.read(r) for _ in range(r.u16())]
+        _check_increasing([e.ident for e in advertised], "advertised keys")
         session._advertised = {e.ident: e for e in advertised}
-        session._u1 = tuple(r.ids())
+        session._u1 = _read_set(r, "U1")
         shares: dict[int, dict[int, bytes]] = {}
-        for _ in range(r.u16()):
-            sender = r.u32()
-            shares[sender] = {r.u32(): r.blob(CIPHERTEXT_BYTES) for _ in range(r.u16())}
+        for sender in _keys(r, "share ciphertext senders"):
+            row = {}
+            for recipient in _keys(r, f"share ciphertexts of {sender}"):
+                ct = r.blob(CIPHERTEXT_BYTES)
+                if len(ct) != CIPHERTEXT_BYTES:
+                    raise MalformedMessage("server state: share ciphertext of the wrong size")
+                row[recipient] = ct
+            shares[sender] = row
         session._shares = shares
-        session._u2 = tuple(r.ids())
-        session._commitments = {r.u32(): r.raw(32) for _ in range(r.u16())}
-        session._u3 = tuple(r.ids())
-        session._signatures = {r.u32(): r.blob(P.MAX_SIGNATURE_BYTES) for _ in range(r.u16())}
-        session._u4 = tuple(r.ids())
+        session._u2 = _read_set(r, "U2")
+        session._commitments = {i: r.raw(32) for i in _keys(r, "seed commitments")}
+        session._u3 = _read_set(r, "U3")
+        session._signatures = {
+            i: r.blob(P.MAX_SIGNATURE_BYTES) for i in _keys(r, "consistency signatures")
+        }
+        session._u4 = _read_set(r, "U4")
         responses: dict[int, dict[tuple[int, ShareKind], bytes]] = {}
-        for _ in range(r.u16()):
-            ident = r.u32()
+        for ident in _keys(r, "unmask responses"):
             got: dict[tuple[int, ShareKind], bytes] = {}
+            previous: tuple[int, int] | None = None
             for _ in range(r.u16()):
                 peer, kind = r.u32(), r.u8()
                 if kind not in ShareKind._value2member_map_:
                     raise MalformedMessage(f"server state: unknown share kind {kind}")
+                if previous is not None and (peer, kind) <= previous:
+                    raise MalformedMessage("server state: unmask shares out of order")
+                previous = (peer, kind)
                 got[(peer, ShareKind(kind))] = r.raw(SHARE_BYTES)
             responses[ident] = got
         session._responses = responses
         has_result = r.u8()
+        if has_result not in (0, 1):
+            raise MalformedMessage(f"server state: result flag {has_result}")
+        faulty = _read_set(r, "faulty responders")
         length = r.u32()
         vector = np.frombuffer(r.raw(4 * length), dtype="<u4").astype(np.uint32)
         r.end()
         if has_result:
-            session.result = SessionResult(vector, frozenset(session._u3))
+            if length != config.vector_length:
+                raise MalformedMessage(f"server state: result of length {length}")
+            session.result = SessionResult(vector, frozenset(session._u3), frozenset(faulty))
         else:
+            if faulty:
+                raise MalformedMessage("server state: faulty responders without a result")
+            expected_length = config.vector_length if session.stage in _SUMMING else 0
+            if length != expected_length:
+                raise MalformedMessage(
+                    f"server state: running sum of length {length} for its stage"
+                )
             session._sum = vector
-        expected_length = config.vector_length if session.stage in _SUMMING else 0
-        if not has_result and length != expected_length:
-            raise MalformedMessage(f"server state: running sum of length {length} for its stage")
         session._validate()
         return session
 
     def _validate(self) -> None:
-        """Refuse a restored state whose sets do not nest as the protocol makes them."""
-        problems = []
-        if self.stage is Stage.DONE and self.result is None:
-            problems.append("done without a result")
-        if not set(self._advertised) <= set(self.config.participants):
-            problems.append("advertised keys from non-participants")
-        if any(e.ident != i for i, e in self._advertised.items()):
-            problems.append("advertised keys under the wrong id")
-        chain = [
-            (set(self.config.participants), set(self._u1)),
-            (set(self._u1), set(self._u2)),
-            (set(self._u2), set(self._u3)),
-            (set(self._u3), set(self._u4)),
-        ]
-        for outer, inner in chain:
-            if not inner <= outer:
+        """Refuse a restored state that the protocol cannot produce, so that driving it on
+        (`tick`, `receive`) never meets a missing key or a set of the wrong size."""
+        t = self.config.threshold
+        problems: list[str] = []
+        sets = (self._u1, self._u2, self._u3, self._u4)
+        if self.stage is Stage.ABORTED:
+            level = sum(1 for members in sets if members)  # the last stage opened
+            if not self.abort_reason:
+                problems.append("aborted without a reason")
+        else:
+            level = STAGE_LEVELS[self.stage]
+            if self.abort_reason is not None:
+                problems.append("an abort reason but not aborted")
+        for k, members in enumerate(sets, start=1):
+            if k <= level and len(members) < t:
+                problems.append(f"U{k} has fewer than t = {t} members")
+            if k > level and members:
+                problems.append(f"U{k} is set before its stage")
+        outer: tuple[int, ...] = self.config.participants
+        for members in sets:
+            if not set(members) <= set(outer):
                 problems.append("participant sets do not nest")
-        if not set(self._u1) <= set(self._advertised):
-            problems.append("U1 members without keys")
-        if not set(self._commitments) <= set(self._u2) or not set(self._u3) <= set(
-            self._commitments
+            outer = members
+        if (self.stage is Stage.DONE) != (self.result is not None):
+            problems.append("a result exactly when done is required")
+        if self.result is not None and not self.result.faulty <= set(self._responses):
+            problems.append("faulty responders that did not respond")
+        advertised = set(self._advertised)
+        if not advertised <= set(self.config.participants):
+            problems.append("advertised keys from non-participants")
+        if level >= 1 and advertised != set(self._u1):
+            problems.append("advertised keys differ from U1")
+        if any(not e.signature for e in self._advertised.values()):
+            problems.append("an unsigned key advertisement")
+        if level == 0 and self.session_id is not None:
+            problems.append("a session id before U1")
+        if level >= 1 and self.session_id != P.compute_session_id(
+            self._digest, {i: (e.c_pk, e.s_pk) for i, e in self._advertised.items()}
         ):
-            problems.append("seed commitments do not match U3")
-        if not set(self._signatures) <= set(self._u3) or not set(self._u4) <= set(self._signatures):
-            problems.append("consistency signatures do not match U4")
+            problems.append("the session id is not the hash of U1's keys")
+        if self._shares and level != 1:
+            problems.append("share ciphertexts outside ShareKeys")
+        for sender, row in self._shares.items():
+            if sender not in self._u1 or set(row) != set(self._u1) - {sender}:
+                problems.append(f"share ciphertexts of {sender} do not cover U1")
+        if not _collected(set(self._commitments), level, 2, set(self._u2), set(self._u3)):
+            problems.append("seed commitments do not match U2/U3")
+        if not _collected(set(self._signatures), level, 3, set(self._u3), set(self._u4)):
+            problems.append("consistency signatures do not match U3/U4")
+        if any(not sig for sig in self._signatures.values()):
+            problems.append("an empty consistency signature")
+        if self._responses and level < 4:
+            problems.append("unmask responses before Unmask")
         if not set(self._responses) <= set(self._u4):
             problems.append("unmask responses from outside U4")
-        if not set(self._shares) <= set(self._u1):
-            problems.append("share ciphertexts from outside U1")
-        if self._u1 and self.session_id is None:
-            problems.append("session id missing")
+        if self.stage is Stage.DONE and len(self._responses) < t:
+            problems.append("done with fewer than t unmask responses")
+        wanted = {(v, ShareKind.SELF_SEED) for v in self._u3}
+        wanted |= {(v, ShareKind.MASK_KEY) for v in self._dropped()}
+        for ident, got in self._responses.items():
+            if set(got) != wanted:
+                problems.append(f"unmask response of {ident} does not hold the requested shares")
+            elif any(int.from_bytes(share, "big") >= PRIME for share in got.values()):
+                problems.append(f"unmask response of {ident} holds a non-field element")
         if problems:
             raise MalformedMessage("server state is inconsistent: " + "; ".join(problems))
+
+
+def _matches_commitment(
+    session_id: bytes, ident: int, commitment: bytes
+) -> Callable[[bytes], bool]:
+    """Accepts exactly the self-mask seed that `ident` committed to in MaskedInput."""
+    return lambda seed: P.seed_commitment(session_id, ident, seed) == commitment
+
+
+def _matches_public_key(public: bytes) -> Callable[[bytes], bool]:
+    """Accepts exactly the X25519 private keys (up to clamping) of an advertised public key."""
+    return lambda private: P.x25519_public(private) == public
+
+
+def _collected(
+    got: set[int], level: int, stage_level: int, open_set: set[int], closed: set[int]
+) -> bool:
+    """What a stage collects: nothing before it opens, part of its eligible set while it is open
+    (or when it aborted), exactly the next set once it has closed."""
+    if level < stage_level:
+        return not got
+    if level == stage_level:
+        return got <= open_set
+    return got == closed
+
+
+def _read_set(r: Reader, what: str) -> tuple[int, ...]:
+    ids = tuple(r.ids())
+    _check_increasing(ids, what)
+    return ids
+
+
+def _keys(r: Reader, what: str) -> Iterator[int]:
+    """A u16 count of entries, each starting with a u32 id; ids must strictly increase."""
+    previous = -1
+    for _ in range(r.u16()):
+        ident = r.u32()
+        if ident <= previous:
+            raise MalformedMessage(f"server state: {what} out of order")
+        previous = ident
+        yield ident
+
+
+def _check_increasing(ids: Sequence[int], what: str) -> None:
+    if any(b <= a for a, b in itertools.pairwise(ids)):
+        raise MalformedMessage(f"server state: {what} not in strictly increasing order")
 
 
 def _float(r: Reader) -> float:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -26,6 +28,7 @@ from secagg.messages import (
     UnmaskResponse,
 )
 from secagg.server import ServerSession
+from secagg.shamir import PRIME, lagrange_at_zero
 from tests.unit.secagg.harness import (
     TIMEOUTS,
     Federation,
@@ -159,47 +162,92 @@ def test_fewer_than_t_at_any_stage_aborts_with_reason(stage: Stage) -> None:
     assert server.tick(99.0) == [] and server.expected() == frozenset()
 
 
-def test_a_site_sending_bad_shares_makes_the_server_abort_not_return_garbage() -> None:
-    fed = federation(n=4, t=3)
+def _unmask_with(
+    fed: Federation,
+    forge: dict[int, Callable[[ShareKind], bool]],
+    silent: frozenset[int] = frozenset(),
+) -> ServerSession:
+    """Run Unmask with every site in `forge` shifting its shares of the kinds it selects by random
+    offsets (still field elements, so only the commitment or key check can tell; independent
+    offsets, so two forgers cannot cancel out by accident)."""
+    rng = random.Random(0)
     request = fed.step_to(Stage.UNMASK)
     for ident, payload in request.items():
-        reply = fed.clients[ident].unmask(payload)
-        if ident == 1:
-            msg = UnmaskResponse.decode(reply)
-            shifted = tuple(
-                (peer, kind, (int.from_bytes(share, "big") + 1).to_bytes(66, "big"))
+        if ident in silent:
+            continue
+        msg = UnmaskResponse.decode(fed.clients[ident].unmask(payload))
+        if ident in forge:
+            shares = tuple(
+                (
+                    peer,
+                    kind,
+                    _shifted(share, rng.randrange(1, PRIME)) if forge[ident](kind) else share,
+                )
                 for peer, kind, share in msg.shares
             )
-            reply = replace(msg, shares=shifted).encode()
-        fed.server.receive(ident, reply, 0.0)
-    fed.server.tick(0.0)
-    assert fed.server.stage is Stage.ABORTED
-    assert fed.server.abort_reason is not None
-    assert "does not match its commitment" in fed.server.abort_reason
+            msg = replace(msg, shares=shares)
+        fed.server.receive(ident, msg.encode(), 0.0)
+    fed.server.tick(0.0 if not silent else 1e6)
+    return fed.server
 
 
-def test_bad_mask_key_shares_of_a_dropped_site_are_detected() -> None:
+def _every_kind(kind: ShareKind) -> bool:
+    return True
+
+
+def test_one_site_forging_its_shares_is_routed_around_and_named() -> None:
+    fed = federation(n=4, t=3)
+    lagrange_at_zero.cache_clear()
+    server = _unmask_with(fed, {1: _every_kind})
+    assert server.stage is Stage.DONE and server.result is not None, server.abort_reason
+    np.testing.assert_array_equal(server.result.total, exact_sum(fed.inputs, (1, 2, 3, 4), 16))
+    assert server.result.faulty == frozenset({1})
+    # the forger was found on the first seed and left out of the other three: they all reuse the
+    # cached coefficients of the honest responders {2, 3, 4}
+    info = lagrange_at_zero.cache_info()
+    assert (info.misses, info.hits) == (2, 2)
+    restored = ServerSession.from_bytes(server.to_bytes())
+    assert restored.result is not None and restored.result.faulty == frozenset({1})
+
+
+def test_forged_mask_key_shares_of_a_dropped_site_are_routed_around() -> None:
     config = make_config(5, 3, 8)
     fed = Federation(config, random_inputs(config, 4), drops={Stage.MASKED_INPUT: {5}})
-    request = fed.step_to(Stage.UNMASK)
-    for ident, payload in request.items():
-        msg = UnmaskResponse.decode(fed.clients[ident].unmask(payload))
-        if ident == 2:
-            msg = replace(
-                msg,
-                shares=tuple(
-                    (p, k, _plus_one(s) if k is ShareKind.MASK_KEY else s) for p, k, s in msg.shares
-                ),
-            )
-        fed.server.receive(ident, msg.encode(), 0.0)
-    fed.server.tick(0.0)
-    assert fed.server.stage is Stage.ABORTED
-    assert "masking key of dropped 5" in (fed.server.abort_reason or "")
+    server = _unmask_with(fed, {2: lambda kind: kind is ShareKind.MASK_KEY})
+    assert server.stage is Stage.DONE and server.result is not None, server.abort_reason
+    np.testing.assert_array_equal(server.result.total, exact_sum(fed.inputs, (1, 2, 3, 4), 8))
+    assert server.result.faulty == frozenset({2})
 
 
-def _plus_one(share: bytes) -> bytes:
-    """A share off by one: still a field element, so only the key check can catch it."""
-    return (int.from_bytes(share, "big") + 1).to_bytes(66, "big")
+def test_several_forgers_are_decoded_around() -> None:
+    config = make_config(9, 4, 8)
+    fed = Federation(config, random_inputs(config, 5), drops={Stage.MASKED_INPUT: {9}})
+    server = _unmask_with(fed, {1: _every_kind, 3: _every_kind})
+    assert server.stage is Stage.DONE and server.result is not None, server.abort_reason
+    np.testing.assert_array_equal(server.result.total, exact_sum(fed.inputs, range(1, 9), 8))
+    assert server.result.faulty == frozenset({1, 3})
+
+
+def test_bad_shares_abort_when_no_consistent_reconstruction_exists() -> None:
+    # two forgers among four responders leave two good shares, t = 3
+    server = _unmask_with(federation(n=4, t=3), {1: _every_kind, 2: _every_kind})
+    assert server.stage is Stage.ABORTED and server.result is None
+    assert "no 3 of the 4 shares of the self-mask seed of 1" in (server.abort_reason or "")
+    assert "tried: every one of 4" in (server.abort_reason or "")
+    # exactly t responders, one of them forging: nothing to route around with
+    server = _unmask_with(federation(n=4, t=3), {1: _every_kind}, silent=frozenset({4}))
+    assert server.stage is Stage.ABORTED
+    assert "no 3 of the 3 shares of the self-mask seed of 1" in (server.abort_reason or "")
+    config = make_config(5, 4, 8)
+    fed = Federation(config, random_inputs(config, 4), drops={Stage.MASKED_INPUT: {5}})
+    server = _unmask_with(fed, {2: lambda kind: kind is ShareKind.MASK_KEY})
+    assert "masking key of dropped 5 (checked against its advertised key)" in (
+        server.abort_reason or ""
+    )
+
+
+def _shifted(share: bytes, offset: int) -> bytes:
+    return ((int.from_bytes(share, "big") + offset) % PRIME).to_bytes(66, "big")
 
 
 def test_done_session_refuses_more_and_keeps_its_result() -> None:
