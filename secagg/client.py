@@ -10,8 +10,9 @@ subtracts it if u > v, so the pair's masks cancel in the sum.
 
 from __future__ import annotations
 
+import itertools
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import numpy.typing as npt
@@ -19,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from secagg import primitives as P
 from secagg._codec import Reader, Writer
-from secagg.config import STAGE_CODES, STAGES_BY_CODE, SessionConfig, Stage
+from secagg.config import STAGE_CODES, STAGE_LEVELS, STAGES_BY_CODE, SessionConfig, Stage
 from secagg.errors import (
     DecryptionFailed,
     InsufficientParticipants,
@@ -47,7 +48,7 @@ from secagg.messages import (
     encode_share_plaintext,
 )
 from secagg.prg import apply_masks, pairwise_key, self_key
-from secagg.shamir import SHARE_BYTES, decode_share, encode_share, split
+from secagg.shamir import PRIME, SHARE_BYTES, decode_share, encode_share, split
 
 _STATE_MAGIC = b"SACS"
 _STATE_VERSION = 1
@@ -108,7 +109,8 @@ class ClientSession:
 
     @property
     def u2_view(self) -> frozenset[int]:
-        """The peers this client received shares from, plus itself."""
+        """The peers this client received shares from, plus itself (empty once DONE: the shares
+        are wiped)."""
         return frozenset(self._held)
 
     # ------------------------------------------------------------------ stages
@@ -308,8 +310,19 @@ class ClientSession:
         shares = [(v, ShareKind.SELF_SEED, self._held[v][0]) for v in sorted(survivors)]
         shares += [(v, ShareKind.MASK_KEY, self._held[v][1]) for v in sorted(dropped)]
         out = UnmaskResponse(session_id, self.my_id, tuple(shares)).encode()
+        self._wipe()
         self.stage = Stage.DONE
         return out
+
+    def _wipe(self) -> None:
+        """Forget every session secret once nothing more can be asked of this session: both
+        X25519 private keys, the self-mask seed and every share held. What stays (public keys,
+        session id, the signed survivor set) is public. Python cannot overwrite immutable
+        `bytes`, so this drops the references; a persisted DONE state holds no secret at all."""
+        self._c_sk = b""
+        self._s_sk = b""
+        self._seed = b""
+        self._held = {}
 
     # ------------------------------------------------------------------ persistence
     def to_bytes(self) -> bytes:
@@ -335,6 +348,11 @@ class ClientSession:
         identity_key: ec.EllipticCurvePrivateKey,
         peer_identity_keys: Mapping[int, ec.EllipticCurvePublicKey],
     ) -> ClientSession:
+        """Inverse of `to_bytes`. Input that is not exactly a state this class can reach for
+        its stage (truncated, altered, keys of the wrong length or not matching the advertised
+        ones, sets out of order) raises a `SecAggError`, never anything else."""
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise MalformedMessage(f"client state must be bytes, got {type(data).__name__}")
         r = Reader(data, "client state")
         if r.raw(4) != _STATE_MAGIC:
             raise MalformedMessage("client state: bad magic")
@@ -343,22 +361,96 @@ class ClientSession:
         config = SessionConfig.from_bytes(r.blob())
         session = cls(config, r.u32(), identity_key, peer_identity_keys)
         code = r.u8()
-        if code not in STAGES_BY_CODE:
+        if code not in STAGES_BY_CODE or STAGES_BY_CODE[code] is Stage.ABORTED:
             raise MalformedMessage(f"client state: unknown stage code {code}")
-        session.stage = STAGES_BY_CODE[code]
-        session._c_sk, session._s_sk = r.blob(32), r.blob(32)
-        session.session_id = r.blob(32) or None
-        session._seed = r.blob(32)
-        session._peer_keys = {
-            r.u32(): (r.raw(P.KEY_BYTES), r.raw(P.KEY_BYTES)) for _ in range(r.u16())
+        stage = STAGES_BY_CODE[code]
+        c_sk, s_sk, session_id, seed = r.blob(32), r.blob(32), r.blob(32), r.blob(32)
+        peer_keys = {
+            ident: (r.raw(P.KEY_BYTES), r.raw(P.KEY_BYTES))
+            for ident in _increasing_ids(r, "peer keys")
         }
-        session._held = {r.u32(): (r.raw(SHARE_BYTES), r.raw(SHARE_BYTES)) for _ in range(r.u16())}
-        session._signed_survivors = tuple(r.ids())
+        held = {
+            ident: (r.raw(SHARE_BYTES), r.raw(SHARE_BYTES))
+            for ident in _increasing_ids(r, "held shares")
+        }
+        signed = tuple(r.ids())
         r.end()
-        if session.stage is not Stage.ADVERTISE_KEYS and len(session._s_sk) != 32:
-            raise MalformedMessage("client state: keys missing for its stage")
-        if session.stage is Stage.ABORTED:
-            raise MalformedMessage("client state: impossible stage aborted")
-        if session.stage not in (Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS) and not session.session_id:
-            raise MalformedMessage("client state: session id missing for its stage")
+        if any(b <= a for a, b in itertools.pairwise(signed)):
+            raise MalformedMessage("client state: signed survivors not in increasing order")
+        session._check_restored(stage, c_sk, s_sk, session_id, seed, peer_keys, held, signed)
+        session.stage = stage
+        session._c_sk, session._s_sk, session._seed = c_sk, s_sk, seed
+        session.session_id = session_id or None
+        session._peer_keys, session._held, session._signed_survivors = peer_keys, held, signed
         return session
+
+    def _check_restored(
+        self,
+        stage: Stage,
+        c_sk: bytes,
+        s_sk: bytes,
+        session_id: bytes,
+        seed: bytes,
+        peer_keys: dict[int, tuple[bytes, bytes]],
+        held: dict[int, tuple[bytes, bytes]],
+        signed: tuple[int, ...],
+    ) -> None:
+        """What each stage's state must hold, so that the next stage can never fail on it with
+        anything but a typed refusal."""
+        level = STAGE_LEVELS[stage]
+        t, me = self.config.threshold, self.my_id
+        has_keys = 1 <= level <= 4  # from AdvertiseKeys until Unmask wipes them
+        problems = []
+        if (len(c_sk), len(s_sk)) != ((32, 32) if has_keys else (0, 0)):
+            problems.append(f"private keys of {len(c_sk)} and {len(s_sk)} bytes")
+        if len(seed) != (32 if 2 <= level <= 4 else 0):
+            problems.append(f"self-mask seed of {len(seed)} bytes")
+        if len(session_id) != (32 if level >= 2 else 0):
+            problems.append(f"session id of {len(session_id)} bytes")
+        if level >= 2:
+            if len(peer_keys) < t or not set(peer_keys) <= set(self.config.participants):
+                problems.append("peer keys are not a large enough set of participants")
+            publics = [k for pair in peer_keys.values() for k in pair]
+            if len(set(publics)) != len(publics):
+                problems.append("a public key appears twice")
+            if has_keys and len(c_sk) == len(s_sk) == 32:
+                if peer_keys.get(me) != (P.x25519_public(c_sk), P.x25519_public(s_sk)):
+                    problems.append("this participant's advertised keys do not match its own")
+            elif me not in peer_keys:
+                problems.append("this participant's keys are missing")
+            if session_id and session_id != P.compute_session_id(self._digest, peer_keys):
+                problems.append("the session id is not the hash of the advertised keys")
+        elif peer_keys:
+            problems.append("peer keys before ShareKeys")
+        if level == 2 and set(held) != {me}:
+            problems.append("held shares before MaskedInput other than this participant's own")
+        if 3 <= level <= 4 and (me not in held or len(held) < t or not set(held) <= set(peer_keys)):
+            problems.append("held shares do not fit the advertised keys")
+        if (level < 2 or level > 4) and held:
+            problems.append("held shares outside MaskedInput..Unmask")
+        for pair in held.values():
+            if any(int.from_bytes(share, "big") >= PRIME for share in pair):
+                problems.append("a held share is not a field element")
+                break
+        if level >= 4:
+            if len(signed) < t or me not in signed or not set(signed) <= set(peer_keys):
+                problems.append("the signed survivor set does not fit the session")
+            if level == 4 and not set(signed) <= set(held):
+                problems.append("signed survivors without held shares")
+        elif signed:
+            problems.append("a signed survivor set before ConsistencyCheck")
+        if problems:
+            raise MalformedMessage(
+                f"client state ({stage.value}) is inconsistent: " + "; ".join(problems)
+            )
+
+
+def _increasing_ids(r: Reader, what: str) -> Iterator[int]:
+    """A u16 count of entries, each starting with a u32 id; ids must strictly increase."""
+    previous = -1
+    for _ in range(r.u16()):
+        ident = r.u32()
+        if ident <= previous:
+            raise MalformedMessage(f"client state: {what} out of order")
+        previous = ident
+        yield ident

@@ -448,3 +448,33 @@ def test_state_survives_serialisation_at_every_stage() -> None:
         ClientSession.from_bytes(blob[:-1], identity_key(1), public_keys(config.participants))
     with pytest.raises(MalformedMessage):
         ClientSession.from_bytes(b"XXXX" + blob[4:], identity_key(1), public_keys([1, 2, 3]))
+
+
+def test_a_finished_client_keeps_no_secret() -> None:
+    fed, request = _unmask_setup()
+    client = fed.clients[1]
+    secrets = [client._c_sk, client._s_sk, client._seed]
+    secrets += [share for pair in client._held.values() for share in pair]
+    assert len(secrets) == 3 + 2 * 5 and all(len(s) >= 32 for s in secrets)
+    before = client.to_bytes()
+    assert all(s in before for s in secrets)  # a persisted unfinished session holds them
+    response = client.unmask(request.encode())
+    blob = client.to_bytes()
+    assert client.stage is Stage.DONE
+    assert not any(s in blob for s in secrets), "a finished session still stores a secret"
+    assert (client._c_sk, client._s_sk, client._seed, client._held) == (b"", b"", b"", {})
+    peers = public_keys(fed.config.participants)
+    restored = ClientSession.from_bytes(blob, identity_key(1), peers)
+    assert restored.to_bytes() == blob and restored.stage is Stage.DONE
+    assert restored.session_id == client.session_id
+    with pytest.raises(StageError, match="expects done"):
+        restored.unmask(request.encode())
+    # what it sent is unaffected: the server still unmasks the exact sum with this response
+    server = fed.server
+    server.receive(1, response, 0.0)
+    for ident in (2, 3, 4):
+        server.receive(ident, fed.clients[ident].unmask(request.encode()), 0.0)
+    server.tick(0.0)
+    assert server.result is not None
+    expected = sum(fed.inputs[i].astype(np.uint64) for i in (1, 2, 3, 4)) % 2**32
+    np.testing.assert_array_equal(server.result.total, expected.astype(np.uint32))
