@@ -149,7 +149,8 @@ class ClientSession:
                     "identity key (missing signature or substituted keys)"
                 )
             keys[entry.ident] = (entry.c_pk, entry.s_pk)
-        mine = (P.x25519_public(self._c_sk), P.x25519_public(self._s_sk))
+        c_key = P.x25519_key(self._c_sk)
+        mine = (P.x25519_public(c_key), P.x25519_public(self._s_sk))
         if keys.get(self.my_id) != mine:
             raise ProtocolViolation(
                 f"key broadcast does not contain participant {self.my_id}'s own keys unchanged"
@@ -174,7 +175,7 @@ class ClientSession:
                 self.my_id, v, encode_share(b_shares[v]), encode_share(s_shares[v])
             )
             ct = P.encrypt_share(
-                self._c_sk, keys[v][0], session_id, self.config.round, self.my_id, v, plaintext
+                c_key, keys[v][0], session_id, self.config.round, self.my_id, v, plaintext
             )
             ciphertexts.append((v, ct))
         out = ShareKeys(session_id, self.my_id, tuple(ciphertexts)).encode()
@@ -204,13 +205,14 @@ class ClientSession:
                 f"share bundle is addressed to {msg.recipient}, not {self.my_id}"
             )
         held = dict(self._held)
+        c_key = P.x25519_key(self._c_sk)
         for sender, ct in msg.ciphertexts:
             if sender == self.my_id or sender not in self._peer_keys:
                 raise ProtocolViolation(f"share bundle holds a ciphertext from {sender}, not in U1")
             if sender in held:
                 raise ProtocolViolation(f"share bundle holds two ciphertexts from {sender}")
             plaintext = P.decrypt_share(
-                self._c_sk,
+                c_key,
                 self._peer_keys[sender][0],
                 session_id,
                 self.config.round,
@@ -237,10 +239,11 @@ class ClientSession:
             )
         add = [self_key(self._seed, session_id, self.config.round, self.my_id)]
         subtract: list[bytes] = []
+        s_key = P.x25519_key(self._s_sk)
         for v in sorted(held):
             if v == self.my_id:
                 continue
-            shared = P.agree(self._s_sk, self._peer_keys[v][1])
+            shared = P.agree(s_key, self._peer_keys[v][1])
             key = pairwise_key(shared, session_id, self.config.round, self.my_id, v)
             (add if self.my_id < v else subtract).append(key)
         y = np.empty_like(x)

@@ -2,7 +2,7 @@
 
 Each message starts with b"SA", a version byte and a kind byte; integers are big-endian, ids u32,
 sets are a u16 count then ids, byte strings a u32 length then bytes (capped per field). The masked
-vector is raw little-endian uint32, so MaskedInput costs 4 bytes per coordinate plus 75 bytes.
+vector is raw little-endian uint32, so MaskedInput costs 4 bytes per coordinate plus 76 bytes.
 `decode_*` raises `MalformedMessage` for anything that does not parse exactly (wrong magic, kind,
 version, truncation, trailing bytes, over-long fields, unsorted or duplicate id sets).
 """

@@ -33,17 +33,26 @@ def new_x25519() -> tuple[bytes, bytes]:
     return private.private_bytes_raw(), private.public_key().public_bytes_raw()
 
 
-def x25519_public(private: bytes) -> bytes:
-    """The public key of a raw private key (used to check a reconstructed key)."""
-    return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
+PrivateKey = bytes | X25519PrivateKey  # raw 32 bytes, or a key object built once with x25519_key
 
 
-def agree(private: bytes, peer_public: bytes) -> bytes:
+def x25519_key(private: PrivateKey) -> X25519PrivateKey:
+    """A key object for repeated agreements (building one from raw bytes costs a scalar
+    multiplication, as much as an agreement)."""
+    if isinstance(private, X25519PrivateKey):
+        return private
+    return X25519PrivateKey.from_private_bytes(private)
+
+
+def x25519_public(private: PrivateKey) -> bytes:
+    """The public key of a private key (used to check a reconstructed key)."""
+    return x25519_key(private).public_key().public_bytes_raw()
+
+
+def agree(private: PrivateKey, peer_public: bytes) -> bytes:
     """X25519(private, peer_public); a low-order peer key is a protocol violation."""
     try:
-        return X25519PrivateKey.from_private_bytes(private).exchange(
-            X25519PublicKey.from_public_bytes(peer_public)
-        )
+        return x25519_key(private).exchange(X25519PublicKey.from_public_bytes(peer_public))
     except ValueError as exc:
         raise ProtocolViolation(f"X25519 agreement failed (bad peer public key): {exc}") from None
 
@@ -53,7 +62,7 @@ def share_aad(session_id: bytes, round_: int, sender: int, recipient: int) -> by
 
 
 def encrypt_share(
-    c_private: bytes,
+    c_private: PrivateKey,
     peer_c_public: bytes,
     session_id: bytes,
     round_: int,
@@ -76,7 +85,7 @@ def encrypt_share(
 
 
 def decrypt_share(
-    c_private: bytes,
+    c_private: PrivateKey,
     peer_c_public: bytes,
     session_id: bytes,
     round_: int,

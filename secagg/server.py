@@ -371,8 +371,9 @@ class ServerSession:
                     _matches_public_key(keys[v][1]),
                     f"masking key of dropped {v} (checked against its advertised key)",
                 )
+                s_key = P.x25519_key(s_sk)
                 for u in self._u3:
-                    shared = P.agree(s_sk, keys[u][1])
+                    shared = P.agree(s_key, keys[u][1])
                     # u added PRG(s_uv) if u < v and subtracted it if u > v: undo that
                     (subtract if u < v else add).append(pairwise_key(shared, sid, round_, u, v))
         except SecAggError as exc:

@@ -141,3 +141,20 @@ def test_float32_and_integer_inputs_are_accepted() -> None:
     cfg = CONFIGS[0]
     assert quantize(np.ones(3, dtype=np.float32), cfg).tolist() == [1024] * 3
     assert quantize(np.array([1, 0, -1]), cfg).tolist() == [1024, 0, 2**32 - 1024]
+
+
+def test_float32_norm_is_accurate_and_survives_float32_overflow() -> None:
+    cfg = QuantizationConfig(clip_norm=5.0, coord_bound=100.0, scale=1.0, max_participants=2)
+    # squares overflow float32 (3e19² > 3.4e38) but the norm is finite: clipped, not refused
+    big = np.array([3e19, -4e19], dtype=np.float32)
+    np.testing.assert_allclose(clip_and_scale(big, cfg), [3.0, -4.0], rtol=1e-6)
+    # chunked float32 dot products agree with the exact float64 norm
+    vec = np.random.default_rng(5).normal(0, 1.0, 100_003).astype(np.float32)
+    exact = float(np.sqrt(np.sum(vec.astype(np.float64) ** 2)))
+    wide = QuantizationConfig(
+        clip_norm=exact * (1 - 1e-5), coord_bound=8.0, scale=1.0, max_participants=2
+    )
+    shrunk = clip_and_scale(vec, wide)
+    assert abs(float(np.linalg.norm(shrunk)) - wide.clip_norm) < 1e-5 * exact
+    with pytest.raises(InvalidInput, match="NaN or infinity"):
+        quantize(np.array([1.0, np.inf], dtype=np.float32), cfg)
