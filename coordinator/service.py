@@ -455,6 +455,7 @@ class FederationService(federation_pb2_grpc.FederationServicer):
             epsilon_run=privacy.epsilon_spent_run if privacy else None,
             epsilon_lifetime=privacy.epsilon_spent_lifetime if privacy else None,
         )
+        task_round = engine.round  # the answered task's round (the result may advance the engine)
         try:
             duplicate = engine.on_result(site, result, self.c.clock())
         except ResultRejected as exc:
@@ -475,7 +476,7 @@ class FederationService(federation_pb2_grpc.FederationServicer):
             detail: dict[str, Any] = {
                 "run_id": engine.run_id,
                 "kind": kind.value,
-                "round": request_round(engine),
+                "round": task_round,
                 "bytes": len(request.payload),
             }
             if result.error_code:
@@ -508,10 +509,6 @@ def _crash_if_asked(engine: RunEngine, kind: TaskKind) -> None:
             and int(want_round) == engine.round
         ):
             os.kill(os.getpid(), signal.SIGKILL)
-
-
-def request_round(engine: RunEngine) -> int:
-    return engine.round
 
 
 class AdminService(admin_pb2_grpc.AdminServicer):

@@ -1,0 +1,208 @@
+"""Round overhead of a real federation, and the demo plan's utility.
+
+`python benchmarks/round_bench.py [--quick] [--rounds R] --json PATH`
+
+Starts a coordinator and three site agents as separate processes over loopback mutual TLS (the
+same harness as `fedctl demo`) and runs a DP + secure-aggregation plan whose MLP has d ≈ 1e5 or
+1e6 parameters. A round's **overhead** is everything but local training: from the coordinator's
+receipt of the last site's TRAIN result to its `aggregated` audit entry for that round (five
+secure-aggregation stages, gRPC with the 4·d-byte masked inputs, the SQLite store, FedAvg). The
+times come from the coordinator's own audit log, so the benchmark measures the product, not a
+harness around it. Medians over rounds.
+
+Then (unless --skip-utility) it runs `fedctl demo`'s plan end to end and scores the federated model,
+each hospital alone and pooled non-private training on the common test set, as the demo does.
+`--quick`: d = 1e5 only, 2 rounds, no utility run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _report, by file name (see README)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from _report import print_table, write_json
+
+from fedctl.demo import HOSPITALS, compare, plan_text
+from fedctl.localfed import LocalFederation, flchain_hospitals
+from federation.wire.v1 import admin_pb2, federation_pb2
+from survival.data import FLCHAIN_SCHEMA, default_time_grid
+from survival.spec import ModelSpec, parameter_count
+
+TERMINAL = {
+    federation_pb2.RUN_STATE_COMPLETED,
+    federation_pb2.RUN_STATE_FAILED,
+    federation_pb2.RUN_STATE_STOPPED,
+}
+
+
+def hidden_width_for(d: int) -> int:
+    """The width h of a two-hidden-layer MLP whose parameter count is closest to d."""
+    k = default_time_grid().n_intervals
+    n = FLCHAIN_SCHEMA.n_encoded
+
+    def count(h: int) -> int:
+        return parameter_count(ModelSpec(kind="mlp", hidden=(h, h)), n, k)
+
+    return min(range(8, 4097), key=lambda h: abs(count(h) - d))
+
+
+def bench_plan(rounds: int, width: int) -> str:
+    text = plan_text(rounds, local_epochs=1)
+    text = text.replace('kind = "linear"', f'kind = "mlp"\nhidden = [{width}, {width}]')
+    text = text.replace("batch_size = 256", "batch_size = 512")
+    return text.replace("train_timeout_s = 240.0", "train_timeout_s = 900.0")
+
+
+def run_until_done(stub: object, text: str, timeout: float) -> str:
+    response = stub.SubmitRun(  # type: ignore[attr-defined]
+        admin_pb2.SubmitRunRequest(format=admin_pb2.PLAN_FORMAT_TOML, plan_text=text)
+    )
+    if response.errors:
+        raise SystemExit("plan refused: " + "; ".join(e.message for e in response.errors))
+    run_id = str(response.run_id)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = stub.GetRun(admin_pb2.GetRunRequest(run_id=run_id))  # type: ignore[attr-defined]
+        stage = admin_pb2.RunStage.Name(status.stage)
+        print(
+            f"\r  {run_id}: round {status.round}/{status.total_rounds} {stage:<34}",
+            end="",
+            flush=True,
+        )
+        if status.state in TERMINAL:
+            print()
+            if status.state != federation_pb2.RUN_STATE_COMPLETED:
+                raise SystemExit(f"run ended {status.state}: {status.message}")
+            return run_id
+        time.sleep(0.5)
+    raise SystemExit(f"run {run_id} did not finish within {timeout:.0f} s")
+
+
+def round_overheads(store: Path, run_id: str) -> tuple[list[float], list[int]]:
+    """Per update round: seconds from the last TRAIN result to `aggregated`; bytes per site."""
+    with sqlite3.connect(store) as conn:
+        rows = conn.execute("SELECT ts, action, detail FROM audit_log ORDER BY seq").fetchall()
+    last_train: dict[int, float] = {}
+    uploads: dict[tuple[int, str], int] = {}
+    overheads: list[float] = []
+    for ts, action, detail_text in rows:
+        detail = json.loads(detail_text)
+        if detail.get("run_id") != run_id:
+            continue
+        if action == "result" and detail.get("kind") == "train":
+            last_train[detail["round"]] = max(last_train.get(detail["round"], 0.0), ts)
+        if action == "result" and str(detail.get("kind", "")).startswith("secagg"):
+            key = (detail["round"], detail.get("kind", ""))
+            uploads[key] = max(uploads.get(key, 0), int(detail.get("bytes", 0)))
+        if action == "aggregated" and detail.get("purpose") == "update":
+            round_ = detail["round"]
+            if round_ in last_train:
+                overheads.append(ts - last_train[round_])
+    per_round: dict[int, int] = {}
+    for (round_, _kind), size in uploads.items():
+        per_round[round_] = per_round.get(round_, 0) + size
+    return overheads, [per_round[r] for r in sorted(per_round) if r > 0]
+
+
+def measure(d: int, rounds: int, workdir: Path) -> dict[str, object]:
+    width = hidden_width_for(d)
+    actual = parameter_count(
+        ModelSpec(kind="mlp", hidden=(width, width)),
+        FLCHAIN_SCHEMA.n_encoded,
+        default_time_grid().n_intervals,
+    )
+    print(f"d≈{d:g}: MLP hidden ({width}, {width}) → {actual} parameters", flush=True)
+    federation = LocalFederation(workdir / f"d{d}", HOSPITALS)
+    federation.prepare()
+    flchain_hospitals(federation)
+    try:
+        federation.start_coordinator()
+        for hospital in HOSPITALS:
+            federation.start_site(hospital)
+        stub = federation.admin()
+        federation.wait_for_sites(stub, len(HOSPITALS))
+        started = time.monotonic()
+        run_id = run_until_done(stub, bench_plan(rounds, width), timeout=1800)
+        wall = time.monotonic() - started
+    finally:
+        federation.stop_all()
+    overheads, uploads = round_overheads(
+        federation.kits / "coordinator" / "coordinator.sqlite", run_id
+    )
+    return {
+        "n_sites": len(HOSPITALS),
+        "d": actual,
+        "rounds": rounds,
+        "overhead_s_median": statistics.median(overheads),
+        "overhead_s_max": max(overheads),
+        "secagg_upload_bytes_per_site": statistics.median(uploads) if uploads else None,
+        "run_wall_s": round(wall, 1),
+    }
+
+
+def utility(workdir: Path) -> list[dict[str, object]]:
+    federation = LocalFederation(workdir / "utility", HOSPITALS)
+    federation.prepare()
+    train, test, csvs, names = flchain_hospitals(federation)
+    try:
+        federation.start_coordinator()
+        for hospital in HOSPITALS:
+            federation.start_site(hospital)
+        stub = federation.admin()
+        federation.wait_for_sites(stub, len(HOSPITALS))
+        run_id = run_until_done(stub, plan_text(10), timeout=900)
+        export = stub.ExportRun(admin_pb2.ExportRunRequest(run_id=run_id))
+    finally:
+        federation.stop_all()
+    return [
+        {"model": name, "c_index": s.c_index, "c_td": s.c_td, "ibs": s.ibs}
+        for name, s in compare(export, train, test, csvs, names)
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--skip-utility", action="store_true")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    sizes = [100_000] if args.quick else [100_000, 1_000_000]
+    rounds = 2 if args.quick else args.rounds
+    records: list[dict[str, object]] = []
+    with tempfile.TemporaryDirectory(prefix="round-bench-") as scratch:
+        for d in sizes:
+            records.append({"bench": "round_overhead", **measure(d, rounds, Path(scratch))})
+        print_table(
+            [r for r in records if r["bench"] == "round_overhead"],
+            [
+                "n_sites",
+                "d",
+                "rounds",
+                "overhead_s_median",
+                "overhead_s_max",
+                "secagg_upload_bytes_per_site",
+                "run_wall_s",
+            ],
+            "Round overhead excluding local training (loopback mTLS, 3 site processes)",
+        )
+        if not (args.quick or args.skip_utility):
+            rows = utility(Path(scratch))
+            records += [{"bench": "utility", **row} for row in rows]
+            print_table(rows, ["model", "c_index", "c_td", "ibs"], "Demo plan, common test set")
+    if args.json is not None:
+        write_json(args.json, records)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
