@@ -45,3 +45,17 @@ proto: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache
+
+# ---------------------------------------------------------------- containers (deploy/, docs/deploy.md)
+.PHONY: wheelhouse
+
+# Every wheel the images need (the project and all dependencies of concordia[data], with the pinned
+# torch 2.13.0 CPU build), so `podman build` / `docker build` install with no network at all.
+# The wheels match this host's Python (3.11) and platform: the images' Python must be the same.
+# (./wheelhouse is what the Dockerfiles copy; it is git-ignored.)
+wheelhouse: $(STAMP)
+	rm -rf wheelhouse
+	$(PIP) wheel --quiet --wheel-dir wheelhouse torch==2.13.0 '.[data]'
+	rm -rf build
+	@ls wheelhouse | wc -l | xargs printf '%s wheels in wheelhouse/\n'
+

@@ -18,6 +18,7 @@ each hospital alone and pooled non-private training on the common test set, as t
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sqlite3
 import statistics
@@ -87,6 +88,39 @@ def run_until_done(stub: object, text: str, timeout: float) -> str:
     raise SystemExit(f"run {run_id} did not finish within {timeout:.0f} s")
 
 
+STAGES = (
+    "train",
+    "secagg_advertise_keys",
+    "secagg_share_keys",
+    "secagg_masked_input",
+    "secagg_consistency_check",
+    "secagg_unmask",
+)
+
+
+def stage_breakdown(store: Path, run_id: str) -> dict[str, float]:
+    """Median seconds from the last result of one stage to the last result of the next."""
+    with sqlite3.connect(store) as conn:
+        rows = conn.execute("SELECT ts, action, detail FROM audit_log ORDER BY seq").fetchall()
+    last: dict[tuple[int, str], float] = {}
+    for ts, action, detail_text in rows:
+        detail = json.loads(detail_text)
+        if action == "result" and detail.get("run_id") == run_id and detail.get("round", 0) > 0:
+            key = (detail["round"], detail.get("kind", ""))
+            last[key] = max(last.get(key, 0.0), ts)
+    out: dict[str, float] = {}
+    rounds = sorted({r for r, _ in last})
+    for before, after in itertools.pairwise(STAGES):
+        gaps = [
+            last[(r, after)] - last[(r, before)]
+            for r in rounds
+            if (r, before) in last and (r, after) in last
+        ]
+        if gaps:
+            out[after.removeprefix("secagg_") + "_s"] = statistics.median(gaps)
+    return out
+
+
 def round_overheads(store: Path, run_id: str) -> tuple[list[float], list[int]]:
     """Per update round: seconds from the last TRAIN result to `aggregated`; bytes per site."""
     with sqlite3.connect(store) as conn:
@@ -135,9 +169,10 @@ def measure(d: int, rounds: int, workdir: Path) -> dict[str, object]:
         wall = time.monotonic() - started
     finally:
         federation.stop_all()
-    overheads, uploads = round_overheads(
-        federation.kits / "coordinator" / "coordinator.sqlite", run_id
-    )
+    store = federation.kits / "coordinator" / "coordinator.sqlite"
+    overheads, uploads = round_overheads(store, run_id)
+    breakdown = stage_breakdown(store, run_id)
+    print("  stage gaps (median s): " + ", ".join(f"{k} {v:.3f}" for k, v in breakdown.items()))
     return {
         "n_sites": len(HOSPITALS),
         "d": actual,
@@ -146,6 +181,7 @@ def measure(d: int, rounds: int, workdir: Path) -> dict[str, object]:
         "overhead_s_max": max(overheads),
         "secagg_upload_bytes_per_site": statistics.median(uploads) if uploads else None,
         "run_wall_s": round(wall, 1),
+        **breakdown,
     }
 
 
@@ -175,11 +211,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--skip-utility", action="store_true")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--keep", type=Path, default=None, help="keep kits, logs and stores here")
     args = parser.parse_args(argv)
     sizes = [100_000] if args.quick else [100_000, 1_000_000]
     rounds = 2 if args.quick else args.rounds
     records: list[dict[str, object]] = []
-    with tempfile.TemporaryDirectory(prefix="round-bench-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="round-bench-") as scratch_dir:
+        scratch = str(args.keep) if args.keep is not None else scratch_dir
         for d in sizes:
             records.append({"bench": "round_overhead", **measure(d, rounds, Path(scratch))})
         print_table(

@@ -25,8 +25,10 @@ def main(argv: list[str] | None = None) -> int:
         help="testing only: also write each quantised update to this folder",
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    logging.basicConfig(  # force: opacus configures the root logger when it is imported
+        level=args.log_level.upper(),
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        force=True,
     )
     from site_agent.agent import SiteAgent
 

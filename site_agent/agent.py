@@ -148,7 +148,16 @@ class SiteAgent:
                 if task.retry_after_ms:
                     await asyncio.sleep(task.retry_after_ms / 1000)
                 continue
+            started = time.monotonic()
             result = await asyncio.to_thread(self.handle, task)
+            log.info(
+                "%s %s round %d: %s in %.3f s",
+                task.run_id,
+                K.TaskKind.Name(task.kind).removeprefix("TASK_KIND_").lower(),
+                task.round,
+                "refused" if result.HasField("error") else "done",
+                time.monotonic() - started,
+            )
             try:
                 await stub.PushResult(result)
             except aio.AioRpcError as exc:
