@@ -104,9 +104,17 @@ def _exit_for(status: admin_pb2.RunStatus) -> int:
 def follow(stub: Any, run_id: str, output: str) -> int:
     last: admin_pb2.RunStatus | None = None
     try:
+        refusals_shown: set[str] = set()
         for status in stub.WatchRun(admin_pb2.WatchRunRequest(run_id=run_id)):
             last = status
             print(_json(status) if output == "json" else status_line(status), flush=True)
+            if output == "json":
+                continue
+            for site in status.sites:  # a refusal's reason, once, so the operator can act on it
+                refused = site.decision == admin_pb2.PLAN_DECISION_REFUSED
+                if refused and site.reason and site.site_id not in refusals_shown:
+                    refusals_shown.add(site.site_id)
+                    print(f"  {site.site_id} refused the plan: {site.reason}", flush=True)
     except grpc.RpcError as exc:
         raise rpc_error(exc) from None
     if last is None:
