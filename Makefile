@@ -60,10 +60,11 @@ clean:
 # Every wheel the images need (the project and all dependencies of concordia[data], with the pinned
 # torch 2.13.0 CPU build), so `podman build` / `docker build` install with no network at all.
 # The wheels match this host's Python (3.11) and platform: the images' Python must be the same.
-# (./wheelhouse is what the Dockerfiles copy; it is git-ignored.)
+# (./wheelhouse is what the Dockerfiles copy; it is git-ignored.) A fixed SOURCE_DATE_EPOCH makes the
+# concordia wheel byte-identical while the code is, so image builds reuse their cache.
 wheelhouse: $(STAMP)
-	rm -rf wheelhouse
-	$(PIP) wheel --quiet --wheel-dir wheelhouse torch==2.13.0 '.[data]'
+	rm -rf wheelhouse build
+	SOURCE_DATE_EPOCH=315532800 $(PIP) wheel --quiet --wheel-dir wheelhouse torch==2.13.0 '.[data]'
 	rm -rf build
 	@ls wheelhouse | wc -l | xargs printf '%s wheels in wheelhouse/\n'
 

@@ -230,8 +230,9 @@ class Compose:
 
     def logs(self, service: str, tail: int = 60) -> str:
         """The container's stdout and stderr (podman logs replays each on its own stream)."""
-        done = run(["podman", "logs", "--tail", str(tail), self.container(service)], check=False)
-        return _without_noise((done.stdout + done.stderr).decode(errors="replace"))
+        done = run(["podman", "logs", self.container(service)], check=False)
+        text = _without_noise((done.stdout + done.stderr).decode(errors="replace"))
+        return "\n".join([ln for ln in text.splitlines() if ln.strip()][-tail:])
 
     def inspect(self, service: str) -> dict[str, object]:
         data: list[dict[str, object]] = json.loads(
