@@ -188,7 +188,7 @@ def measure(d: int, rounds: int, workdir: Path) -> dict[str, object]:
 def utility(workdir: Path) -> list[dict[str, object]]:
     federation = LocalFederation(workdir / "utility", HOSPITALS)
     federation.prepare()
-    train, test, csvs, names = flchain_hospitals(federation)
+    train, test, _csvs, _names = flchain_hospitals(federation)
     try:
         federation.start_coordinator()
         for hospital in HOSPITALS:
@@ -201,7 +201,7 @@ def utility(workdir: Path) -> list[dict[str, object]]:
         federation.stop_all()
     return [
         {"model": name, "c_index": s.c_index, "c_td": s.c_td, "ibs": s.ibs}
-        for name, s in compare(export, train, test, csvs, names)
+        for name, s in compare(export, train, test, federation.site_configs())
     ]
 
 

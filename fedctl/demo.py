@@ -15,6 +15,7 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,7 +116,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except LocalFederationError as exc:
         raise CliError(f"{exc}; choose another --workdir") from None
     print(f"provisioned a throwaway consortium in {federation.kits}", flush=True)
-    train, test, csvs, names = flchain_hospitals(federation)
+    train, test, csvs, _names = flchain_hospitals(federation)
     print(f"wrote {len(csvs)} hospital CSVs (split by age band, own column names)", flush=True)
     try:
         federation.start_coordinator()
@@ -144,7 +145,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     finally:
         federation.stop_all()
     print("all demo processes stopped; scoring on the common test set…", flush=True)
-    _print_table(compare(export, train, test, csvs, names))
+    _print_table(compare(export, train, test, federation.site_configs()))
     print(f"demo finished in {time.monotonic() - started:.0f} s", flush=True)
     if not args.keep:
         shutil.rmtree(federation.workdir, ignore_errors=True)
@@ -155,15 +156,18 @@ def compare(
     export: admin_pb2.ExportRunResponse,
     train: Any,
     test: Any,
-    csvs: list[Path],
-    names: list[dict[str, str]],
+    site_configs: Sequence[tuple[str, Path]],
 ) -> list[tuple[str, Scores]]:
-    """Score the federated model, each hospital alone (same DP budget) and pooled non-private."""
+    """Score the federated model, each hospital alone (same DP budget) and pooled non-private.
+
+    A hospital alone trains on exactly the rows its agent trained on in the federation: its
+    site.toml's data section, the same row validation and the same keyed held-out split.
+    """
     import numpy as np
 
     from federation.plan import RunPlan
-    from site_agent.config import DataConfig
-    from survival.data import read_hospital_csv
+    from site_agent.config import load_site_config
+    from site_agent.data import load_local_data
 
     card = json.loads(export.model_card_json)
     plan = RunPlan.model_validate(card["plan"])
@@ -173,16 +177,21 @@ def compare(
     rows.append(
         ("federated (DP ε=3, secagg)", score(plan, vector, std["means"], std["stds"], train, test))
     )
-    for hospital, csv, mapping in zip(HOSPITALS, csvs, names, strict=True):
-        # The hospital alone trains on the rows its agent trains on in the federation: the site
-        # holds out a share of its rows for federated evaluation, so the baseline does too.
-        local = read_hospital_csv(csv, mapping)
-        holdout = DataConfig.model_fields["holdout_fraction"].default  # the demo sites' value
-        local = local.sample(frac=1.0 - holdout, random_state=0)
+    for hospital, config_path in site_configs:
+        data = load_local_data(load_site_config(config_path).data, plan.feature_schema)
+        raw, time_, event = data.split(holdout=False)
         rows.append(
-            (f"{hospital} alone (DP ε=3)", train_alone(plan, local, train, test, private=True))
+            (
+                f"{hospital} alone (DP ε=3)",
+                train_alone(plan, raw, time_, event, train, test, private=True),
+            )
         )
-    rows.append(("pooled, non-private", train_alone(plan, train, train, test, private=False)))
+    raw, valid = _matrix(plan, train)
+    time_ = train["time"].to_numpy(float)[valid]
+    event = train["event"].to_numpy(int)[valid]
+    rows.append(
+        ("pooled, non-private", train_alone(plan, raw, time_, event, train, test, private=False))
+    )
     return rows
 
 
@@ -214,15 +223,14 @@ def score(plan: Any, vector: Any, means: Any, stds: Any, train: Any, test: Any) 
     )
 
 
-def train_alone(plan: Any, frame: Any, train: Any, test: Any, *, private: bool) -> Scores:
-    """The same model and budget trained on one data set alone (local-only baseline)."""
+def train_alone(
+    plan: Any, raw: Any, time_: Any, event: Any, train: Any, test: Any, *, private: bool
+) -> Scores:
+    """The same model and budget trained on one site's rows alone (local-only baseline)."""
     from site_agent.train import LocalTrainer, TrainerConfig
     from survival.schema import Standardization
     from survival.spec import baseline_logits, initial_parameters
 
-    raw, valid = _matrix(plan, frame)
-    time_ = frame["time"].to_numpy(float)[valid]
-    event = frame["event"].to_numpy(int)[valid]
     std = Standardization.from_matrix(raw)
     interval, event_k = plan.time_grid.discretize(time_, event)
     events, at_risk = plan.time_grid.interval_counts(time_, event)

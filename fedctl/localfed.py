@@ -76,6 +76,10 @@ class LocalFederation:
     def site_kit(self, hospital: str) -> Path:
         return self.kits / "sites" / hospital
 
+    def site_configs(self) -> list[tuple[str, Path]]:
+        """(hospital, its site.toml) for every hospital, in order."""
+        return [(h, self.site_kit(h) / "site.toml") for h in self.hospitals]
+
     def configure_site(
         self,
         hospital: str,

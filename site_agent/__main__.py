@@ -6,12 +6,17 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from federation.tls import TlsError
 from site_agent.config import ConfigError, load_site_config
 from site_agent.ledger import SplitChanged
+
+if TYPE_CHECKING:
+    from site_agent.agent import SiteAgent
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
         force=True,
     )
-    from site_agent.agent import SiteAgent
+    from site_agent.agent import SiteAgent  # imports torch: after argument errors are reported
 
     try:
         agent = SiteAgent(load_site_config(args.config))
@@ -40,9 +45,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.record_updates is not None:
         args.record_updates.mkdir(parents=True, exist_ok=True)
         agent.record_dir = args.record_updates
+    # SIGTERM (docker stop, Kubernetes, PID 1 without an init) stops the agent like Ctrl-C: a
+    # release is charged before it is sent, so stopping between tasks loses nothing.
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(agent.run_forever())
+        asyncio.run(_run_until_terminated(agent))
+    logging.getLogger("concordia.site").info("site agent stopped")
     return 0
+
+
+async def _run_until_terminated(agent: SiteAgent) -> None:
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await agent.run_forever()
 
 
 if __name__ == "__main__":

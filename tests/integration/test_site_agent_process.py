@@ -1,0 +1,36 @@
+"""The site agent as a process: SIGTERM (docker stop, Kubernetes) stops it cleanly."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from fedctl.localfed import LocalFederation, flchain_hospitals
+
+pytestmark = pytest.mark.integration
+
+
+def test_sigterm_stops_the_agent_with_exit_code_zero(tmp_path: Path) -> None:
+    federation = LocalFederation(tmp_path / "fed", ("hospital-a", "hospital-b"))
+    federation.prepare()
+    flchain_hospitals(federation)
+    try:
+        federation.start_site("hospital-a")  # no coordinator: the agent retries with backoff
+        deadline = time.monotonic() + 60
+        while "coordinator unreachable" not in federation.log_text("hospital-a"):
+            assert time.monotonic() < deadline, federation.log_text("hospital-a")
+            assert federation.alive("hospital-a"), federation.log_text("hospital-a")
+            time.sleep(0.2)
+        process = federation.processes["hospital-a"]
+        process.send_signal(signal.SIGTERM)
+        try:
+            assert process.wait(timeout=20) == 0
+        except subprocess.TimeoutExpired:
+            pytest.fail("the site agent ignored SIGTERM")
+        assert "site agent stopped" in federation.log_text("hospital-a")
+    finally:
+        federation.stop_all()
