@@ -16,19 +16,24 @@ coordinator
     consortium certificate, not that gRPC answers) and says so.
 
 site
-    The site agent accepts no connections and has no health endpoint of its own, so this is a
-    process-level check: a `site_agent` process is running (not a zombie, not stopped), and the
-    site's client certificate is within its validity period (an expired certificate means the
-    coordinator refuses the site: it would retry forever while looking alive).
+    The site agent accepts no connections, so it proves liveness through a file: its event loop
+    writes state_dir/heartbeat.json every 10 s (also during training). Healthy means a running
+    `site_agent` process, a heartbeat younger than CONCORDIA_HEALTH_HEARTBEAT_MAX_AGE_S (default
+    60 s) when the state folder is known, and a site client certificate within its validity period
+    (an expired certificate means the coordinator refuses the site: it would retry forever while
+    looking alive). Whether the coordinator is reachable is reported, not judged: a coordinator
+    outage is not the hospital's container's fault.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import socket
 import ssl
 import sys
+import time
 import tomllib
 from pathlib import Path
 
@@ -149,15 +154,49 @@ def _agent_processes() -> list[tuple[int, str]]:
     return found
 
 
+def _state_dir(config: Path) -> Path | None:
+    """[site] state_dir of a site config (CONCORDIA_SITE_STATE_DIR wins), relative to the file."""
+    value = os.environ.get("CONCORDIA_SITE_STATE_DIR")
+    if not value and config.is_file():
+        site = tomllib.loads(config.read_text(encoding="utf-8")).get("site", {})
+        value = site.get("state_dir") if isinstance(site, dict) else None
+    if not isinstance(value, str) or not value:
+        return None
+    path = Path(value)
+    return path if path.is_absolute() else config.parent / path
+
+
+def check_heartbeat(state_dir: Path, max_age_s: float, now: float) -> tuple[bool, str]:
+    """Is the agent's heartbeat file fresh? (False, why) if missing, unreadable or stale."""
+    path = state_dir / "heartbeat.json"
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        age = now - float(record["ts"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return False, f"no readable heartbeat at {path} ({type(exc).__name__})"
+    if age > max_age_s:
+        return False, f"heartbeat is {age:.0f} s old (limit {max_age_s:.0f} s): the agent is stuck"
+    link = "connected" if record.get("connected") else "not connected to the coordinator"
+    return True, f"heartbeat {age:.0f} s ago, {link}"
+
+
 def check_site() -> tuple[bool, str]:
     processes = _agent_processes()
     running = [(pid, state) for pid, state in processes if state not in ("Z", "X", "T", "t")]
     if not running:
         return False, f"no running site_agent process (found {processes or 'none'})"
     config = _env_path("CONCORDIA_HEALTH_CONFIG", "/kit/site.toml")
+    state_dir = _state_dir(config)
+    beat = ""
+    if state_dir is not None:
+        max_age = float(os.environ.get("CONCORDIA_HEALTH_HEARTBEAT_MAX_AGE_S", "60"))
+        fresh, beat = check_heartbeat(state_dir, max_age, time.time())
+        if not fresh:
+            return False, beat
+        beat = f"; {beat}"
     cert = _tls_paths(config).get("cert")
     if cert is None:
-        return True, f"site_agent running (pid {running[0][0]}); certificate not checked"
+        return True, f"site_agent running (pid {running[0][0]}){beat}; certificate not checked"
     try:
         certificate = _certificate(cert)
     except (OSError, ValueError) as exc:
@@ -168,7 +207,10 @@ def check_site() -> tuple[bool, str]:
     if now < certificate.not_valid_before_utc:
         return False, f"site certificate not valid before {certificate.not_valid_before_utc}"
     days = (certificate.not_valid_after_utc - now).days
-    return True, f"site_agent running (pid {running[0][0]}); certificate valid {days} more days"
+    return (
+        True,
+        f"site_agent running (pid {running[0][0]}){beat}; certificate valid {days} more days",
+    )
 
 
 def main(argv: list[str]) -> int:

@@ -49,6 +49,8 @@ log = logging.getLogger("concordia.site")
 
 POLL_WAIT_MS = 20_000
 MAX_BACKOFF_S = 30.0
+HEARTBEAT_FILE = "heartbeat.json"
+HEARTBEAT_INTERVAL_S = 10.0
 K = federation_pb2  # short alias for the task kinds
 
 _PURPOSES = {
@@ -99,9 +101,33 @@ class SiteAgent:
         self._plans_path = state_dir / "plans"
         self._plans_path.mkdir(exist_ok=True)
         self.record_dir: Path | None = None  # test hook: write each quantised update here
+        self.heartbeat_path = state_dir / HEARTBEAT_FILE
+        self.connected = False
+        self.last_task: str | None = None
 
     # ------------------------------------------------------------------ the loop
     async def run_forever(self) -> None:
+        heartbeat = asyncio.create_task(self._heartbeat_forever())
+        try:
+            await self._connect_forever()
+        finally:
+            heartbeat.cancel()
+
+    async def _heartbeat_forever(self) -> None:
+        """Liveness for the container health check: the event loop writes state_dir/heartbeat.json
+        every HEARTBEAT_INTERVAL_S (also while a training thread runs), so a hung agent goes stale
+        while a process-level check would still see it running."""
+        while True:
+            record = {"ts": time.time(), "connected": self.connected, "last_task": self.last_task}
+            scratch = self.heartbeat_path.with_suffix(".tmp")
+            try:
+                scratch.write_text(json.dumps(record))
+                os.replace(scratch, self.heartbeat_path)
+            except OSError as exc:
+                log.warning("cannot write %s: %s", self.heartbeat_path, exc)
+            await asyncio.sleep(HEARTBEAT_INTERVAL_S)
+
+    async def _connect_forever(self) -> None:
         backoff = 1.0
         settings = TransportSettings()
         while True:
@@ -111,9 +137,11 @@ class SiteAgent:
                 ) as channel:
                     stub = federation_pb2_grpc.FederationStub(channel)  # type: ignore[no-untyped-call]
                     await self._hello(stub)
+                    self.connected = True
                     backoff = 1.0
                     await self._serve(stub)
             except aio.AioRpcError as exc:
+                self.connected = False
                 if exc.code() in (
                     grpc.StatusCode.PERMISSION_DENIED,
                     grpc.StatusCode.UNAUTHENTICATED,
@@ -149,6 +177,7 @@ class SiteAgent:
                     await asyncio.sleep(task.retry_after_ms / 1000)
                 continue
             started = time.monotonic()
+            self.last_task = K.TaskKind.Name(task.kind).removeprefix("TASK_KIND_").lower()
             result = await asyncio.to_thread(self.handle, task)
             log.info(
                 "%s %s round %d: %s in %.3f s",

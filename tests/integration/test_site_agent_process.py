@@ -1,7 +1,9 @@
-"""The site agent as a process: SIGTERM (docker stop, Kubernetes) stops it cleanly."""
+"""The site agent as a process: it keeps a heartbeat while it cannot reach the coordinator, and
+SIGTERM (docker stop, Kubernetes) stops it cleanly."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import time
@@ -25,6 +27,12 @@ def test_sigterm_stops_the_agent_with_exit_code_zero(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, federation.log_text("hospital-a")
             assert federation.alive("hospital-a"), federation.log_text("hospital-a")
             time.sleep(0.2)
+        heartbeat = federation.site_kit("hospital-a") / "state" / "heartbeat.json"
+        while not heartbeat.exists():  # liveness for the container health check
+            assert time.monotonic() < deadline, "no heartbeat file"
+            time.sleep(0.2)
+        record = json.loads(heartbeat.read_text())
+        assert record["connected"] is False and abs(record["ts"] - time.time()) < 30
         process = federation.processes["hospital-a"]
         process.send_signal(signal.SIGTERM)
         try:
