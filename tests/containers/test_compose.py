@@ -149,6 +149,10 @@ def test_compose_operator_runs_the_demo_plan_to_completion(compose: Compose) -> 
         "coordinator",
     )
     assert "gRPC health: SERVING" in probe
+    site = podman.podman(
+        "exec", compose.container("hospital-a"), "python", "/opt/concordia/healthcheck.py", "site"
+    )
+    assert "heartbeat" in site and "certificate valid" in site, site  # liveness, not just a pid
 
 
 def _admin(compose: Compose, tmp: Path) -> tuple[Any, grpc.Channel]:
