@@ -159,11 +159,7 @@ def measure(d: int, rounds: int, workdir: Path) -> dict[str, object]:
     federation.prepare()
     flchain_hospitals(federation)
     try:
-        federation.start_coordinator()
-        for hospital in HOSPITALS:
-            federation.start_site(hospital)
-        stub = federation.admin()
-        federation.wait_for_sites(stub, len(HOSPITALS))
+        stub = federation.start_all()
         started = time.monotonic()
         run_id = run_until_done(stub, bench_plan(rounds, width), timeout=1800)
         wall = time.monotonic() - started
@@ -190,11 +186,7 @@ def utility(workdir: Path) -> list[dict[str, object]]:
     federation.prepare()
     train, test, _csvs, _names = flchain_hospitals(federation)
     try:
-        federation.start_coordinator()
-        for hospital in HOSPITALS:
-            federation.start_site(hospital)
-        stub = federation.admin()
-        federation.wait_for_sites(stub, len(HOSPITALS))
+        stub = federation.start_all()
         run_id = run_until_done(stub, plan_text(10), timeout=900)
         export = stub.ExportRun(admin_pb2.ExportRunRequest(run_id=run_id))
     finally:

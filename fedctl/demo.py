@@ -119,12 +119,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     train, test, csvs, _names = flchain_hospitals(federation)
     print(f"wrote {len(csvs)} hospital CSVs (split by age band, own column names)", flush=True)
     try:
-        federation.start_coordinator()
-        for hospital in HOSPITALS:
-            federation.start_site(hospital)
-        stub = federation.admin()
         try:
-            federation.wait_for_sites(stub, len(HOSPITALS))
+            stub = federation.start_all()
         except LocalFederationError as exc:
             raise CliError(f"{exc} (logs in {federation.logs})", exit_code=EXIT_FAILED) from None
         print(f"all {len(HOSPITALS)} hospitals connected over mutual TLS", flush=True)

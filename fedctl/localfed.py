@@ -194,6 +194,15 @@ class LocalFederation:
             time.sleep(0.3)
         raise LocalFederationError(f"{count} sites did not connect within {timeout:.0f} s")
 
+    def start_all(self, timeout: float = 120) -> admin_pb2_grpc.AdminStub:
+        """Coordinator and every hospital, then wait until all sites are online; the admin stub."""
+        self.start_coordinator()
+        for hospital in self.hospitals:
+            self.start_site(hospital)
+        stub = self.admin()
+        self.wait_for_sites(stub, len(self.hospitals), timeout)
+        return stub
+
     def wait_ready(self, stub: admin_pb2_grpc.AdminStub, timeout: float = 60) -> None:
         """Until the coordinator answers an admin call (after a start or a restart)."""
         deadline = time.monotonic() + timeout

@@ -1,8 +1,9 @@
-"""Container tests run only when asked: `make test-containers` (what .ci/run does) or
-`pytest -m containers`. A plain `pytest` (make test) skips them, saying how to run them.
+"""Container tests run only when asked: `make test-containers` (what .ci/run does, after
+`make test`) or `pytest -m containers`. A plain `pytest` (make test) deselects them, so they are
+neither run twice in CI nor reported as skipped; a note at the end says how to run them.
 
-With CONCORDIA_REQUIRE_CONTAINERS=1 (CI) they always run, and a missing podman, podman-compose
-or base image is a failure with the reason, never a skip.
+When they run, a missing podman, podman-compose or base image is a failure with the reason
+(the `images` fixture), never a skip.
 """
 
 from __future__ import annotations
@@ -12,18 +13,21 @@ import pytest
 from tests.containers import podman
 
 
+def _asked(config: pytest.Config) -> bool:
+    return "containers" in (config.option.markexpr or "") or podman.required()
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    asked = "containers" in (config.option.markexpr or "")
-    for item in items:
-        if item.get_closest_marker("containers") is None or podman.required():
-            continue
-        if not asked:
-            item.add_marker(pytest.mark.skip(reason="real containers: run `make test-containers`"))
-        elif podman.missing_tools():
-            missing = " and ".join(podman.missing_tools())
-            item.add_marker(
-                pytest.mark.skip(
-                    reason=f"{missing} not installed (../shared/CONTAINERS.md); with "
-                    f"{podman.REQUIRE_ENV}=1 this is a failure"
-                )
-            )
+    if _asked(config):
+        return
+    deselected = [item for item in items if item.get_closest_marker("containers") is not None]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if item.get_closest_marker("containers") is None]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not _asked(terminalreporter.config):
+        terminalreporter.write_line(
+            "real-container tests (tests/containers) were deselected: run `make test-containers`"
+        )

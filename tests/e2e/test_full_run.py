@@ -23,11 +23,7 @@ def test_full_run_matches_the_best_hospital_alone(tmp_path) -> None:  # type: ig
     federation.prepare()
     train, test, _csvs, _names = flchain_hospitals(federation)
     try:
-        federation.start_coordinator()
-        for hospital in HOSPITALS:
-            federation.start_site(hospital)
-        stub = federation.admin()
-        federation.wait_for_sites(stub, len(HOSPITALS))
+        stub = federation.start_all()
         run_id = submit(stub, plan_text(10))
         final = wait_until(stub, run_id, lambda s: False, timeout=400)
         assert final.state == federation_pb2.RUN_STATE_COMPLETED, final.message

@@ -21,6 +21,7 @@ def test_sigterm_stops_the_agent_with_exit_code_zero(tmp_path: Path) -> None:
     federation.prepare()
     flchain_hospitals(federation)
     try:
+        launched = time.time()
         federation.start_site("hospital-a")  # no coordinator: the agent retries with backoff
         deadline = time.monotonic() + 60
         while "coordinator unreachable" not in federation.log_text("hospital-a"):
@@ -32,7 +33,8 @@ def test_sigterm_stops_the_agent_with_exit_code_zero(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, "no heartbeat file"
             time.sleep(0.2)
         record = json.loads(heartbeat.read_text())
-        assert record["connected"] is False and abs(record["ts"] - time.time()) < 30
+        assert record["connected"] is False
+        assert launched <= record["ts"] <= time.time()  # written by this agent, not left over
         process = federation.processes["hospital-a"]
         process.send_signal(signal.SIGTERM)
         try:
