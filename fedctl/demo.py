@@ -52,6 +52,7 @@ evaluate_every = {rounds}
 [privacy]
 epsilon = 3.0
 delta = 1e-5
+stats_noise_multiplier = {stats_noise_multiplier}
 metrics_noise_multiplier = {metrics_noise_multiplier}
 
 [secagg]
@@ -84,6 +85,7 @@ def plan_text(
     learning_rate: float = 0.5,
     server_optimizer: str = "fedavg",
     server_learning_rate: float = 1.0,
+    stats_noise_multiplier: float = 3.0,
     metrics_noise_multiplier: float = 2.0,
 ) -> str:
     """The demo plan (also the end-to-end tests' plan, with fewer epochs and shorter timeouts)."""
@@ -96,6 +98,7 @@ def plan_text(
         learning_rate=learning_rate,
         server_optimizer=server_optimizer,
         server_learning_rate=server_learning_rate,
+        stats_noise_multiplier=stats_noise_multiplier,
         metrics_noise_multiplier=metrics_noise_multiplier,
     )
     features = []

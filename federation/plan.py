@@ -52,7 +52,7 @@ class PrivacyPlan(_Strict):
     delta: float = Field(default=1e-5, gt=0.0, lt=0.01)
     accountant: Literal["rdp", "prv"] = "rdp"
     # Gaussian noise multipliers (noise std / L2 sensitivity) of the one-off releases.
-    stats_noise_multiplier: float = Field(default=8.0, ge=0.5, le=1000.0)
+    stats_noise_multiplier: float = Field(default=3.0, ge=0.5, le=1000.0)
     metrics_noise_multiplier: float = Field(default=20.0, ge=0.5, le=1000.0)
 
 

@@ -41,15 +41,19 @@ class Purpose(StrEnum):
 
 @dataclass(frozen=True)
 class StatsLayout:
-    """[count, Σu_j, Σu_v², events_k, w·at_risk_k]: every encoded column u_j scaled to [0, 1] by
-    public bounds; squares only of numeric value columns v (a 0/1 column's square is itself).
+    """[count, Σu_j, Σu_v², events_k, w·at_risk_k]: every encoded column scaled to u ∈ [0, 1] by
+    public bounds; numeric value columns v *centred*, their sums as Σ2(u_v − ½) and squares as
+    Σ4(u_v − ½)² (a 0/1 column's square is itself, so it has none).
 
     Sensitivity is spent where precision matters. One patient adds 1 to the count; its encoded
     row has L2² ≤ `row_norm_sq` (one per numeric value and missing indicator, one per categorical
-    feature since its dummies are one-hot); one per numeric square; one event. At-risk counts are
-    large (the cohort at the start) and a patient is at risk in up to K intervals, so they are
-    released scaled by w = 1/√K: their L2 contribution is 1 instead of √K, and their noise is
-    √K times larger relative to counts that are in the thousands.
+    feature since its dummies are one-hot); one per numeric square; one event. Centring costs
+    nothing (2(u − ½) ∈ [−1, 1] and 4(u − ½)² ∈ [0, 1] move by at most 1, like u and u²) but the
+    decoded mean gets half the noise and the second moment a quarter: the variance of a feature
+    like age, whose spread is a seventh of its public range, is then estimated to ~15% instead of
+    being drowned. At-risk counts are large (the cohort at the start) and a patient is at risk in
+    up to K intervals, so they are released scaled by w = 1/√K: their L2 contribution is 1 instead
+    of √K, and their noise is √K times larger relative to counts that are in the thousands.
     """
 
     n_columns: int
@@ -208,12 +212,15 @@ def stats_vector(
         raise ValueError(f"design matrix has shape {raw.shape}, expected (n, {low.size})")
     layout = StatsLayout.for_schema(schema, len(events))
     scaled = np.clip((raw - low) / (high - low), 0.0, 1.0)
-    numeric = scaled[:, list(layout.numeric_columns)]
+    numeric = list(layout.numeric_columns)
+    centred = 2.0 * (scaled[:, numeric] - 0.5)  # ∈ [−1, 1]
+    sums = scaled.sum(axis=0)
+    sums[numeric] = centred.sum(axis=0)
     return np.concatenate(
         [
             [float(raw.shape[0])],
-            scaled.sum(axis=0),
-            (numeric * numeric).sum(axis=0),
+            sums,
+            (centred * centred).sum(axis=0),  # 4(u − ½)² ∈ [0, 1]
             events,
             np.asarray(at_risk, dtype=np.float64) * layout.at_risk_weight,
         ]
@@ -235,10 +242,11 @@ def decode_stats(
 ) -> ConsortiumStats:
     """Turn the (noised) summed statistics vector into standardisation and hazard counts.
 
-    A 0/1 column's variance is p(1 − p) from its mean. A numeric column's is E[u²] − E[u]²; with
-    public bounds much wider than the data (lab values), that difference can drown in noise, so an
-    estimate within one noise standard deviation (`noise_std` is the std of the summed noise per
-    coordinate, public: σ·Δ·√sites) of zero, or below MIN_NUMERIC_VARIANCE, is replaced by
+    A 0/1 column's variance is p(1 − p) from its mean. A numeric column's is E[(u − ½)²] −
+    (E[u] − ½)²; with public bounds much wider than the data (lab values), that difference can
+    drown in noise, so an estimate within two noise standard deviations of zero (`noise_std` is the
+    std of the summed noise per coordinate, public: σ·Δ·√sites), or below MIN_NUMERIC_VARIANCE, is
+    replaced by
     MIN_NUMERIC_VARIANCE: the feature's scale is then range/30, never a near-zero scale that would
     multiply it by orders of magnitude.
     """
@@ -252,10 +260,20 @@ def decode_stats(
     sums = total[1 : 1 + columns]
     sums_sq = total[1 + columns : 1 + columns + len(numeric)]
     offset = 1 + columns + len(numeric)
-    mean_u = np.clip(sums / count, 0.0, 1.0)
-    var_u = mean_u * (1.0 - mean_u)  # 0/1 columns
-    numeric_var = sums_sq / count - mean_u[numeric] ** 2
-    unreliable = numeric_var < max(noise_std / count, MIN_NUMERIC_VARIANCE)
+    mean_u = sums / count
+    mean_u[numeric] = 0.5 + mean_u[numeric] / 2.0  # sums of 2(u − ½)
+    mean_u = np.clip(mean_u, 0.0, 1.0)
+    # 0/1 columns: p(1 − p), with p kept one noise std away from 0 and 1 so that a rare level
+    # whose noisy share came out near zero is not blown up by a near-zero scale
+    p_floor = min(noise_std / count, 0.5)
+    binary_p = np.clip(mean_u, p_floor, 1.0 - p_floor)
+    var_u = binary_p * (1.0 - binary_p)
+    offset_from_centre = mean_u[numeric] - 0.5
+    numeric_var = sums_sq / (4.0 * count) - offset_from_centre**2
+    # two noise stds of this estimate (each: N/(4n) from the second moment plus |m − ½|·N/n via
+    # the mean, added rather than in quadrature): a drowned estimate passes with probability ≈ 1%
+    noise_level = 2.0 * noise_std / count * (0.25 + np.abs(offset_from_centre))
+    unreliable = numeric_var < np.maximum(noise_level, MIN_NUMERIC_VARIANCE)
     var_u[numeric] = np.where(unreliable, MIN_NUMERIC_VARIANCE, numeric_var)
     means = low + (high - low) * mean_u
     stds = (high - low) * np.sqrt(var_u)

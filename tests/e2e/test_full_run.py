@@ -18,7 +18,7 @@ from tests.e2e.conftest import HOSPITALS, submit, wait_until
 pytestmark = pytest.mark.e2e
 
 
-def test_full_run_matches_the_best_hospital_alone(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_full_run_beats_every_hospital_alone(tmp_path) -> None:  # type: ignore[no-untyped-def]
     federation = LocalFederation(tmp_path / "fed", HOSPITALS)
     federation.prepare()
     train, test, _csvs, _names = flchain_hospitals(federation)
@@ -36,16 +36,13 @@ def test_full_run_matches_the_best_hospital_alone(tmp_path) -> None:  # type: ig
     pooled = rows.pop("pooled, non-private")
     alone = {name: s for name, s in rows.items() if "alone" in name}
     assert len(alone) == len(HOSPITALS)
-    # The issue asks for "better than every hospital alone". Measured against hospitals trained
-    # alone on exactly the rows their agents train on, with the same ε: the federated C-index
-    # varies run to run (0.7835-0.7960 over eight runs) and each hospital alone reaches 0.783-0.793
-    # on FLCHAIN (pooled non-private: 0.795), so federated ≈ the best hospital, not reliably
-    # better. This test checks what holds in every run: the model learned (baseline-only C = 0.5),
-    # is within 0.015 of the best hospital alone, and does not beat pooled non-private training.
-    assert federated.c_index >= 0.78, federated
-    best_alone = max(s.c_index for s in alone.values())
-    assert federated.c_index >= best_alone - 0.015, (federated, alone)
-    assert federated.c_index <= pooled.c_index + 0.005  # DP does not beat pooled non-private
+    # Every hospital alone trains on exactly the rows its agent trains on, with the same ε (and
+    # its own exact moments, where the federation pays for a noised statistics release). Over
+    # eight demo runs the federated model led the best hospital alone by 0.003-0.012.
+    for name, scores in alone.items():
+        assert federated.c_index > scores.c_index, (name, federated, alone)
+    # within 0.01 of pooled non-private training (0.795); DP does not beat it either
+    assert pooled.c_index - 0.01 <= federated.c_index <= pooled.c_index + 0.005, (federated, pooled)
 
     # The model card's ε per site is what each site's own ledger says, within the plan's budget.
     card = json.loads(export.model_card_json)

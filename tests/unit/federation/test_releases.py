@@ -108,6 +108,47 @@ def test_a_variance_drowned_in_noise_falls_back_to_a_public_floor() -> None:
     assert stats.standardization.stds[kappa] == pytest.approx(floor)
 
 
+def test_centring_halves_the_noise_on_means_and_quarters_it_on_second_moments() -> None:
+    """A numeric column is released as 2(u − ½) and 4(u − ½)²: noise N on its sum moves the decoded
+    mean by N/(2n) of the range, noise N on its square moves the variance by N/(4n) of range²."""
+    rng = np.random.default_rng(5)
+    raw, time, event = _patients(rng, 4000)
+    age = SCHEMA.encoded_names().index("age")
+    low, high = encoded_bounds(SCHEMA)
+    span = high[age] - low[age]
+    layout = StatsLayout.for_schema(SCHEMA, GRID.n_intervals)
+    clean = _release(raw, time, event)
+    base = decode_stats(clean, SCHEMA, GRID.n_intervals).standardization
+    noise = 40.0
+    on_sum = clean.copy()
+    on_sum[1 + age] += noise
+    moved = decode_stats(on_sum, SCHEMA, GRID.n_intervals).standardization
+    assert moved.means[age] - base.means[age] == pytest.approx(noise / (2 * 4000) * span)
+    on_square = clean.copy()
+    on_square[1 + layout.n_columns + layout.numeric_columns.index(age)] += noise
+    moved = decode_stats(on_square, SCHEMA, GRID.n_intervals).standardization
+    variance_change = moved.stds[age] ** 2 - base.stds[age] ** 2
+    assert variance_change == pytest.approx(noise / (4 * 4000) * span**2)
+
+
+def test_a_rare_level_whose_noisy_share_is_near_zero_keeps_a_sane_scale() -> None:
+    """A dummy column whose noised share came out ≈ 0 would get a near-zero scale and multiply
+    that level by hundreds; its share is kept one noise std (per patient) away from 0 instead."""
+    rng = np.random.default_rng(6)
+    raw, time, event = _patients(rng, 3000)
+    rare = SCHEMA.encoded_names().index("sample.yr=2003")
+    raw[:, rare] = 0.0
+    raw[:3, rare] = 1.0
+    noise_std = 8 * StatsLayout.for_schema(SCHEMA, GRID.n_intervals).sensitivity
+    total = _release(raw, time, event)
+    total[1 + rare] = 0.5  # what the noise left of the level's three patients
+    stats = decode_stats(total, SCHEMA, GRID.n_intervals, noise_std=noise_std)
+    p_floor = noise_std / 3000
+    assert stats.standardization.stds[rare] == pytest.approx(np.sqrt(p_floor * (1 - p_floor)))
+    exact = decode_stats(total, SCHEMA, GRID.n_intervals).standardization.stds[rare]
+    assert exact < 0.02  # without the floor: a scale that multiplies the level by > 50
+
+
 def test_decode_refuses_a_vector_of_the_wrong_length() -> None:
     with pytest.raises(ValueError, match="statistics vector has shape"):
         decode_stats(np.zeros(3), SCHEMA, GRID.n_intervals)
