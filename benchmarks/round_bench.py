@@ -34,6 +34,7 @@ from _report import print_table, write_json
 
 from fedctl.demo import HOSPITALS, compare, plan_text
 from fedctl.localfed import LocalFederation, flchain_hospitals
+from fedctl.runs import status_line
 from federation.wire.v1 import admin_pb2, federation_pb2
 from survival.data import FLCHAIN_SCHEMA, default_time_grid
 from survival.spec import ModelSpec, parameter_count
@@ -71,16 +72,14 @@ def run_until_done(stub: object, text: str, timeout: float) -> str:
         raise SystemExit("plan refused: " + "; ".join(e.message for e in response.errors))
     run_id = str(response.run_id)
     deadline = time.monotonic() + timeout
+    shown = ""
     while time.monotonic() < deadline:
         status = stub.GetRun(admin_pb2.GetRunRequest(run_id=run_id))  # type: ignore[attr-defined]
-        stage = admin_pb2.RunStage.Name(status.stage)
-        print(
-            f"\r  {run_id}: round {status.round}/{status.total_rounds} {stage:<34}",
-            end="",
-            flush=True,
-        )
+        line = status_line(status)
+        if line != shown:  # one line per change, readable in a log as well as on a terminal
+            print(f"  {line}", flush=True)
+            shown = line
         if status.state in TERMINAL:
-            print()
             if status.state != federation_pb2.RUN_STATE_COMPLETED:
                 raise SystemExit(f"run ended {status.state}: {status.message}")
             return run_id
