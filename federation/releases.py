@@ -50,10 +50,11 @@ class StatsLayout:
     feature since its dummies are one-hot); one per numeric square; one event. Centring costs
     nothing (2(u − ½) ∈ [−1, 1] and 4(u − ½)² ∈ [0, 1] move by at most 1, like u and u²) but the
     decoded mean gets half the noise and the second moment a quarter: the variance of a feature
-    like age, whose spread is a seventh of its public range, is then estimated to ~15% instead of
-    being drowned. At-risk counts are large (the cohort at the start) and a patient is at risk in
-    up to K intervals, so they are released scaled by w = 1/√K: their L2 contribution is 1 instead
-    of √K, and their noise is √K times larger relative to counts that are in the thousands.
+    like age, whose spread is a seventh of its public range, is then estimated to ~6% instead of
+    ~30% (σ = 3, 5 000 patients). At-risk counts are large (the cohort at the start) and a
+    patient is at risk in up to K intervals, so they are released scaled by w = 1/√K: their L2
+    contribution is 1 instead of √K, and their noise is √K times larger relative to counts that
+    are in the thousands.
     """
 
     n_columns: int
@@ -246,9 +247,9 @@ def decode_stats(
     (E[u] − ½)²; with public bounds much wider than the data (lab values), that difference can
     drown in noise, so an estimate within two noise standard deviations of zero (`noise_std` is the
     std of the summed noise per coordinate, public: σ·Δ·√sites), or below MIN_NUMERIC_VARIANCE, is
-    replaced by
-    MIN_NUMERIC_VARIANCE: the feature's scale is then range/30, never a near-zero scale that would
-    multiply it by orders of magnitude.
+    replaced by MIN_NUMERIC_VARIANCE: the feature's scale is then range/30, never a near-zero scale
+    that would multiply it by orders of magnitude. A 0/1 column's share is kept `noise_std / n`
+    away from 0 and 1 for the same reason.
     """
     low, high = encoded_bounds(schema)
     layout = StatsLayout.for_schema(schema, n_intervals)
