@@ -84,7 +84,11 @@ class RunPlan(_Strict):
     training: TrainingPlan = TrainingPlan()
     privacy: PrivacyPlan = PrivacyPlan()
     secagg: SecAggPlan = SecAggPlan()
-    quorum: int = Field(default=2, ge=2, description="sites that must accept before the run starts")
+    quorum: int = Field(
+        default=2,
+        ge=2,
+        description="sites that must accept the plan, and the fewest in any aggregation",
+    )
     sites: list[str] | None = Field(default=None, description="restrict the run to these site ids")
     holdout_fraction: float = Field(default=0.2, gt=0.0, lt=0.9)
     seed: int = Field(default=0, ge=0, lt=2**31)

@@ -168,15 +168,14 @@ def _admin(compose: Compose, tmp: Path) -> tuple[Any, grpc.Channel]:
 
 
 def _plan(rounds: int) -> str:
-    """The demo plan, short: 1 local epoch, quorum 2 (a dropout before secure aggregation leaves
-    2 ≥ quorum), short timeouts so the dead site is given up on quickly."""
+    """The demo plan (quorum 2: a dropout before secure aggregation leaves 2 ≥ quorum), short:
+    1 local epoch, short timeouts so the dead site is given up on quickly."""
     from fedctl.demo import plan_text
 
     text = plan_text(rounds, local_epochs=1)
-    text = text.replace("quorum = 3", "quorum = 2")
     text = text.replace("stage_timeout_s = 30.0", "stage_timeout_s = 10.0")
     text = text.replace("train_timeout_s = 240.0", "train_timeout_s = 30.0")
-    assert "quorum = 2" in text and "train_timeout_s = 30.0" in text
+    assert "quorum = 2 " in text and "train_timeout_s = 30.0" in text
     return text
 
 

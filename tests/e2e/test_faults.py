@@ -46,7 +46,7 @@ def test_site_killed_at_every_stage_round_completes_with_exact_sum(
     stub = federation.admin()
     federation.wait_for_sites(stub, 3)
     rounds = len(CRASHES)
-    run_id = submit(stub, e2e_plan(rounds).replace("quorum = 3", "quorum = 2"))
+    run_id = submit(stub, e2e_plan(rounds))
 
     for _, _, round_ in CRASHES:
         deadline = time.monotonic() + 120

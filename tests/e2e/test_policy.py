@@ -35,7 +35,7 @@ def test_policy_refusal_is_visible_and_the_lifetime_budget_holds(
     federation.start_site("hospital-c", env={"CONCORDIA_POLICY_MAX_EPSILON_PER_RUN": "1.0"})
     stub = federation.admin()
     federation.wait_for_sites(stub, 3)
-    plan = e2e_plan(2).replace("quorum = 3", "quorum = 2")
+    plan = e2e_plan(2)
 
     # Run 1: hospital-c's policy allows ε ≤ 1 per run; the plan asks for 3.
     first = submit(stub, plan)
