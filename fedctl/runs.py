@@ -69,7 +69,7 @@ def status_line(status: admin_pb2.RunStatus) -> str:
     stage = admin_pb2.RunStage.Name(status.stage).removeprefix("RUN_STAGE_").lower()
     eps = " ".join(f"{s.site_id}={s.epsilon_spent:.2f}" for s in status.sites if s.epsilon_spent)
     metrics = " ".join(
-        f"{m.name}={m.value:.3f}" for m in status.latest_metrics if m.name in ("c_index", "ibs")
+        f"{m.name}={m.value:.3f}" for m in status.latest_metrics if m.name in ("c_windowed", "ibs")
     )
     accepted = sum(1 for s in status.sites if s.decision == admin_pb2.PLAN_DECISION_ACCEPTED)
     parts = [
