@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _report import print_table, write_json
 
 from fedctl.demo import HOSPITALS, compare, plan_text
-from fedctl.localfed import LocalFederation, flchain_hospitals
+from fedctl.localfed import LocalFederation, exit_on_sigterm, flchain_hospitals
 from fedctl.runs import status_line
 from federation.wire.v1 import admin_pb2, federation_pb2
 from survival.data import FLCHAIN_SCHEMA, default_time_grid
@@ -204,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--keep", type=Path, default=None, help="keep kits, logs and stores here")
     args = parser.parse_args(argv)
+    exit_on_sigterm()  # a killed benchmark still stops its coordinator and agents
     sizes = [100_000] if args.quick else [100_000, 1_000_000]
     rounds = 2 if args.quick else args.rounds
     records: list[dict[str, object]] = []

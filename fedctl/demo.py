@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -22,7 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from fedctl.cli import EXIT_FAILED, EXIT_OK, CliError
-from fedctl.localfed import LocalFederation, LocalFederationError, flchain_hospitals
+from fedctl.localfed import (
+    LocalFederation,
+    LocalFederationError,
+    exit_on_sigterm,
+    flchain_hospitals,
+)
 from fedctl.runs import follow, write_export
 from federation.wire.v1 import admin_pb2
 
@@ -54,7 +58,6 @@ evaluate_every = {rounds}
 [privacy]
 epsilon = 3.0
 delta = 1e-5
-stats_noise_multiplier = {stats_noise_multiplier}
 metrics_noise_multiplier = {metrics_noise_multiplier}
 
 [secagg]
@@ -87,7 +90,6 @@ def plan_text(
     learning_rate: float = 0.5,
     server_optimizer: str = "fedavg",
     server_learning_rate: float = 1.0,
-    stats_noise_multiplier: float = 3.0,
     metrics_noise_multiplier: float = 2.0,
 ) -> str:
     """The demo plan (also the end-to-end tests' plan, with fewer epochs and shorter timeouts)."""
@@ -100,7 +102,6 @@ def plan_text(
         learning_rate=learning_rate,
         server_optimizer=server_optimizer,
         server_learning_rate=server_learning_rate,
-        stats_noise_multiplier=stats_noise_multiplier,
         metrics_noise_multiplier=metrics_noise_multiplier,
     )
     features = []
@@ -113,20 +114,9 @@ def plan_text(
     return body + "\n" + "\n\n".join(features) + "\n"
 
 
-def _exit_on_sigterm() -> None:
-    """SIGTERM (`kill`, `timeout`, a CI runner) unwinds like Ctrl-C, so the `finally` that stops
-    the coordinator and the agents runs: Python's default SIGTERM action would skip it and leave
-    four orphaned processes holding ports."""
-
-    def handler(signum: int, _frame: Any) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, handler)
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     started = time.monotonic()
-    _exit_on_sigterm()
+    exit_on_sigterm()
     federation = LocalFederation(args.workdir, HOSPITALS)
     try:
         federation.prepare()

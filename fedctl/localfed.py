@@ -38,6 +38,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def exit_on_sigterm() -> None:
+    """Make SIGTERM (`kill`, `timeout`, a CI runner) unwind like Ctrl-C, so that the `finally`
+    calling `LocalFederation.stop_all` runs: Python's default SIGTERM action skips it and leaves
+    the coordinator and every agent running, holding their ports."""
+
+    def handler(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 class LocalFederation:
     """Coordinator + hospitals as separate processes under `workdir`."""
 
