@@ -1,33 +1,69 @@
 """Who may call what: the peer certificate decides, never a message field.
 
 An interceptor wraps every handler: it reads the mutual-TLS peer certificate, maps it to an
-Identity (site, operator with role, or nothing) and checks it against the method's rule before the
-handler runs. Denials are audited and answered with PERMISSION_DENIED / UNAUTHENTICATED.
+Identity (site, operator with role, or nothing), checks that this very certificate is the
+identity's active one on the signed consortium roster (a CA signature alone is not enough: a
+revoked, superseded or never-rostered certificate is refused), then checks the method against
+`AUTHORISATION`, before the handler runs. Denials are audited and answered with
+PERMISSION_DENIED / UNAUTHENTICATED.
 """
 
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Awaitable, Callable
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import grpc
+from cryptography import x509
 from grpc import aio
 
-from federation.identity import Identity
-from federation.tls import peer_identity
+from federation.identity import (
+    Identity,
+    IdentityError,
+    IdentityKind,
+    OperatorRole,
+    identity_from_certificate,
+    load_certificate,
+)
+from federation.roster import Roster, RosterError, load_signed_roster
+from federation.tls import PEER_CERT_KEY
 
-SITE_METHODS = {"Hello", "PullTask", "PushResult"}
-ADMIN_WRITE_METHODS = {"SubmitRun", "StopRun"}
-ADMIN_READ_METHODS = {
-    "ListRuns",
-    "GetRun",
-    "WatchRun",
-    "ListSites",
-    "GetAudit",
-    "VerifyAudit",
-    "ExportRun",
-}
+log = logging.getLogger("concordia.coordinator.auth")
+
+Principal = tuple[IdentityKind, OperatorRole | None]
+SITE: frozenset[Principal] = frozenset({("site", None)})
+ADMIN: frozenset[Principal] = frozenset({("operator", "admin")})
+OPERATOR: frozenset[Principal] = frozenset({("operator", "admin"), ("operator", "viewer")})
+
+_FEDERATION = "/concordia.federation.v1.Federation/"
+_ADMIN = "/concordia.federation.v1.Admin/"
+
+AUTHORISATION: Mapping[str, frozenset[Principal]] = MappingProxyType(
+    {
+        # site -> coordinator: only sites, each acting as its certificate's site id
+        _FEDERATION + "Hello": SITE,
+        _FEDERATION + "PullTask": SITE,
+        _FEDERATION + "PushResult": SITE,
+        # operator -> coordinator: changing runs or taking a model out needs the admin role
+        _ADMIN + "SubmitRun": ADMIN,
+        _ADMIN + "StopRun": ADMIN,
+        _ADMIN + "ExportRun": ADMIN,
+        _ADMIN + "ListRuns": OPERATOR,
+        _ADMIN + "GetRun": OPERATOR,
+        _ADMIN + "WatchRun": OPERATOR,
+        _ADMIN + "ListSites": OPERATOR,
+        _ADMIN + "GetAudit": OPERATOR,
+        _ADMIN + "VerifyAudit": OPERATOR,
+    }
+)
+"""Full gRPC method path -> the (kind, role) pairs allowed to call it. Anything else is refused."""
+
 PUBLIC_PREFIXES = ("/grpc.health.v1.Health/",)
 
 current_identity: contextvars.ContextVar[Identity] = contextvars.ContextVar("current_identity")
@@ -39,25 +75,130 @@ def authorise(method: str, identity: Identity | None) -> str | None:
         return None
     if identity is None:
         return "no Concordia client certificate"
-    name = method.rsplit("/", 1)[-1]
-    service = method.rsplit("/", 2)[-2] if method.count("/") >= 2 else ""
-    if service.endswith(".Federation") and name in SITE_METHODS:
-        return None if identity.kind == "site" else f"{identity.uri} is not a site"
-    if service.endswith(".Admin"):
-        if identity.kind != "operator":
-            return f"{identity.uri} is not an operator"
-        if name in ADMIN_WRITE_METHODS:
-            return None if identity.role == "admin" else f"role {identity.role} may not {name}"
-        if name in ADMIN_READ_METHODS:
+    allowed = AUTHORISATION.get(method)
+    if allowed is None:
+        return f"unknown method {method}"
+    if (identity.kind, identity.role) in allowed:
+        return None
+    if any(kind == identity.kind for kind, _ in allowed):
+        return f"role {identity.role} may not {method.rsplit('/', 1)[-1]}"
+    kinds = " or ".join(sorted({kind for kind, _ in allowed}))
+    article = "an" if kinds[0] in "aeiou" else "a"
+    return f"{identity.uri} is not {article} {kinds}"
+
+
+class RosterWatcher:
+    """The signed consortium roster the coordinator enforces, re-read when its file changes.
+
+    The file's mtime/inode is looked at most once per `interval_s`, so `fedctl provision revoke`
+    (which rewrites it atomically) takes effect on a running coordinator within about a second. A
+    rewritten file that does not verify, or holds an older version, is refused and the last good
+    roster stays in force: a broken copy must not open or close the door.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        ca_certificate: x509.Certificate,
+        *,
+        interval_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        on_change: Callable[[Roster], None] | None = None,
+    ) -> None:
+        self.path = path
+        self._ca = ca_certificate
+        self._interval = interval_s
+        self._clock = clock
+        self.on_change = on_change
+        self._stamp = self._stat()
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise RosterError(
+                f"cannot read the consortium roster {path} ({exc.strerror}); every kit"
+                " `fedctl provision` writes has roster.json next to ca.pem"
+            ) from None
+        try:
+            self._roster = load_signed_roster(data, ca_certificate)
+        except RosterError as exc:
+            raise RosterError(f"{path}: {exc}") from None
+        self._signed = data
+        self._checked = clock()
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
             return None
-    return f"unknown method {method}"
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    @property
+    def roster(self) -> Roster:
+        """The roster in force (re-read first if the file changed)."""
+        self.refresh()
+        return self._roster
+
+    @property
+    def signed(self) -> bytes:
+        """The whole signed roster.json of the roster in force, as handed to sites."""
+        self.refresh()
+        return self._signed
+
+    def refresh(self) -> None:
+        now = self._clock()
+        if now - self._checked < self._interval:
+            return
+        self._checked = now
+        stamp = self._stat()
+        if stamp == self._stamp:
+            return
+        self._stamp = stamp
+        if stamp is None:
+            log.warning("roster %s is gone; keeping version %d", self.path, self._roster.version)
+            return
+        try:
+            data = self.path.read_bytes()
+            roster = load_signed_roster(data, self._ca)
+        except (OSError, RosterError) as exc:
+            log.error(
+                "roster %s refused, keeping version %d: %s", self.path, self._roster.version, exc
+            )
+            return
+        if roster.version <= self._roster.version:
+            if data != self._signed:
+                log.error(
+                    "roster %s has version %d, not newer than %d in force; refused",
+                    self.path,
+                    roster.version,
+                    self._roster.version,
+                )
+            return
+        self._roster, self._signed = roster, data
+        log.info("roster %s: version %d in force", self.path, roster.version)
+        if self.on_change is not None:
+            self.on_change(roster)
+
+
+def _peer(context: aio.ServicerContext) -> tuple[Identity | None, x509.Certificate | None]:
+    pems = list(context.auth_context().get(PEER_CERT_KEY, ()))
+    if len(pems) != 1:
+        return None, None
+    try:
+        cert = load_certificate(pems[0])
+        return identity_from_certificate(cert), cert
+    except IdentityError:
+        return None, None
 
 
 class AuthorisationInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
-    """Authorises each RPC from the peer certificate; `on_denied(identity, method, reason)`."""
+    """Authorises each RPC from the peer certificate and the roster;
+    `on_denied(identity, method, reason)` audits each refusal."""
 
-    def __init__(self, on_denied: Callable[[Identity | None, str, str], None]) -> None:
+    def __init__(
+        self, on_denied: Callable[[Identity | None, str, str], None], roster: RosterWatcher
+    ) -> None:
         self._on_denied = on_denied
+        self._roster = roster
 
     async def intercept_service(
         self,
@@ -83,8 +224,11 @@ class AuthorisationInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         return handler
 
     async def _check(self, method: str, context: aio.ServicerContext) -> None:
-        identity = peer_identity(context)
-        reason = authorise(method, identity)
+        identity, cert = _peer(context)
+        reason = None
+        if identity is not None and cert is not None and not method.startswith(PUBLIC_PREFIXES):
+            reason = self._roster.roster.check(identity, cert)
+        reason = reason or authorise(method, identity)
         if reason is not None:
             self._on_denied(identity, method, reason)
             code = (

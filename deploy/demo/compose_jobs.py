@@ -178,22 +178,16 @@ def operator(rounds: int, detach: bool) -> int:
 
 def issue_site_kit(site: str) -> int:
     """Rotate one site's certificate: a new key and certificate from the same CA; the kit's
-    site.toml is kept. Restart that site's agent afterwards."""
-    from federation.consortium import parse_consortium
-    from federation.provisioning import issue_site_kit as issue
-    from federation.provisioning import load_ca
+    site.toml is kept and the roster (re-signed into every kit, the coordinator's included) lists
+    the new certificate, the old one as superseded. Restart that site's agent afterwards."""
+    from federation.provisioning import renew
 
-    config = parse_consortium(_consortium(), source="CONCORDIA_DEMO_* environment")
-    kit = issue(
-        load_ca(KITS / "ca"),
-        site,
-        KITS / "sites" / site,
-        coordinator_address=config.coordinator.address,
-        consortium=config.consortium.name,
-        validity_days=config.consortium.validity_days,
-        force=True,
+    days = int(os.environ.get("CONCORDIA_DEMO_VALIDITY_DAYS", "365"))
+    change = renew(KITS, site, kind="site", validity_days=days)
+    _say(
+        f"new certificate for {site} written to {change.kit_dir} (roster version"
+        f" {change.version}); restart its site agent"
     )
-    _say(f"new certificate for {site} written to {kit}; restart its site agent")
     return 0
 
 

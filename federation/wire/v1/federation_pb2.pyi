@@ -106,14 +106,16 @@ class HelloRequest(_message.Message):
     def __init__(self, site_id: _Optional[str] = ..., agent_version: _Optional[str] = ..., policy: _Optional[_Union[PolicySummary, _Mapping]] = ...) -> None: ...
 
 class HelloResponse(_message.Message):
-    __slots__ = ("coordinator_id", "server_time_unix_ms", "poll_wait_ms")
+    __slots__ = ("coordinator_id", "server_time_unix_ms", "poll_wait_ms", "roster")
     COORDINATOR_ID_FIELD_NUMBER: _ClassVar[int]
     SERVER_TIME_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     POLL_WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    ROSTER_FIELD_NUMBER: _ClassVar[int]
     coordinator_id: str
     server_time_unix_ms: int
     poll_wait_ms: int
-    def __init__(self, coordinator_id: _Optional[str] = ..., server_time_unix_ms: _Optional[int] = ..., poll_wait_ms: _Optional[int] = ...) -> None: ...
+    roster: bytes
+    def __init__(self, coordinator_id: _Optional[str] = ..., server_time_unix_ms: _Optional[int] = ..., poll_wait_ms: _Optional[int] = ..., roster: _Optional[bytes] = ...) -> None: ...
 
 class PullTaskRequest(_message.Message):
     __slots__ = ("site_id", "wait_ms")

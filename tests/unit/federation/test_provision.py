@@ -1,4 +1,5 @@
-"""`fedctl provision`: kit files, modes, certificate contents, refusals, bad consortium files."""
+"""`fedctl provision`: kit files, modes, certificate contents, refusals, bad consortium files, the
+signed roster, and changing one identity (add-site, renew, revoke) with the same CA."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from fedctl.cli import run as fedctl
 from federation.identity import Identity, identity_from_certificate, verify_peer_certificate
-from federation.provisioning import ProvisionError, issue_site_kit, load_ca
+from federation.provisioning import ProvisionError, add_site, issue_site_kit, load_ca, revoke
+from federation.roster import Roster, certificate_fingerprint, load_signed_roster
 from federation.tls import TlsKit
 
 pytestmark = pytest.mark.unit
@@ -66,12 +68,12 @@ def _mode(path: Path) -> int:
 
 def test_kit_layout_and_key_modes(kits: Path) -> None:
     expected = {
-        "ca": {"ca.pem", "ca.key"},
-        "coordinator": {"ca.pem", "server.pem", "server.key", "coordinator.toml"},
-        "sites/hospital-a": {"ca.pem", "client.pem", "client.key", "site.toml"},
-        "sites/hospital-b": {"ca.pem", "client.pem", "client.key", "site.toml"},
-        "operators/alice": {"ca.pem", "client.pem", "client.key", "fedctl.toml"},
-        "operators/victor": {"ca.pem", "client.pem", "client.key", "fedctl.toml"},
+        "ca": {"ca.pem", "ca.key", "roster.json"},
+        "coordinator": {"ca.pem", "roster.json", "server.pem", "server.key", "coordinator.toml"},
+        "sites/hospital-a": {"ca.pem", "roster.json", "client.pem", "client.key", "site.toml"},
+        "sites/hospital-b": {"ca.pem", "roster.json", "client.pem", "client.key", "site.toml"},
+        "operators/alice": {"ca.pem", "roster.json", "client.pem", "client.key", "fedctl.toml"},
+        "operators/victor": {"ca.pem", "roster.json", "client.pem", "client.key", "fedctl.toml"},
     }
     for folder, names in expected.items():
         assert {p.name for p in (kits / folder).iterdir()} == names, folder
@@ -121,7 +123,12 @@ def test_starter_configs_point_at_the_kit(kits: Path) -> None:
     text = (kits / "sites/hospital-a/site.toml").read_text()
     assert "# [data]" in text and "# [policy]" in text
     coordinator = tomllib.loads((kits / "coordinator/coordinator.toml").read_text())
-    assert coordinator["server"]["listen"] == "0.0.0.0:7443"
+    # it listens on the consortium's coordinator hosts, not on every interface
+    assert coordinator["server"]["listen"] == [
+        "coord.example.org:7443",
+        "127.0.0.1:7443",
+        "[::1]:7443",
+    ]
     operator = tomllib.loads((kits / "operators/victor/fedctl.toml").read_text())
     assert operator["coordinator"]["address"] == "coord.example.org:7443"
     for folder, expected in [
@@ -226,3 +233,161 @@ def test_validity_days_flag_overrides_the_file(
     bad = ["provision", str(_write(tmp_path)), "--out", str(tmp_path / "x"), "--validity-days", "0"]
     assert fedctl(bad) == 2
     assert "--validity-days: validity_days:" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- the roster
+
+
+KIT_FOLDERS = (
+    "ca",
+    "coordinator",
+    "sites/hospital-a",
+    "sites/hospital-b",
+    "operators/alice",
+    "operators/victor",
+)
+
+
+def _roster(out: Path, folder: str = "ca") -> Roster:
+    return load_signed_roster((out / folder / "roster.json").read_bytes(), _cert(out / "ca/ca.pem"))
+
+
+def _same_roster_everywhere(out: Path, folders: tuple[str, ...] = KIT_FOLDERS) -> Roster:
+    data = {(out / f / "roster.json").read_bytes() for f in folders}
+    assert len(data) == 1, "kits hold different rosters"
+    return _roster(out)
+
+
+def test_provision_writes_one_signed_roster_of_every_certificate(kits: Path) -> None:
+    roster = _same_roster_everywhere(kits)
+    assert roster.consortium == "test consortium" and roster.version == 1 and not roster.revoked
+    assert roster.active_site_names() == frozenset({"hospital-a", "hospital-b"})
+    for folder, cert_name in [
+        ("coordinator", "server.pem"),
+        ("sites/hospital-a", "client.pem"),
+        ("operators/victor", "client.pem"),
+    ]:
+        cert = _cert(kits / folder / cert_name)
+        assert roster.check(identity_from_certificate(cert), cert) is None, folder
+    assert _mode(kits / "sites/hospital-a/roster.json") == 0o644
+
+
+@pytest.fixture
+def fresh(tmp_path: Path) -> Path:
+    out = tmp_path / "kits"
+    assert fedctl(["provision", str(_write(tmp_path)), "--out", str(out)]) == 0
+    return out
+
+
+def test_add_site_issues_a_kit_and_a_new_roster_version(
+    fresh: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    assert fedctl(["provision", "add-site", "hospital-c", "--out", str(fresh)]) == 0
+    out = capsys.readouterr().out
+    assert "added site hospital-c: roster version 2" in out and "coordinator" in out
+    kit = fresh / "sites/hospital-c"
+    assert {p.name for p in kit.iterdir()} == {
+        "ca.pem",
+        "roster.json",
+        "client.pem",
+        "client.key",
+        "site.toml",
+    }
+    assert _mode(kit / "client.key") == 0o600
+    site = tomllib.loads((kit / "site.toml").read_text())
+    assert site["coordinator"]["address"] == "coord.example.org:7443"
+    roster = _same_roster_everywhere(fresh, (*KIT_FOLDERS, "sites/hospital-c"))
+    assert roster.version == 2
+    assert roster.active_site_names() == frozenset({"hospital-a", "hospital-b", "hospital-c"})
+    cert = _cert(kit / "client.pem")
+    assert roster.check(Identity("site", "hospital-c"), cert) is None
+    assert verify_peer_certificate(
+        kit.joinpath("client.pem").read_bytes(), _cert(fresh / "ca/ca.pem")
+    )
+
+    # refused: the same site again, an existing operator's name, a bad name
+    for name, message in [
+        ("hospital-c", "already on the roster"),
+        ("alice", "already on the roster"),
+        ("Bad_Name", "must match"),
+    ]:
+        assert fedctl(["provision", "add-site", name, "--out", str(fresh)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert _roster(fresh).version == 2
+
+
+def test_renew_replaces_the_certificate_keeps_the_config_and_supersedes_the_old_one(
+    fresh: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kit = fresh / "sites/hospital-a"
+    (kit / "site.toml").write_text((kit / "site.toml").read_text() + "\n[policy]\nx = 1\n")
+    old = _cert(kit / "client.pem")
+    old_victor = _cert(fresh / "operators/victor/client.pem")
+    args = ["provision", "renew", "hospital-a", "--out", str(fresh), "--output", "json"]
+    assert fedctl(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    new = _cert(kit / "client.pem")
+    assert summary["action"] == "renew" and summary["roster_version"] == 2
+    assert summary["superseded"] == certificate_fingerprint(old)
+    assert summary["fingerprint"] == certificate_fingerprint(new)
+    assert "[policy]" in (kit / "site.toml").read_text()
+    identity = Identity("site", "hospital-a")
+    roster = _same_roster_everywhere(fresh)
+    assert roster.check(identity, new) is None
+    reason = roster.check(identity, old)
+    assert reason is not None and reason.endswith(": superseded") and "revoked on" in reason
+    assert TlsKit.from_kit_dir(kit).identity == identity
+
+    # an operator keeps its role and its fedctl.toml
+    config = (fresh / "operators/victor/fedctl.toml").read_text()
+    assert fedctl(["provision", "renew", "victor", "--out", str(fresh)]) == 0
+    assert "renewed operator victor (viewer): roster version 3" in capsys.readouterr().out
+    assert (fresh / "operators/victor/fedctl.toml").read_text() == config
+    victor = _cert(fresh / "operators/victor/client.pem")
+    assert identity_from_certificate(victor) == Identity("operator", "victor", "viewer")
+    roster = _same_roster_everywhere(fresh)
+    assert roster.check(Identity("operator", "victor", "viewer"), victor) is None
+    assert roster.check(Identity("operator", "victor", "viewer"), old_victor) is not None
+
+    for name, message in [("nobody", "not on the roster"), ("coordinator", "coordinator")]:
+        assert fedctl(["provision", "renew", name, "--out", str(fresh)]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_revoke_once_and_refuse_twice(fresh: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cert = _cert(fresh / "sites/hospital-b/client.pem")
+    args = ["provision", "revoke", "hospital-b", "--out", str(fresh), "--reason", "left"]
+    assert fedctl(args) == 0
+    assert "revoked site hospital-b: roster version 2" in capsys.readouterr().out
+    roster = _same_roster_everywhere(fresh)
+    assert roster.active_site_names() == frozenset({"hospital-a"})
+    reason = roster.check(Identity("site", "hospital-b"), cert)
+    assert reason is not None and "revoked on" in reason and reason.endswith(": left")
+    for argv, message in [
+        (args, "already revoked on"),
+        (["provision", "revoke", "ghost", "--out", str(fresh)], "not on the roster"),
+        (["provision", "revoke", "hospital-a", "--out", str(fresh), "--force"], "--force"),
+        (["provision", "renew", "hospital-b", "--out", str(fresh)], "already revoked"),
+        (["provision", "revoke", "--out", str(fresh)], "needs a NAME"),
+    ]:
+        assert fedctl(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert _roster(fresh).version == 2
+    # a revoked site can come back only as a new kit: not while its old kit folder exists
+    with pytest.raises(ProvisionError, match="already exists"):
+        add_site(fresh, "hospital-b")
+
+
+def test_changes_need_the_ca_and_its_roster(
+    fresh: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (fresh / "ca/roster.json").unlink()
+    with pytest.raises(ProvisionError, match="cannot read the consortium roster"):
+        revoke(fresh, "hospital-a", "x")
+    (fresh / "ca/ca.key").unlink()
+    assert fedctl(["provision", "add-site", "hospital-z", "--out", str(fresh)]) == 2
+    assert "cannot read the CA" in capsys.readouterr().err
+    assert not (fresh / "sites/hospital-z").exists()
