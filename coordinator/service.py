@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import secrets
 import signal
@@ -23,7 +24,7 @@ import numpy as np
 from grpc import aio
 
 from coordinator import __version__
-from coordinator.auth import current_identity
+from coordinator.auth import RosterWatcher, current_identity
 from coordinator.engine import (
     PendingTask,
     ResultRejected,
@@ -33,11 +34,14 @@ from coordinator.engine import (
     TaskKind,
 )
 from coordinator.store import CoordinatorStore
+from coordinator.validation import SiteInputError, check_policy_summary, check_privacy_report
 from federation.identity import Identity
 from federation.plan import PlanError, parse_plan
 from federation.releases import Purpose
 from federation.wire.v1 import admin_pb2, admin_pb2_grpc, federation_pb2, federation_pb2_grpc
 from secagg.config import Stage
+
+log = logging.getLogger("concordia.coordinator")
 
 MAX_POLL_WAIT_S = 25.0
 TICK_INTERVAL_S = 0.5
@@ -101,10 +105,14 @@ class Coordinator:
         store: CoordinatorStore,
         coordinator_id: str = "coordinator",
         clock: Callable[[], float] = time.time,
+        roster: RosterWatcher | None = None,
     ) -> None:
         self.store = store
         self.coordinator_id = coordinator_id
         self.clock = clock
+        # The signed consortium roster (server.py always passes one): only its active sites are
+        # run candidates, and Hello hands its signed bytes to every site.
+        self.roster = roster
         self.engines: dict[str, RunEngine] = {}
         self._changed = asyncio.Event()
         self._saved: dict[str, str] = {}
@@ -200,6 +208,9 @@ class Coordinator:
         plan = parse_plan(plan_text, fmt)
         run_id = "run-" + secrets.token_hex(4)
         sites = [row.site_id for row in self.store.sites()]
+        if self.roster is not None:
+            active = self.roster.roster.active_site_names()
+            sites = [site for site in sites if site in active]
         engine = RunEngine.start(run_id, plan, sites, self.clock())
         self.engines[run_id] = engine
         self._submitted_by[run_id] = submitted_by
@@ -393,6 +404,12 @@ class FederationService(federation_pb2_grpc.FederationServicer):
         certs = context.auth_context().get("x509_pem_cert") or []
         if certs:
             pem = certs[0].decode()
+        try:
+            check_policy_summary(request.policy)
+        except SiteInputError as exc:
+            self.c.store.audit.append(f"site:{site}", "hello_rejected", {"reason": exc.reason})
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.reason)
+            raise AssertionError("unreachable") from None
         policy = {
             "allowed_features": list(request.policy.allowed_features),
             "max_epsilon_per_run": request.policy.max_epsilon_per_run,
@@ -407,6 +424,7 @@ class FederationService(federation_pb2_grpc.FederationServicer):
             coordinator_id=self.c.coordinator_id,
             server_time_unix_ms=int(self.c.clock() * 1000),
             poll_wait_ms=int(MAX_POLL_WAIT_S * 1000),
+            roster=self.c.roster.signed if self.c.roster is not None else b"",
         )
 
     async def PullTask(
@@ -444,8 +462,20 @@ class FederationService(federation_pb2_grpc.FederationServicer):
             )
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, reason)
             raise AssertionError("unreachable")
-        _crash_if_asked(engine, kind)
         privacy = request.privacy if request.HasField("privacy") else None
+        if privacy is not None:
+            try:
+                check_privacy_report(privacy)
+            except SiteInputError as exc:  # before the engine sees it: its state is unchanged
+                self.c.store.audit.append(
+                    f"site:{site}",
+                    "result_rejected",
+                    {"run_id": engine.run_id, "task_id": request.task_id, "reason": exc.reason},
+                )
+                log.warning("result from %s rejected: %s", site, exc.reason)
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.reason)
+                raise AssertionError("unreachable") from None
+        _crash_if_asked(engine, kind)
         result = SiteResult(
             task_id=request.task_id,
             kind=kind,

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from federation.audit import AuditLog
+from federation.fsmodes import prepare_private_sqlite
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sites (
@@ -86,11 +87,13 @@ class CoordinatorStore:
     def __init__(self, path: Path | str, clock: Callable[[], float]) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        prepare_private_sqlite(self.path)  # 0600, and so are its -wal/-shm files
         self._conn = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.executescript(SCHEMA)
         self._clock = clock
+        # Writes coordinator.sqlite.head beside the store after every committed append.
         self.audit = AuditLog(self._conn, clock=clock)
         self._saved_vectors: dict[tuple[str, str], int] = {}
 
@@ -107,6 +110,7 @@ class CoordinatorStore:
             self._conn.execute("ROLLBACK")
             raise
         self._conn.execute("COMMIT")
+        self.audit.flush_head()  # the audit entries of this transaction are committed now
 
     # ------------------------------------------------------------------ sites
     def record_hello(

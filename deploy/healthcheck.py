@@ -84,11 +84,16 @@ def _server_name(cert_path: Path) -> str:
 
 
 def _listen_port(config: Path) -> int:
-    listen = os.environ.get("CONCORDIA_SERVER_LISTEN")
+    """The port of the first `[server] listen` address (a string, a comma-separated string as in
+    CONCORDIA_SERVER_LISTEN, or a list of them)."""
+    listen: object = os.environ.get("CONCORDIA_SERVER_LISTEN")
     if not listen and config.is_file():
         server = tomllib.loads(config.read_text(encoding="utf-8")).get("server", {})
         listen = server.get("listen") if isinstance(server, dict) else None
-    return int(str(listen or "0.0.0.0:50051").rsplit(":", 1)[1])
+    if isinstance(listen, list):
+        listen = listen[0] if listen else None
+    first = str(listen or "0.0.0.0:50051").split(",")[0].strip()
+    return int(first.rsplit(":", 1)[1])
 
 
 def check_coordinator() -> tuple[bool, str]:

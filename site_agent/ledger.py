@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from federation.fsmodes import prepare_private_sqlite
 from site_agent.accounting import AccountantKind, Entry, epsilon_of
 
 Partition = Literal["train", "holdout"]
@@ -76,7 +77,12 @@ class Charge:
 
 
 def open_state_db(path: str | Path) -> sqlite3.Connection:
-    """A connection to the site's SQLite state: WAL, durable commits, usable from any thread."""
+    """A connection to the site's SQLite state: WAL, durable commits, usable from any thread.
+
+    The database file is created (or tightened to) mode 0600 before SQLite opens it, so its
+    -wal/-shm/-journal files are 0600 too (federation.fsmodes).
+    """
+    prepare_private_sqlite(path)
     conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")  # a charge must survive a power cut once committed

@@ -1,11 +1,13 @@
 """The coordinator's front door, tested against a real coordinator process over mutual TLS:
-who may call what, replays, bad plans and oversized messages — each refused and audited."""
+who may call what, the consortium roster, replays, bad plans and oversized messages — each refused
+and audited."""
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -13,7 +15,9 @@ import pytest
 
 from fedctl.localfed import LocalFederation
 from federation.consortium import parse_consortium
-from federation.provisioning import provision
+from federation.identity import Identity
+from federation.provisioning import add_site, load_ca, provision, revoke
+from federation.roster import load_signed_roster
 from federation.tls import TlsKit, TransportSettings, secure_channel
 from federation.wire.v1 import admin_pb2, admin_pb2_grpc, federation_pb2, federation_pb2_grpc
 
@@ -197,3 +201,93 @@ def test_replayed_result_from_an_earlier_stage_is_refused_and_audited(
         for _, action, detail in _audit_actions(fed)
     )
     fed.admin().StopRun(admin_pb2.StopRunRequest(run_id=run_id, reason="test over"))
+
+
+def _hello(stub: federation_pb2_grpc.FederationStub, site: str) -> grpc.StatusCode:
+    try:
+        response = stub.Hello(federation_pb2.HelloRequest(site_id=site), timeout=10)
+    except grpc.RpcError as exc:
+        code: grpc.StatusCode = exc.code()
+        return code
+    assert response.roster  # every Hello hands out the signed roster
+    return grpc.StatusCode.OK
+
+
+def _eventually(check: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+    """The coordinator looks at its roster file at most once a second."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.2)
+
+
+def test_a_ca_signed_certificate_not_on_the_roster_is_refused_at_hello(
+    fed: LocalFederation,
+) -> None:
+    ca = load_ca(fed.kits / "ca")
+    issued = ca.issue(Identity("site", "hospital-z"), validity_days=1)
+    kit = TlsKit(ca.issued.certificate_pem, issued.certificate_pem, issued.key_pem)
+    channel = secure_channel(f"localhost:{fed.port}", kit, TransportSettings())
+    stub = federation_pb2_grpc.FederationStub(channel)
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Hello(federation_pb2.HelloRequest(site_id="hospital-z"), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "not on the consortium roster" in (caught.value.details() or "")
+    assert any(
+        actor == "urn:concordia:site:hospital-z"
+        and action == "denied"
+        and str(detail["method"]).endswith("/Hello")
+        and "not on the consortium roster" in str(detail["reason"])
+        for actor, action, detail in _audit_actions(fed)
+    )
+    sites = fed.admin().ListSites(admin_pb2.ListSitesRequest()).sites
+    assert "hospital-z" not in {s.site_id for s in sites}
+    channel.close()
+
+
+def test_sites_added_and_revoked_while_the_coordinator_runs(fed: LocalFederation) -> None:
+    """add-site and revoke rewrite the coordinator's roster.json; the running coordinator
+    follows: new sites are admitted, a revoked one is refused at its next Hello and is no longer a
+    run candidate."""
+    add_site(fed.kits, "hospital-c")
+    add_site(fed.kits, "hospital-d")
+    stubs = {name: _site_stub(fed, name) for name in ("hospital-c", "hospital-d")}
+    for name, stub in stubs.items():
+        _eventually(
+            lambda s=stub, n=name: _hello(s, n) == grpc.StatusCode.OK, f"{name} never admitted"
+        )
+    ca_cert = TlsKit.from_kit_dir(fed.site_kit("hospital-c")).ca_certificate
+    handed = stubs["hospital-c"].Hello(federation_pb2.HelloRequest(site_id="hospital-c")).roster
+    assert load_signed_roster(handed, ca_cert).version == 3
+
+    revoke(fed.kits, "hospital-c", "test revocation")
+    stub_c = stubs["hospital-c"]
+    _eventually(
+        lambda: _hello(stub_c, "hospital-c") == grpc.StatusCode.PERMISSION_DENIED,
+        "revoked hospital-c still admitted",
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        stub_c.Hello(federation_pb2.HelloRequest(site_id="hospital-c"), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "revoked on" in (caught.value.details() or "")
+    assert "test revocation" in (caught.value.details() or "")
+    handed = stubs["hospital-d"].Hello(federation_pb2.HelloRequest(site_id="hospital-d")).roster
+    assert load_signed_roster(handed, ca_cert).version == 4
+
+    # hospital-c said Hello before, but a revoked site is no longer a run candidate
+    plan = PLAN.replace("quorum = 2\n", 'quorum = 2\nsites = ["hospital-c", "hospital-d"]\n')
+    response = fed.admin().SubmitRun(admin_pb2.SubmitRunRequest(plan_text=plan))
+    assert response.run_id, response.errors
+    status = fed.admin().GetRun(admin_pb2.GetRunRequest(run_id=response.run_id))
+    assert [s.site_id for s in status.sites] == ["hospital-d"]
+    fed.admin().StopRun(admin_pb2.StopRunRequest(run_id=response.run_id, reason="test over"))
+
+
+def test_a_viewer_cannot_export_a_run(fed: LocalFederation) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        fed.admin("viewer").ExportRun(admin_pb2.ExportRunRequest(run_id="run-none"))
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert caught.value.details() == "role viewer may not ExportRun"
+    with pytest.raises(grpc.RpcError) as caught:  # an admin reaches the handler
+        fed.admin().ExportRun(admin_pb2.ExportRunRequest(run_id="run-none"))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND

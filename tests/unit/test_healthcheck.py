@@ -50,3 +50,16 @@ def test_state_dir_comes_from_the_site_config_relative_to_it(
     assert _module()._state_dir(config) == tmp_path / "state"
     monkeypatch.setenv("CONCORDIA_SITE_STATE_DIR", "/state")
     assert _module()._state_dir(config) == Path("/state")
+
+
+def test_coordinator_port_comes_from_a_listen_string_or_list(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CONCORDIA_SERVER_LISTEN", raising=False)
+    config = tmp_path / "coordinator.toml"
+    config.write_text('[server]\nlisten = ["coord.example.org:7443", "10.0.0.5:7443"]\n')
+    assert _module()._listen_port(config) == 7443
+    config.write_text('[server]\nlisten = "127.0.0.1:6000"\n')
+    assert _module()._listen_port(config) == 6000
+    monkeypatch.setenv("CONCORDIA_SERVER_LISTEN", "0.0.0.0:50051,[::]:50051")
+    assert _module()._listen_port(config) == 50051

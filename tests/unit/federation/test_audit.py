@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import sqlite3
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from fedctl.cli import run as fedctl
-from federation.audit import GENESIS_HASH, AuditError, AuditLog, entry_hash
+from federation.audit import (
+    GENESIS_HASH,
+    AuditError,
+    AuditHead,
+    AuditLog,
+    entry_hash,
+    head_file_path,
+    read_head_file,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -225,3 +235,223 @@ def test_two_writers_on_one_file_keep_one_chain(tmp_path: Path) -> None:
         result = a.verify()
         assert [e.detail["i"] for e in b.entries()] == list(range(6))
     assert result.ok and result.checked == 6
+
+
+# --- head files: a head recorded elsewhere detects a cut tail, an emptied or replaced log --------
+
+
+def _head_file(db: Path) -> Path:
+    return db.with_name(db.name + ".head")
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_every_append_writes_the_head_file_atomically_with_mode_0600(tmp_path: Path) -> None:
+    path = tmp_path / "audit.sqlite"
+    ticks = _clock()
+    with AuditLog(path, clock=lambda: next(ticks)) as log:
+        assert log.head_path == head_file_path(path) == _head_file(path)
+        assert read_head_file(log.head_path) == AuditHead(0, GENESIS_HASH, None)  # empty log
+        for i in range(3):
+            entry = log.append("site", "step", {"i": i})
+            assert read_head_file(log.head_path) == AuditHead(entry.seq, entry.hash, entry.ts)
+            assert _mode(log.head_path) == 0o600
+    assert json.loads(_head_file(path).read_text()) == {
+        "seq": 3,
+        "hash": entry.hash,
+        "ts": entry.ts,
+    }
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp
+
+
+def test_cut_tail_with_a_consistent_head_row_is_detected_only_against_a_shipped_head(
+    db: Path,
+) -> None:
+    """The probe: delete the last entries and point the head row at the new last entry (one
+    UPDATE, nothing recomputed). Every remaining hash still matches its content, so the chain
+    alone cannot tell; the head shipped elsewhere does."""
+    shipped = read_head_file(_head_file(db))
+    assert shipped.seq == 5
+    with AuditLog(db, clock=lambda: 0.0) as log:
+        third = log.entries(after=2, limit=1)[0]
+    _tamper(
+        db,
+        "DELETE FROM audit_log WHERE seq > 3",
+        f"UPDATE audit_head SET seq = 3, hash = '{third.hash}'",
+    )
+    with AuditLog(db, clock=lambda: 0.0, create=False) as log:
+        assert log.verify().ok  # the chain alone: consistent
+        result = log.verify(expect_head=shipped.hash, expect_min_seq=shipped.seq)
+        assert not result.ok and result.problem is not None
+        assert "an empty or shortened chain does not match an expected head" in result.problem
+        only_hash = log.verify(expect_head=shipped.hash)
+        assert not only_hash.ok and "is not in the chain" in str(only_hash.problem)
+        only_seq = log.verify(expect_min_seq=4)
+        assert not only_seq.ok and "shortened" in str(only_seq.problem)
+
+
+def test_an_emptied_database_does_not_match_an_expected_head(db: Path) -> None:
+    shipped = read_head_file(_head_file(db))
+    _tamper(db, "DELETE FROM audit_log", "DELETE FROM audit_head")
+    with AuditLog(db, clock=lambda: 0.0, create=False) as log:
+        assert log.verify().ok and log.verify().checked == 0
+        for kwargs in (
+            {"expect_head": shipped.hash, "expect_min_seq": shipped.seq},
+            {"expect_head": shipped.hash},
+            {"expect_min_seq": 1},
+        ):
+            result = log.verify(**kwargs)  # type: ignore[arg-type]
+            assert not result.ok
+            assert "an empty or shortened chain does not match an expected head" in str(
+                result.problem
+            )
+
+
+def test_a_replaced_database_of_the_same_length_does_not_match(tmp_path: Path, db: Path) -> None:
+    shipped = read_head_file(_head_file(db))
+    other = tmp_path / "forged.sqlite"
+    with AuditLog(other, clock=lambda: 1.0) as forged:
+        for i in range(7):
+            forged.append("urn:concordia:site:a1", f"action-{i}", {"i": i})
+        result = forged.verify(expect_head=shipped.hash, expect_min_seq=shipped.seq)
+    assert not result.ok and "is not in the chain" in str(result.problem)
+
+
+def test_an_earlier_head_still_matches_after_the_log_grew(db: Path) -> None:
+    shipped = read_head_file(_head_file(db))
+    with AuditLog(db, clock=lambda: 9.0) as log:
+        log.append("site", "later", {})
+        log.append("site", "later", {})
+        result = log.verify(expect_head=shipped.hash, expect_min_seq=shipped.seq)
+        assert result.ok and result.expected_head_seq == 5 and result.checked == 7
+        assert log.verify(expect_head=GENESIS_HASH, expect_min_seq=0).ok
+        with pytest.raises(AuditError, match="64 lowercase hex"):
+            log.verify(expect_head="abc")
+
+
+def test_an_edited_last_entry_is_detected_even_with_the_head_row_updated(db: Path) -> None:
+    """Every hash is recomputed from content, the last row's too: changing the last entry and
+    writing any hash into it and into the head row does not make it consistent."""
+    forged_hash = "f" * 64
+    _tamper(
+        db,
+        f"""UPDATE audit_log SET detail = '{{"i":4,"note":"x"}}', hash = '{forged_hash}'
+            WHERE seq = 5""",
+        f"UPDATE audit_head SET hash = '{forged_hash}'",
+    )
+    ok, problem = _verify(db)
+    assert not ok and problem is not None and "seq 5 was edited" in problem
+    _tamper(db, "UPDATE audit_log SET hash = 'nothex' WHERE seq = 5")
+    ok, problem = _verify(db)
+    assert not ok and problem is not None and "seq 5" in problem
+
+
+def test_an_append_in_a_callers_transaction_writes_the_head_file_only_when_flushed(
+    tmp_path: Path,
+) -> None:
+    conn = sqlite3.connect(tmp_path / "store.db", isolation_level=None)
+    log = AuditLog(conn, clock=lambda: 5.0)
+    assert log.head_path == tmp_path / "store.db.head"
+    first = log.append("coordinator", "own", {})  # own transaction: written at once
+    assert read_head_file(log.head_path).hash == first.hash
+    conn.execute("BEGIN IMMEDIATE")
+    log.append("coordinator", "rolled-back", {})
+    assert log.flush_head() is None  # still in the caller's transaction: nothing written
+    conn.execute("ROLLBACK")
+    assert log.flush_head() == AuditHead(1, first.hash, 5.0)
+    conn.execute("BEGIN IMMEDIATE")
+    second = log.append("coordinator", "committed", {})
+    conn.execute("COMMIT")
+    assert read_head_file(log.head_path).seq == 1
+    assert log.flush_head() == AuditHead(2, second.hash, 5.0)
+    assert read_head_file(log.head_path) == AuditHead(2, second.hash, 5.0)
+    assert log.flush_head() is None  # nothing new
+    conn.close()
+    assert AuditLog(tmp_path / "x.db", clock=lambda: 0.0, head_file=False).head_path is None
+
+
+def test_malformed_head_files_are_typed_errors(tmp_path: Path) -> None:
+    path = tmp_path / "h"
+    for text in ("", "[]", '{"seq": -1, "hash": "' + "0" * 64 + '"}', '{"seq": 1, "hash": "x"}'):
+        path.write_text(text)
+        with pytest.raises(AuditError, match="head file"):
+            read_head_file(path)
+    with pytest.raises(AuditError, match="not found"):
+        read_head_file(tmp_path / "missing")
+
+
+def test_fedctl_verify_against_a_shipped_head_file(
+    db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shipped = tmp_path / "elsewhere.head"
+    shipped.write_bytes(_head_file(db).read_bytes())
+    head = read_head_file(shipped)
+    assert fedctl(["audit", "verify", "--db", str(db), "--head-file", str(shipped)]) == 0
+    assert "the expected head is seq 5 (the current head)" in capsys.readouterr().out
+    with AuditLog(db, clock=lambda: 0.0) as log:
+        third = log.entries(after=2, limit=1)[0]
+    _tamper(
+        db,
+        "DELETE FROM audit_log WHERE seq > 3",
+        f"UPDATE audit_head SET seq = 3, hash = '{third.hash}'",
+    )
+    _head_file(db).unlink()  # the attacker removes the local copy too: the chain alone passes
+    assert fedctl(["audit", "verify", "--db", str(db)]) == 0
+    capsys.readouterr()
+    assert fedctl(["audit", "verify", "--db", str(db), "--head-file", str(shipped)]) == 1
+    out = capsys.readouterr().out
+    assert "TAMPERED" in out and "an empty or shortened chain does not match" in out
+    args = ["--expect-head", head.hash, "--expect-min-seq", "5"]
+    assert fedctl(["audit", "verify", "--db", str(db), *args, "--output", "json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is False and report["expected_head"]["seq"] == 5
+    assert fedctl(["audit", "verify", "--db", str(db), "--expect-min-seq", "3"]) == 0
+    capsys.readouterr()
+    assert fedctl(["audit", "verify", "--db", str(db), "--expect-head", third.hash]) == 0
+    capsys.readouterr()
+    # bad input: exit 2, one line, no traceback
+    assert fedctl(["audit", "verify", "--db", str(db), "--expect-head", "xyz"]) == 2
+    both = ["--head-file", str(shipped), "--expect-head", head.hash]
+    assert fedctl(["audit", "verify", "--db", str(db), *both]) == 2
+    shipped.write_text("{not json")
+    assert fedctl(["audit", "verify", "--db", str(db), "--head-file", str(shipped)]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_fedctl_verify_uses_the_head_file_beside_the_database(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tamperer who does not know about the local head file is caught even without a copy."""
+    _tamper(db, "DELETE FROM audit_log", "DELETE FROM audit_head")
+    assert fedctl(["audit", "verify", "--db", str(db)]) == 1
+    out = capsys.readouterr().out
+    assert "an empty or shortened chain does not match an expected head" in out
+    assert "beside the database" in out
+
+
+# --- file modes ---------------------------------------------------------------------------------
+
+
+def test_audit_database_and_its_wal_files_are_private(tmp_path: Path) -> None:
+    old = os.umask(0o022)  # a umask that would give 0644
+    try:
+        path = tmp_path / "audit.sqlite"
+        with AuditLog(path, clock=lambda: 0.0) as log:
+            for i in range(20):
+                log.append("site", "step", {"i": i, "pad": "x" * 500})
+            sides = [Path(str(path) + s) for s in ("-wal", "-shm")]
+            assert all(p.exists() for p in sides)  # WAL activity while open
+            for p in (path, *sides, _head_file(path)):
+                assert _mode(p) == 0o600, p
+        # files left with loose modes by an older version are tightened on open
+        for p in (path, Path(str(path) + "-wal")):
+            if p.exists():
+                p.chmod(0o644)
+        with AuditLog(path, clock=lambda: 0.0) as log:
+            log.append("site", "again", {})
+            for p in tmp_path.iterdir():
+                assert _mode(p) == 0o600, p
+    finally:
+        os.umask(old)
