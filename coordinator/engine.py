@@ -38,7 +38,8 @@ from federation.releases import (
     UpdateLayout,
     decode_stats,
 )
-from secagg.config import SessionConfig, Stage, StageTimeouts
+from federation.sessions import minimum_session_size, session_config
+from secagg.config import Stage, StageTimeouts
 from secagg.errors import SecAggError
 from secagg.quantize import dequantize_sum
 from secagg.server import ServerSession
@@ -440,29 +441,16 @@ class RunEngine:
         self._begin_step(self.phase, self.round, now, self.attempt + 1)
         return True
 
-    def _vector_length(self, purpose: Purpose) -> int:
-        if purpose is Purpose.STATS:
-            return StatsLayout.for_schema(self.plan.feature_schema, self.n_intervals).length
-        if purpose is Purpose.UPDATE:
-            return self.n_parameters
-        return MetricsLayout().length
-
     def _start_session(self, now: float) -> bool:
         sites = sorted(set(self.acked))
-        minimum = max(self.plan.quorum, 2)
+        minimum = minimum_session_size(self.plan)
         if len(sites) < minimum:
             return self._retry_step(f"{len(sites)} sites ready, {minimum} needed", now)
-        threshold = self.plan.secagg.threshold_for(len(sites))
-        if threshold > len(sites):
-            return self._retry_step(f"{len(sites)} sites ready, threshold {threshold}", now)
         purpose = self._purpose()
         self.session_sites = {index + 1: site for index, site in enumerate(sites)}
-        config = SessionConfig(
-            context=f"{self.run_id}|{purpose.value}|{self.round}|{self.attempt}".encode(),
-            round=self.round,
-            threshold=threshold,
-            participants=tuple(self.session_sites),
-            vector_length=self._vector_length(purpose),
+        # The same derivation every site repeats before it joins (federation/sessions.py).
+        config = session_config(
+            self.plan, self.run_id, purpose, self.round, self.attempt, self.session_sites
         )
         stage_timeout = self.plan.secagg.stage_timeout_s
         timeouts = StageTimeouts(

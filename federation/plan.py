@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import tomllib
 from typing import Literal
 
@@ -57,21 +56,26 @@ class PrivacyPlan(_Strict):
 
 
 class SecAggPlan(_Strict):
-    """Secure aggregation parameters. A threshold of None means ceil(2n/3), at least 2."""
+    """Secure aggregation parameters.
+
+    The threshold of a session among n sites is max(threshold or ceil(2n/3), ⌊(n + c)/2⌋ + 1)
+    with c = `max_colluding_sites` (federation/sessions.py): every site re-derives it and joins
+    no session with another. A site whose policy assumes more colluders refuses the plan.
+    """
 
     threshold: int | None = Field(default=None, ge=2)
+    max_colluding_sites: int = Field(
+        default=0,
+        ge=0,
+        le=1000,
+        description="sites assumed to collude with the coordinator; raises every threshold",
+    )
     clip_norm: float = Field(default=10.0, gt=0.0)
     coord_bound: float = Field(default=2.0, gt=0.0)
     scale_bits: int = Field(default=18, ge=4, le=28)
     train_timeout_s: float = Field(default=300.0, gt=0.0)
     stage_timeout_s: float = Field(default=30.0, gt=0.0)
     max_attempts: int = Field(default=3, ge=1, le=20)
-
-    def threshold_for(self, n_participants: int) -> int:
-        """The t for a session among n participants."""
-        if self.threshold is not None:
-            return self.threshold
-        return max(2, math.ceil(2 * n_participants / 3))
 
 
 class RunPlan(_Strict):
@@ -85,9 +89,12 @@ class RunPlan(_Strict):
     privacy: PrivacyPlan = PrivacyPlan()
     secagg: SecAggPlan = SecAggPlan()
     quorum: int = Field(
-        default=2,
+        default=3,
         ge=2,
-        description="sites that must accept the plan, and the fewest in any aggregation",
+        description=(
+            "sites that must accept the plan, and the fewest in any aggregation (a site refuses"
+            " a plan whose quorum is below its policy.min_session_sites)"
+        ),
     )
     sites: list[str] | None = Field(default=None, description="restrict the run to these site ids")
     holdout_fraction: float = Field(default=0.2, gt=0.0, lt=0.9)
@@ -101,6 +108,12 @@ class RunPlan(_Strict):
                 raise ValueError("sites: duplicate site id")
             if self.quorum > len(self.sites):
                 raise ValueError(f"quorum {self.quorum} exceeds the {len(self.sites)} listed sites")
+        colluding = self.secagg.max_colluding_sites
+        if self.quorum < colluding + 2:
+            raise ValueError(
+                f"quorum {self.quorum} must be at least secagg.max_colluding_sites + 2"
+                f" = {colluding + 2}: a sum over fewer honest sites is one site's release"
+            )
         if self.secagg.threshold is not None and self.secagg.threshold > self.quorum:
             # a session always has at least `quorum` participants; a larger t could never succeed
             raise ValueError(

@@ -21,29 +21,29 @@ from typing import Literal
 
 import grpc
 import numpy as np
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from grpc import aio
 
 from federation.audit import AuditLog
-from federation.identity import IdentityError, verify_peer_certificate
+from federation.fsmodes import ensure_private_dir, write_private_file_atomic
 from federation.plan import RunPlan
 from federation.releases import MAX_SITES, MetricsLayout, Purpose, StatsLayout, UpdateLayout
+from federation.roster import ROSTER_FILE, RosterError
 from federation.tls import TlsKit, TransportSettings, aio_secure_channel
 from federation.version import __version__
 from federation.wire.v1 import federation_pb2, federation_pb2_grpc
-from secagg.client import ClientSession
-from secagg.config import SessionConfig
-from secagg.errors import SecAggError
 from secagg.quantize import quantize
 from site_agent.accounting import Entry
 from site_agent.cache import ReleaseCache, SessionStore
 from site_agent.config import SiteConfig
 from site_agent.data import LocalDataset, load_local_data, split_fingerprint
+from site_agent.errors import TaskFailed
 from site_agent.ledger import BudgetExceeded, PrivacyLedger
 from site_agent.policy import check_plan, policy_summary
 from site_agent.releases import consortium_censoring, gaussian_noise, metrics_vector
+from site_agent.roster import SiteRoster
+from site_agent.secagg_adapter import PURPOSES, SecaggAdapter
 
 log = logging.getLogger("concordia.site")
 
@@ -52,21 +52,6 @@ MAX_BACKOFF_S = 30.0
 HEARTBEAT_FILE = "heartbeat.json"
 HEARTBEAT_INTERVAL_S = 10.0
 K = federation_pb2  # short alias for the task kinds
-
-_PURPOSES = {
-    federation_pb2.SECAGG_PURPOSE_FEDERATED_STATS: Purpose.STATS,
-    federation_pb2.SECAGG_PURPOSE_MODEL_UPDATE: Purpose.UPDATE,
-    federation_pb2.SECAGG_PURPOSE_METRICS: Purpose.METRICS,
-}
-
-
-class TaskFailed(Exception):
-    """A task the site refuses or cannot do; code is a wire TaskErrorCode."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass
@@ -81,8 +66,7 @@ class SiteAgent:
     def __init__(self, config: SiteConfig) -> None:
         self.config = config
         self.site_id = config.site_id
-        state_dir = Path(config.state_dir)
-        state_dir.mkdir(parents=True, exist_ok=True)
+        state_dir = ensure_private_dir(config.state_dir)  # 0700: ledger, secrets, audit
         db = state_dir / "site.sqlite"
         self.ledger = PrivacyLedger(
             db, clock=time.time, split_fingerprint=split_fingerprint(config.data)
@@ -97,9 +81,24 @@ class SiteAgent:
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise ValueError("the site key must be an ECDSA P-256 key (as fedctl provision makes)")
         self.identity_key = key
+        # Who may be in a session: the CA-signed roster (kit copy, or a newer one from Hello).
+        self.roster = SiteRoster(
+            state_dir, Path(config.tls.ca).parent / ROSTER_FILE, self.kit.ca_certificate
+        )
+        for problem in self.roster.problems:
+            log.warning("ignored a roster copy: %s", problem)
+        self.secagg = SecaggAdapter(
+            self.site_id,
+            config.policy,
+            key,
+            self.kit.ca_certificate,
+            self.sessions,
+            self.cache,
+            self.audit,
+            check_participant=self.roster.check_participant,
+        )
         self.runs: dict[str, RunContext] = {}
-        self._plans_path = state_dir / "plans"
-        self._plans_path.mkdir(exist_ok=True)
+        self._plans_path = ensure_private_dir(state_dir / "plans")
         self.record_dir: Path | None = None  # test hook: write each quantised update here
         self.heartbeat_path = state_dir / HEARTBEAT_FILE
         self.connected = False
@@ -119,10 +118,8 @@ class SiteAgent:
         while a process-level check would still see it running."""
         while True:
             record = {"ts": time.time(), "connected": self.connected, "last_task": self.last_task}
-            scratch = self.heartbeat_path.with_suffix(".tmp")
             try:
-                scratch.write_text(json.dumps(record))
-                os.replace(scratch, self.heartbeat_path)
+                write_private_file_atomic(self.heartbeat_path, json.dumps(record).encode())
             except OSError as exc:
                 log.warning("cannot write %s: %s", self.heartbeat_path, exc)
             await asyncio.sleep(HEARTBEAT_INTERVAL_S)
@@ -166,6 +163,22 @@ class SiteAgent:
             )
         )
         log.info("connected to coordinator %s", response.coordinator_id)
+        self._take_roster(response.roster)
+
+    def _take_roster(self, data: bytes) -> None:
+        """A newer CA-signed roster from the coordinator replaces ours; anything else is kept
+        out (an older one is ignored, a forged one audited)."""
+        try:
+            change = self.roster.offer(data)
+        except RosterError as exc:
+            log.warning("refused the roster the coordinator sent: %s", exc)
+            self.audit.append(self.site_id, "roster_refused", {"reason": str(exc)[:500]})
+            return
+        if change is not None:
+            log.info("consortium roster updated: %s", change)
+            self.audit.append(
+                self.site_id, "roster_updated", {"version": self.roster.version, "change": change}
+            )
 
     async def _serve(self, stub: federation_pb2_grpc.FederationStub) -> None:
         while True:
@@ -209,11 +222,16 @@ class SiteAgent:
         except TaskFailed as exc:
             result.error.code = exc.code  # type: ignore[assignment]
             result.error.message = exc.message
-            self.audit.append(
-                self.site_id,
-                "task_refused",
-                {"run_id": task.run_id, "kind": K.TaskKind.Name(task.kind), "reason": exc.message},
-            )
+            if not exc.audited:
+                self.audit.append(
+                    self.site_id,
+                    "task_refused",
+                    {
+                        "run_id": task.run_id,
+                        "kind": K.TaskKind.Name(task.kind),
+                        "reason": exc.message,
+                    },
+                )
         except Exception as exc:  # never let one bad task kill the agent
             log.exception("task %s failed", K.TaskKind.Name(task.kind))
             result.error.code = K.TASK_ERROR_INTERNAL
@@ -242,6 +260,13 @@ class SiteAgent:
                 },
             )
             self.sessions.drop_run(task.run_id)
+            forgotten = self.cache.forget_vectors(task.run_id)
+            if forgotten:
+                self.audit.append(
+                    self.site_id,
+                    "releases_deleted",
+                    {"run_id": task.run_id, "releases": forgotten},
+                )
             return b""
         run = self._run(task.run_id)
         if kind == K.TASK_KIND_FEDERATED_STATS:
@@ -251,7 +276,7 @@ class SiteAgent:
         elif kind == K.TASK_KIND_EVALUATE:
             self._evaluate(task, run)
         elif task.HasField("secagg"):
-            return self._secagg(task, run)
+            return self.secagg.handle(task, run.plan)
         else:
             raise TaskFailed(K.TASK_ERROR_INVALID_TASK, f"unknown task kind {kind}")
         return b""
@@ -288,7 +313,9 @@ class SiteAgent:
         if reason is not None:
             raise TaskFailed(K.TASK_ERROR_POLICY_REFUSED, reason)
         self.runs[task.run_id] = RunContext(plan, data)
-        (self._plans_path / f"{task.run_id}.json").write_text(plan.model_dump_json())
+        write_private_file_atomic(
+            self._plans_path / f"{task.run_id}.json", plan.model_dump_json().encode()
+        )
         self.audit.append(
             self.site_id,
             "plan_accepted",
@@ -441,132 +468,6 @@ class SiteAgent:
             {"attempt": task.attempt},
         )
 
-    def _secagg(self, task: federation_pb2.Task, run: RunContext) -> bytes:
-        body = task.secagg
-        purpose = _PURPOSES.get(body.purpose)
-        if purpose is None:
-            raise TaskFailed(K.TASK_ERROR_INVALID_TASK, "unknown secure-aggregation purpose")
-        key = (task.run_id, purpose.value, task.round, task.attempt)
-        try:
-            if task.kind == K.TASK_KIND_SECAGG_ADVERTISE_KEYS:
-                session, peers_pem = self._new_session(body)
-                out = session.advertise_keys()
-            else:
-                stored = self.sessions.load(key)
-                if stored is None:
-                    raise TaskFailed(
-                        K.TASK_ERROR_INVALID_TASK, "no secure-aggregation session here"
-                    )
-                peers_pem, state = _unpack(stored)
-                session = ClientSession.from_bytes(
-                    state, self.identity_key, _public_keys(peers_pem)
-                )
-                if task.kind == K.TASK_KIND_SECAGG_SHARE_KEYS:
-                    out = session.share_keys(body.message)
-                elif task.kind == K.TASK_KIND_SECAGG_MASKED_INPUT:
-                    cached = self.cache.get(task.run_id, purpose.value, task.round)
-                    if cached is None:
-                        raise TaskFailed(K.TASK_ERROR_INVALID_TASK, "no prepared release to mask")
-                    out = session.masked_input(body.message, cached.vector)
-                    self.audit.append(
-                        self.site_id,
-                        "release_masked",
-                        {
-                            "run_id": task.run_id,
-                            "purpose": purpose.value,
-                            "round": task.round,
-                            "attempt": task.attempt,
-                            "release_attempt": cached.meta.get("attempt"),
-                        },
-                    )
-                elif task.kind == K.TASK_KIND_SECAGG_CONSISTENCY_CHECK:
-                    out = session.consistency_check(body.message)
-                else:
-                    # From here on this release may never be reused in another session.
-                    self.cache.mark_unmasked(task.run_id, purpose.value, task.round)
-                    out = session.unmask(body.message)
-                    self.audit.append(
-                        self.site_id,
-                        "unmask_answered",
-                        {
-                            "run_id": task.run_id,
-                            "purpose": purpose.value,
-                            "round": task.round,
-                            "attempt": task.attempt,
-                        },
-                    )
-        except SecAggError as exc:
-            self.audit.append(
-                self.site_id,
-                "secagg_refused",
-                {
-                    "run_id": task.run_id,
-                    "purpose": purpose.value,
-                    "round": task.round,
-                    "reason": str(exc),
-                },
-            )
-            raise TaskFailed(K.TASK_ERROR_SECAGG_VERIFICATION, str(exc)) from None
-        self.sessions.save(key, _pack(peers_pem, session.to_bytes()))
-        return out
-
-    def _new_session(self, body: federation_pb2.SecaggTask) -> tuple[ClientSession, dict[int, str]]:
-        """A session among certificate-verified participants (the coordinator cannot slip in a
-        key of its own: every key advertisement must be signed by a consortium site key)."""
-        config = SessionConfig.from_bytes(body.session_config)
-        peers_pem = self._verify_participants(body)
-        mine = [ident for ident, (site, _) in peers_pem.items() if site == self.site_id]
-        if len(mine) != 1:
-            raise TaskFailed(K.TASK_ERROR_SECAGG_VERIFICATION, "this site is not a participant")
-        pems = {ident: pem for ident, (_, pem) in peers_pem.items()}
-        return ClientSession(config, mine[0], self.identity_key, _public_keys(pems)), pems
-
-    def _verify_participants(self, body: federation_pb2.SecaggTask) -> dict[int, tuple[str, str]]:
-        """Check every participant certificate against the consortium CA and its claimed id."""
-        verified: dict[int, tuple[str, str]] = {}
-        ca = self.kit.ca_certificate
-        for participant in body.participants:
-            ident_text, _, site = participant.site_id.partition(":")
-            try:
-                ident = int(ident_text)
-                identity = verify_peer_certificate(
-                    participant.certificate_pem.encode(), ca, expected_kind="site"
-                )
-            except (ValueError, IdentityError) as exc:
-                raise TaskFailed(
-                    K.TASK_ERROR_SECAGG_VERIFICATION, f"participant {participant.site_id}: {exc}"
-                ) from None
-            if identity.name != site:
-                raise TaskFailed(
-                    K.TASK_ERROR_SECAGG_VERIFICATION,
-                    f"participant {ident} claims {site} but its certificate is {identity.name}",
-                )
-            verified[ident] = (site, participant.certificate_pem)
-        return verified
-
-
-def _public_keys(pems: dict[int, str]) -> dict[int, ec.EllipticCurvePublicKey]:
-    keys: dict[int, ec.EllipticCurvePublicKey] = {}
-    for ident, pem in pems.items():
-        public = x509.load_pem_x509_certificate(pem.encode()).public_key()
-        if not isinstance(public, ec.EllipticCurvePublicKey):
-            raise TaskFailed(
-                K.TASK_ERROR_SECAGG_VERIFICATION, f"participant {ident}: not an EC key"
-            )
-        keys[ident] = public
-    return keys
-
-
-def _pack(peers_pem: dict[int, str], state: bytes) -> bytes:
-    header = json.dumps({str(k): v for k, v in peers_pem.items()}).encode()
-    return len(header).to_bytes(4, "big") + header + state
-
-
-def _unpack(blob: bytes) -> tuple[dict[int, str], bytes]:
-    size = int.from_bytes(blob[:4], "big")
-    peers = {int(k): v for k, v in json.loads(blob[4 : 4 + size]).items()}
-    return peers, blob[4 + size :]
-
 
 CRASH_ENV = "CONCORDIA_TEST_CRASH_AT"
 
@@ -581,7 +482,7 @@ def _crash_if_asked(task: federation_pb2.Task) -> None:
     if not spec:
         return
     kind = K.TaskKind.Name(task.kind).removeprefix("TASK_KIND_").lower()
-    purpose = _PURPOSES.get(task.secagg.purpose) if task.HasField("secagg") else None
+    purpose = PURPOSES.get(task.secagg.purpose) if task.HasField("secagg") else None
     for item in spec.split(","):
         want_kind, want_purpose, want_round = item.strip().split(":")
         if (

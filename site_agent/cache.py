@@ -1,17 +1,23 @@
 """Prepared releases and secure-aggregation session state, kept across restarts (site SQLite file).
 
-The retry rule (issue 4): a round that fails is retried in a fresh secagg session. The site may
-send the *same* cached update again, at no new privacy cost, only if it never answered an Unmask
-for it. Once it has unmasked in one session, reusing the update in another that also unmasks,
-with a different survivor set, would let the coordinator subtract the two sums and isolate
-individual updates. So `mark_unmasked` is committed (durably) *before* the site answers an
-Unmask, and from then on `reusable` is False: the site retrains and is charged again.
+One release, one session, forever. A release (run, purpose, round) is bound, durably and before
+its masked input leaves the site, to the first session that masks it (`bind`); it is never masked
+in another session, so no two session sums can ever share it (a coordinator could otherwise
+subtract one from the other). A retried step whose release was already masked somewhere gets a
+new release, trained and charged again; a release that was prepared but never masked (the
+session died earlier) is reused at no new cost (`reusable`). Session keys, once advertised, are
+never advertised again (`SessionStore.claim`), even after the run ends.
+
+Once a run ends the release vectors are deleted (`forget_vectors`); their SHA-256 and bindings
+stay, so the rules above still hold and the DPO can see what was released where.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +37,8 @@ _CACHE_SCHEMA = (
         PRIMARY KEY (run_id, purpose, round)
     )""",
 )
+# Columns added after the first release of the table (older site databases are migrated).
+_CACHE_COLUMNS = {"session": "TEXT", "sha256": "TEXT NOT NULL DEFAULT ''"}
 _SESSION_SCHEMA = (
     """CREATE TABLE IF NOT EXISTS secagg_sessions (
         run_id  TEXT    NOT NULL,
@@ -40,32 +48,52 @@ _SESSION_SCHEMA = (
         data    BLOB    NOT NULL,
         PRIMARY KEY (run_id, purpose, round, attempt)
     )""",
+    """CREATE TABLE IF NOT EXISTS secagg_session_log (
+        session    TEXT PRIMARY KEY,
+        advertised REAL NOT NULL
+    )""",
 )
 
 SessionKey = tuple[str, str, int, int]
 """(run_id, purpose, round, attempt)."""
 
 
+class ReleaseBound(Exception):
+    """The release is bound to another secure-aggregation session; it is never masked again."""
+
+
 @dataclass(frozen=True)
 class CachedRelease:
-    """A quantised release ready to be masked, and whether it was ever unmasked."""
+    """A quantised release ready to be masked; `vector` is None once the run ended.
 
-    vector: np.ndarray
+    `session` is the session it is bound to (None: never masked), `unmasked` whether this site
+    answered that session's Unmask.
+    """
+
+    vector: np.ndarray | None
     meta: dict[str, Any]
     unmasked: bool
+    session: str | None
+    sha256: str
 
 
 class ReleaseCache(SqliteComponent):
-    """One prepared (already charged) release per (run, purpose, round)."""
+    """One prepared (already charged) release per (run, purpose, round), bound to one session."""
 
     def __init__(self, conn_or_path: sqlite3.Connection | str | Path) -> None:
         super().__init__(conn_or_path, _CACHE_SCHEMA)
+        with self._transaction() as conn:
+            present = {row[1] for row in conn.execute("PRAGMA table_info(release_cache)")}
+            for column, declaration in _CACHE_COLUMNS.items():
+                if column not in present:
+                    conn.execute(f"ALTER TABLE release_cache ADD COLUMN {column} {declaration}")
 
     def put(
         self, run_id: str, purpose: str, round: int, vector: np.ndarray, meta: dict[str, Any]
     ) -> None:
-        """Store a fresh release, replacing any older one for the key (unmasked = False: the new
-        vector has never been unmasked anywhere)."""
+        """Store a fresh (already charged) release, replacing any older one for the key; the new
+        one is bound to no session yet. An older one bound to a still-open session stays in that
+        session's sum only: the two are different releases, each charged."""
         array = np.asarray(vector)
         if array.dtype != np.uint32 or array.ndim != 1:
             raise ValueError(
@@ -75,30 +103,67 @@ class ReleaseCache(SqliteComponent):
             meta_json = json.dumps(meta, sort_keys=True, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"release meta is not JSON-serialisable: {exc}") from None
+        data = array.astype("<u4").tobytes()
+        digest = hashlib.sha256(data).hexdigest()
         with self._transaction() as conn:
             conn.execute(
-                "INSERT INTO release_cache (run_id, purpose, round, vector, meta, unmasked)"
-                " VALUES (?, ?, ?, ?, ?, 0) ON CONFLICT (run_id, purpose, round) DO UPDATE SET"
-                " vector = excluded.vector, meta = excluded.meta, unmasked = 0",
-                (run_id, purpose, int(round), array.astype("<u4").tobytes(), meta_json),
+                "INSERT INTO release_cache"
+                " (run_id, purpose, round, vector, meta, unmasked, session, sha256)"
+                " VALUES (?, ?, ?, ?, ?, 0, NULL, ?) ON CONFLICT (run_id, purpose, round) DO UPDATE"
+                " SET vector = excluded.vector, meta = excluded.meta, unmasked = 0,"
+                " session = NULL, sha256 = excluded.sha256",
+                (run_id, purpose, int(round), data, meta_json, digest),
             )
 
     def get(self, run_id: str, purpose: str, round: int) -> CachedRelease | None:
         with self._reading() as conn:
             row = conn.execute(
-                "SELECT vector, meta, unmasked FROM release_cache"
+                "SELECT vector, meta, unmasked, session, sha256 FROM release_cache"
                 " WHERE run_id = ? AND purpose = ? AND round = ?",
                 (run_id, purpose, int(round)),
             ).fetchone()
         if row is None:
             return None
-        vector = np.frombuffer(row[0], dtype="<u4").astype(np.uint32)
-        return CachedRelease(vector=vector, meta=json.loads(row[1]), unmasked=bool(row[2]))
+        vector = np.frombuffer(row[0], dtype="<u4").astype(np.uint32) if row[0] else None
+        return CachedRelease(
+            vector=vector,
+            meta=json.loads(row[1]),
+            unmasked=bool(row[2]),
+            session=row[3],
+            sha256=row[4],
+        )
+
+    def bind(self, run_id: str, purpose: str, round: int, session: str) -> CachedRelease:
+        """Bind the release to `session` before it is masked (committed durably first).
+
+        Idempotent for the session it is already bound to (a re-asked stage of the same session
+        masks with the same keys, so it reveals nothing new). Raises ReleaseBound for any other
+        session, and LookupError when there is no release, or its vector was deleted.
+        """
+        with self._transaction() as conn:
+            row = conn.execute(
+                "SELECT session, length(vector) FROM release_cache"
+                " WHERE run_id = ? AND purpose = ? AND round = ?",
+                (run_id, purpose, int(round)),
+            ).fetchone()
+            if row is None or not row[1]:
+                raise LookupError("no prepared release to mask")
+            if row[0] is not None and row[0] != session:
+                raise ReleaseBound(
+                    f"this release was already masked in session {row[0]}; it is never masked"
+                    " in another one"
+                )
+            conn.execute(
+                "UPDATE release_cache SET session = ?"
+                " WHERE run_id = ? AND purpose = ? AND round = ?",
+                (session, run_id, purpose, int(round)),
+            )
+        cached = self.get(run_id, purpose, round)
+        assert cached is not None
+        return cached
 
     def mark_unmasked(self, run_id: str, purpose: str, round: int) -> None:
-        """Call BEFORE answering an Unmask: the cached release may never be reused after it.
-        Committed durably (synchronous=FULL) before returning. No cached release: nothing to
-        protect, so nothing is recorded."""
+        """Record (durably, BEFORE answering) that this site answered the session's Unmask."""
         with self._transaction() as conn:
             conn.execute(
                 "UPDATE release_cache SET unmasked = 1"
@@ -107,9 +172,18 @@ class ReleaseCache(SqliteComponent):
             )
 
     def reusable(self, run_id: str, purpose: str, round: int) -> bool:
-        """True if a release is cached for the key and was never unmasked."""
+        """True if a release is cached for the key and was never masked in any session."""
         cached = self.get(run_id, purpose, round)
-        return cached is not None and not cached.unmasked
+        return cached is not None and cached.vector is not None and cached.session is None
+
+    def forget_vectors(self, run_id: str) -> int:
+        """Delete the run's release vectors (the run ended); keep hashes and bindings."""
+        with self._transaction() as conn:
+            cursor = conn.execute(
+                "UPDATE release_cache SET vector = x'' WHERE run_id = ? AND length(vector) > 0",
+                (run_id,),
+            )
+        return int(cursor.rowcount)
 
 
 class SessionStore(SqliteComponent):
@@ -138,7 +212,18 @@ class SessionStore(SqliteComponent):
             ).fetchone()
         return None if row is None else bytes(row[0])
 
+    def claim(self, session: str) -> bool:
+        """Record that `session` was advertised here; False if it ever was before (forever:
+        the log outlives the run, so a session id can never be re-advertised)."""
+        with self._transaction() as conn:
+            cursor = conn.execute(
+                "INSERT OR IGNORE INTO secagg_session_log (session, advertised) VALUES (?, ?)",
+                (session, time.time()),
+            )
+        return cursor.rowcount == 1
+
     def drop_run(self, run_id: str) -> None:
-        """Forget a finished run's sessions (they hold key material no longer needed)."""
+        """Forget a finished run's session states (they hold key material no longer needed);
+        the session log stays."""
         with self._transaction() as conn:
             conn.execute("DELETE FROM secagg_sessions WHERE run_id = ?", (run_id,))

@@ -59,6 +59,12 @@ class SitePolicy(_Section):
     max_delta: float = Field(default=1e-5, gt=0.0, lt=1e-2)
     min_cohort_size: int = Field(default=100, ge=1)
     allowed_model_kinds: list[ModelKind] = Field(default_factory=lambda: list(MODEL_KINDS))
+    min_session_sites: int = Field(default=3, ge=2, le=1000)
+    """The fewest sites in any secure-aggregation session this site joins. With 2, each of the
+    two learns the other's release from the published aggregate (sum minus its own)."""
+    max_colluding_sites: int = Field(default=0, ge=0, le=1000)
+    """Sites this hospital assumes may collude with the coordinator: every session's threshold
+    must exceed (n + this)/2, and a plan assuming fewer is refused."""
 
     @model_validator(mode="before")
     @classmethod
@@ -66,6 +72,15 @@ class SitePolicy(_Section):
         if isinstance(data, dict) and {"lifetime_epsilon", "lifetime_epsilon_budget"} <= set(data):
             raise ValueError("set lifetime_epsilon or lifetime_epsilon_budget, not both")
         return data
+
+    @model_validator(mode="after")
+    def _floor_leaves_two_honest_sites(self) -> SitePolicy:
+        if self.min_session_sites < self.max_colluding_sites + 2:
+            raise ValueError(
+                f"min_session_sites ({self.min_session_sites}) must be >= max_colluding_sites + 2"
+                f" ({self.max_colluding_sites + 2}): a sum over fewer honest sites is one release"
+            )
+        return self
 
     @model_validator(mode="after")
     def _lifetime_covers_a_run(self) -> SitePolicy:

@@ -46,6 +46,16 @@ def check_plan(
             f"plan.privacy.delta {plan.privacy.delta:g} exceeds policy.max_delta"
             f" {policy.max_delta:g}"
         )
+    if plan.quorum < policy.min_session_sites:
+        reasons.append(
+            f"plan.quorum {plan.quorum} is below policy.min_session_sites"
+            f" {policy.min_session_sites} (a session of {plan.quorum} would be allowed)"
+        )
+    if plan.secagg.max_colluding_sites < policy.max_colluding_sites:
+        reasons.append(
+            f"plan.secagg.max_colluding_sites {plan.secagg.max_colluding_sites} is below"
+            f" policy.max_colluding_sites {policy.max_colluding_sites}"
+        )
     if cohort_size < policy.min_cohort_size:
         reasons.append(
             f"training cohort of {cohort_size} rows is below policy.min_cohort_size"

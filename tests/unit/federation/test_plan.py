@@ -7,6 +7,7 @@ import json
 import pytest
 
 from federation.plan import PlanError, RunPlan, parse_plan
+from federation.sessions import session_threshold
 
 pytestmark = pytest.mark.unit
 
@@ -83,4 +84,21 @@ def test_not_toml_and_not_an_object() -> None:
 
 @pytest.mark.parametrize(("n", "t"), [(2, 2), (3, 2), (4, 3), (5, 4), (9, 6), (10, 7)])
 def test_default_threshold_is_two_thirds(n: int, t: int) -> None:
-    assert parse_plan(MINIMAL).secagg.threshold_for(n) == t
+    assert session_threshold(parse_plan(MINIMAL), n) == t
+
+
+@pytest.mark.parametrize(
+    ("n", "c", "t"), [(3, 1, 3), (4, 1, 3), (5, 1, 4), (6, 2, 5), (10, 3, 7), (10, 6, 9)]
+)
+def test_threshold_is_above_half_of_sites_plus_colluders(n: int, c: int, t: int) -> None:
+    plan = parse_plan(
+        MINIMAL.replace("quorum = 2", f"quorum = {c + 2}")
+        + f"\n[secagg]\nmax_colluding_sites = {c}"
+    )
+    assert session_threshold(plan, n) == t
+    assert 2 * t - c > n  # two disjoint groups of honest signers cannot both reach t
+
+
+def test_quorum_must_leave_two_honest_sites() -> None:
+    with pytest.raises(PlanError, match="max_colluding_sites"):
+        parse_plan(MINIMAL + "\n[secagg]\nmax_colluding_sites = 1")

@@ -1,0 +1,263 @@
+"""This site's side of every secure-aggregation session: derive, verify, bind, answer.
+
+The coordinator relays; it does not configure. On AdvertiseKeys the site verifies every
+participant (consortium CA, signed roster, distinct sites), derives the session configuration
+from the plan it accepted (`site_agent.sessions`) and joins only if the offered one is identical.
+A session key is advertised once, ever. Before a masked input leaves, the release is bound to this
+session for good (`ReleaseCache.bind`), so no release is ever in two session sums. Every refusal
+is a `secagg_refused` audit entry and a task error; nothing is released.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from federation.audit import AuditLog
+from federation.identity import IdentityError, verify_peer_certificate
+from federation.plan import RunPlan
+from federation.releases import Purpose
+from federation.wire.v1 import federation_pb2
+from secagg.client import ClientSession
+from secagg.config import SessionConfig, Stage
+from secagg.errors import SecAggError
+from site_agent.cache import ReleaseBound, ReleaseCache, SessionStore
+from site_agent.config import SitePolicy
+from site_agent.errors import TaskFailed
+from site_agent.sessions import SessionRefused, SessionStep, check_offered, check_step
+from site_agent.sessions import expected_config as derive_config
+
+log = logging.getLogger("concordia.site")
+K = federation_pb2
+
+PURPOSES = {
+    K.SECAGG_PURPOSE_FEDERATED_STATS: Purpose.STATS,
+    K.SECAGG_PURPOSE_MODEL_UPDATE: Purpose.UPDATE,
+    K.SECAGG_PURPOSE_METRICS: Purpose.METRICS,
+}
+
+ParticipantCheck = Callable[[str, str], None]
+"""(site name, certificate PEM) → None, or raises ValueError with the reason (the roster)."""
+
+
+@dataclass(frozen=True)
+class Participant:
+    """A session participant as this site verified it."""
+
+    ident: int
+    site: str
+    certificate_pem: str
+
+
+class SecaggAdapter:
+    """Answers the five secure-aggregation task kinds for one site."""
+
+    def __init__(
+        self,
+        site_id: str,
+        policy: SitePolicy,
+        identity_key: ec.EllipticCurvePrivateKey,
+        ca_certificate: x509.Certificate,
+        sessions: SessionStore,
+        cache: ReleaseCache,
+        audit: AuditLog,
+        check_participant: ParticipantCheck | None = None,
+    ) -> None:
+        self.site_id = site_id
+        self.policy = policy
+        self.identity_key = identity_key
+        self.ca_certificate = ca_certificate
+        self.sessions = sessions
+        self.cache = cache
+        self.audit = audit
+        self.check_participant = check_participant
+
+    def handle(self, task: federation_pb2.Task, plan: RunPlan) -> bytes:
+        """The answer to one secure-aggregation task; raises TaskFailed (already audited)."""
+        purpose = PURPOSES.get(task.secagg.purpose)
+        if purpose is None:
+            raise TaskFailed(K.TASK_ERROR_INVALID_TASK, "unknown secure-aggregation purpose")
+        step = SessionStep(task.run_id, purpose, task.round, task.attempt)
+        try:
+            check_step(plan, step)
+            if task.kind == K.TASK_KIND_SECAGG_ADVERTISE_KEYS:
+                return self._advertise(task, plan, step)
+            return self._continue(task, step)
+        except (SecAggError, SessionRefused, ReleaseBound) as exc:
+            raise self._refused(step, str(exc)) from None
+
+    # ------------------------------------------------------------------ stages
+    def _advertise(self, task: federation_pb2.Task, plan: RunPlan, step: SessionStep) -> bytes:
+        participants = self._verify_participants(task.secagg)
+        expected = derive_config(
+            plan, self.policy, self.site_id, step, {p.ident: p.site for p in participants}
+        )
+        check_offered(expected, SessionConfig.from_bytes(task.secagg.session_config))
+        stored = self.sessions.load(_key(step))
+        if stored is not None:
+            # The same session asked again (our answer was lost): the same advertisement, or
+            # nothing. A session id is never advertised with new keys.
+            saved = _unpack(stored)
+            if saved.config == expected.to_bytes() and saved.advertisement:
+                restored = self._restore(saved)
+                if restored.stage is Stage.SHARE_KEYS:
+                    return saved.advertisement
+            raise SessionRefused(f"session {step.key} was already advertised here")
+        if not self.sessions.claim(step.key):
+            raise SessionRefused(f"session {step.key} was already advertised here")
+        mine = next(p.ident for p in participants if p.site == self.site_id)
+        peers = {p.ident: p.certificate_pem for p in participants}
+        session = ClientSession(expected, mine, self.identity_key, _public_keys(peers))
+        out = session.advertise_keys()
+        self._save(step, _Saved(peers, expected.to_bytes(), out, session.to_bytes()))
+        return out
+
+    def _continue(self, task: federation_pb2.Task, step: SessionStep) -> bytes:
+        stored = self.sessions.load(_key(step))
+        if stored is None:
+            raise SessionRefused(f"no secure-aggregation session {step.key} here")
+        saved = _unpack(stored)
+        session = self._restore(saved)
+        message = task.secagg.message
+        kind = task.kind
+        if kind == K.TASK_KIND_SECAGG_SHARE_KEYS:
+            out = session.share_keys(message)
+        elif kind == K.TASK_KIND_SECAGG_MASKED_INPUT:
+            out = self._masked_input(session, message, step)
+        elif kind == K.TASK_KIND_SECAGG_CONSISTENCY_CHECK:
+            out = session.consistency_check(message)
+        elif kind == K.TASK_KIND_SECAGG_UNMASK:
+            # From here on the release is in a sum that can be opened (durable first).
+            self.cache.mark_unmasked(step.run_id, step.purpose.value, step.round)
+            out = session.unmask(message)
+            self.audit.append(self.site_id, "unmask_answered", _detail(step))
+        else:
+            raise TaskFailed(K.TASK_ERROR_INVALID_TASK, f"unknown secure-aggregation task {kind}")
+        self._save(step, _Saved(saved.peers, saved.config, saved.advertisement, session.to_bytes()))
+        return out
+
+    def _masked_input(self, session: ClientSession, message: bytes, step: SessionStep) -> bytes:
+        cached = self.cache.get(step.run_id, step.purpose.value, step.round)
+        if cached is None or cached.vector is None:
+            raise SessionRefused("no prepared release to mask")
+        out = session.masked_input(message, cached.vector)
+        # Bound before the masked input leaves: never in another session's sum.
+        bound = self.cache.bind(step.run_id, step.purpose.value, step.round, step.key)
+        self.audit.append(
+            self.site_id,
+            "release_masked",
+            {
+                **_detail(step),
+                "release_attempt": bound.meta.get("attempt"),
+                "release_sha256": bound.sha256,
+            },
+        )
+        return out
+
+    # ------------------------------------------------------------------ helpers
+    def _refused(self, step: SessionStep, reason: str) -> TaskFailed:
+        self.audit.append(self.site_id, "secagg_refused", {**_detail(step), "reason": reason})
+        log.warning("refused secure-aggregation task of %s: %s", step.key, reason)
+        failed = TaskFailed(K.TASK_ERROR_SECAGG_VERIFICATION, reason[:500])
+        failed.audited = True
+        return failed
+
+    def _restore(self, saved: _Saved) -> ClientSession:
+        return ClientSession.from_bytes(saved.state, self.identity_key, _public_keys(saved.peers))
+
+    def _save(self, step: SessionStep, saved: _Saved) -> None:
+        self.sessions.save(_key(step), _pack(saved))
+
+    def _verify_participants(self, body: federation_pb2.SecaggTask) -> list[Participant]:
+        """Every participant: a distinct id, a certificate the consortium CA issued to the site
+        it claims, and the roster's active certificate of that site (a coordinator cannot slip
+        in a key, a participant or a revoked site of its own)."""
+        verified: dict[int, Participant] = {}
+        for entry in body.participants:
+            ident_text, _, site = entry.site_id.partition(":")
+            try:
+                ident = int(ident_text)
+                identity = verify_peer_certificate(
+                    entry.certificate_pem.encode(), self.ca_certificate, expected_kind="site"
+                )
+            except (ValueError, IdentityError) as exc:
+                raise SessionRefused(f"participant {entry.site_id}: {exc}") from None
+            if identity.name != site:
+                raise SessionRefused(
+                    f"participant {ident} claims {site} but its certificate is {identity.name}"
+                )
+            if ident in verified:
+                raise SessionRefused(f"participant id {ident} is listed twice")
+            if self.check_participant is not None:
+                try:
+                    self.check_participant(site, entry.certificate_pem)
+                except ValueError as exc:
+                    raise SessionRefused(f"participant {site}: {exc}") from None
+            verified[ident] = Participant(ident, site, entry.certificate_pem)
+        return [verified[i] for i in sorted(verified)]
+
+
+def _key(step: SessionStep) -> tuple[str, str, int, int]:
+    return (step.run_id, step.purpose.value, step.round, step.attempt)
+
+
+def _detail(step: SessionStep) -> dict[str, object]:
+    return {
+        "run_id": step.run_id,
+        "purpose": step.purpose.value,
+        "round": step.round,
+        "attempt": step.attempt,
+        "session": step.key,
+    }
+
+
+def _public_keys(pems: dict[int, str]) -> dict[int, ec.EllipticCurvePublicKey]:
+    keys: dict[int, ec.EllipticCurvePublicKey] = {}
+    for ident, pem in pems.items():
+        public = x509.load_pem_x509_certificate(pem.encode()).public_key()
+        if not isinstance(public, ec.EllipticCurvePublicKey):
+            raise SessionRefused(f"participant {ident}: not an EC key")
+        keys[ident] = public
+    return keys
+
+
+@dataclass(frozen=True)
+class _Saved:
+    """What the site keeps per session: verified peers, the derived config, its own
+    advertisement (to answer a lost AdvertiseKeys again, identically) and the client state."""
+
+    peers: dict[int, str]
+    config: bytes
+    advertisement: bytes
+    state: bytes
+
+
+def _pack(saved: _Saved) -> bytes:
+    header = json.dumps(
+        {
+            "peers": {str(k): v for k, v in saved.peers.items()},
+            "config": saved.config.hex(),
+            "advertisement": base64.b64encode(saved.advertisement).decode("ascii"),
+        }
+    ).encode()
+    return len(header).to_bytes(4, "big") + header + saved.state
+
+
+def _unpack(blob: bytes) -> _Saved:
+    try:
+        size = int.from_bytes(blob[:4], "big")
+        header = json.loads(blob[4 : 4 + size])
+        return _Saved(
+            peers={int(k): str(v) for k, v in header["peers"].items()},
+            config=bytes.fromhex(header["config"]),
+            advertisement=base64.b64decode(header["advertisement"]),
+            state=blob[4 + size :],
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SessionRefused(f"the stored session state is unreadable ({exc})") from None

@@ -1,0 +1,120 @@
+"""Which secure-aggregation session this site will join: derived here, never taken as sent.
+
+The coordinator chooses only which accepted sites take part in a step. Everything else — the
+threshold, the vector length, the round, the context that binds the session to the run, plan,
+purpose, attempt and participant list — follows from the plan this site accepted (its hash is
+pinned in the saved plan) and the task, by `federation.sessions.session_config`. The site then
+checks the choice it cannot derive against its own policy:
+
+- n ≥ max(plan quorum, policy.min_session_sites, policy.max_colluding_sites + 2);
+- t > (n + policy.max_colluding_sites)/2 (the plan's rule already guarantees it for an accepted
+  plan; checked again so that a policy tightened after acceptance still holds);
+- the participants are distinct sites, this site is one of them exactly once, and every one is
+  in the plan's `sites` list when the plan has one;
+- the round fits the purpose and the plan, and the attempt is below `secagg.max_attempts`.
+
+Any difference between the offered config and the derived one is a refusal that names the field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from federation.plan import RunPlan
+from federation.releases import Purpose
+from federation.sessions import SessionRuleError, majority_threshold, session_config
+from secagg.config import SessionConfig
+from secagg.errors import SecAggError
+from site_agent.config import SitePolicy
+
+
+class SessionRefused(Exception):
+    """This site will not join the offered session; the message says why (audited, sent back)."""
+
+
+@dataclass(frozen=True)
+class SessionStep:
+    """What a secure-aggregation task says it belongs to (all of it checked before use)."""
+
+    run_id: str
+    purpose: Purpose
+    round: int
+    attempt: int
+
+    @property
+    def key(self) -> str:
+        """The one spelling of a session in the site's state and audit log."""
+        return f"{self.run_id}/{self.purpose.value}/{self.round}/{self.attempt}"
+
+
+def check_step(plan: RunPlan, step: SessionStep) -> None:
+    """The round and attempt a plan can have for this purpose."""
+    rounds = plan.training.rounds
+    if step.purpose is Purpose.STATS and step.round != 0:
+        raise SessionRefused(f"a statistics session is in round 0, not round {step.round}")
+    if step.purpose is not Purpose.STATS and not 1 <= step.round <= rounds:
+        raise SessionRefused(
+            f"round {step.round} of a {step.purpose.value} session is outside the plan's"
+            f" rounds 1..{rounds}"
+        )
+    if not 0 <= step.attempt < plan.secagg.max_attempts:
+        raise SessionRefused(
+            f"attempt {step.attempt} is outside the plan's secagg.max_attempts"
+            f" {plan.secagg.max_attempts}"
+        )
+
+
+def expected_config(
+    plan: RunPlan,
+    policy: SitePolicy,
+    site_id: str,
+    step: SessionStep,
+    participants: Mapping[int, str],
+) -> SessionConfig:
+    """The only SessionConfig this site joins for `step` among `participants` (id → site)."""
+    check_step(plan, step)
+    sites = list(participants.values())
+    if len(set(sites)) != len(sites):
+        raise SessionRefused(f"a site is listed twice among the participants {sorted(sites)}")
+    if sites.count(site_id) != 1:
+        raise SessionRefused("this site is not a participant")
+    if plan.sites is not None:
+        outside = sorted(set(sites) - set(plan.sites))
+        if outside:
+            raise SessionRefused(f"participants {outside} are not among the plan's sites")
+    n = len(sites)
+    floor = max(plan.quorum, policy.min_session_sites, policy.max_colluding_sites + 2)
+    if n < floor:
+        raise SessionRefused(
+            f"a session of {n} sites is below this site's floor of {floor} (plan.quorum"
+            f" {plan.quorum}, policy.min_session_sites {policy.min_session_sites},"
+            f" policy.max_colluding_sites {policy.max_colluding_sites} + 2)"
+        )
+    try:
+        config = session_config(
+            plan, step.run_id, step.purpose, step.round, step.attempt, participants
+        )
+    except (SessionRuleError, SecAggError) as exc:
+        raise SessionRefused(str(exc)) from None
+    needed = majority_threshold(n, policy.max_colluding_sites)
+    if config.threshold < needed:
+        raise SessionRefused(
+            f"threshold {config.threshold} of {n} is not above (n + max_colluding_sites)/2;"
+            f" this site needs at least {needed}"
+        )
+    return config
+
+
+def check_offered(expected: SessionConfig, offered: SessionConfig) -> None:
+    """Refuse an offered config that differs in any field from the derived one."""
+    if offered.to_bytes() == expected.to_bytes():
+        return
+    differences = []
+    for field in ("threshold", "participants", "vector_length", "round"):
+        mine, theirs = getattr(expected, field), getattr(offered, field)
+        if mine != theirs:
+            differences.append(f"{field} {theirs!r} (this site derives {mine!r})")
+    if offered.context != expected.context:
+        differences.append("context (run, plan hash, purpose, round, attempt or participants)")
+    raise SessionRefused("offered session differs from the plan's: " + "; ".join(differences))
