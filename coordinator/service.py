@@ -38,6 +38,7 @@ from coordinator.validation import SiteInputError, check_policy_summary, check_p
 from federation.identity import Identity
 from federation.plan import PlanError, parse_plan
 from federation.releases import Purpose
+from federation.tasks import SessionKey
 from federation.wire.v1 import admin_pb2, admin_pb2_grpc, federation_pb2, federation_pb2_grpc
 from secagg.config import Stage
 
@@ -287,16 +288,17 @@ class Coordinator:
             message.run_finished.message = engine.message
         else:
             assert task.purpose is not None
-            message.secagg.session_id = (
-                f"{engine.run_id}/{task.purpose.value}/{task.round}/{task.attempt}"
-            )
+            message.secagg.session_id = SessionKey(
+                engine.run_id, task.purpose, task.round, task.attempt
+            ).text
             message.secagg.purpose = _PURPOSE_WIRE[task.purpose]
             message.secagg.message = task.secagg_message
             if task.session_config:
                 message.secagg.session_config = task.session_config
                 for ident, site in task.participants:
                     message.secagg.participants.add(
-                        site_id=f"{ident}:{site}",
+                        site_id=site,
+                        participant_id=ident,
                         certificate_pem=self.store.certificate(site) or "",
                     )
         return message

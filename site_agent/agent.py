@@ -30,6 +30,7 @@ from federation.fsmodes import ensure_private_dir, write_private_file_atomic
 from federation.plan import RunPlan
 from federation.releases import MAX_SITES, MetricsLayout, Purpose, StatsLayout, UpdateLayout
 from federation.roster import ROSTER_FILE, RosterError
+from federation.tasks import PURPOSE_FROM_WIRE
 from federation.tls import TlsKit, TransportSettings, aio_secure_channel
 from federation.version import __version__
 from federation.wire.v1 import federation_pb2, federation_pb2_grpc
@@ -43,7 +44,7 @@ from site_agent.ledger import BudgetExceeded, PrivacyLedger
 from site_agent.policy import check_plan, policy_summary
 from site_agent.releases import consortium_censoring, gaussian_noise, metrics_vector
 from site_agent.roster import SiteRoster
-from site_agent.secagg_adapter import PURPOSES, SecaggAdapter
+from site_agent.secagg_adapter import SecaggAdapter
 
 log = logging.getLogger("concordia.site")
 
@@ -482,7 +483,7 @@ def _crash_if_asked(task: federation_pb2.Task) -> None:
     if not spec:
         return
     kind = K.TaskKind.Name(task.kind).removeprefix("TASK_KIND_").lower()
-    purpose = PURPOSES.get(task.secagg.purpose) if task.HasField("secagg") else None
+    purpose = PURPOSE_FROM_WIRE.get(task.secagg.purpose) if task.HasField("secagg") else None
     for item in spec.split(","):
         want_kind, want_purpose, want_round = item.strip().split(":")
         if (

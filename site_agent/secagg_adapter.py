@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from federation.audit import AuditLog
 from federation.identity import IdentityError, verify_peer_certificate
 from federation.plan import RunPlan
-from federation.releases import Purpose
+from federation.tasks import PURPOSE_FROM_WIRE, SessionKey
 from federation.wire.v1 import federation_pb2
 from secagg.client import ClientSession
 from secagg.config import SessionConfig, Stage
@@ -30,17 +30,12 @@ from secagg.errors import SecAggError
 from site_agent.cache import ReleaseBound, ReleaseCache, SessionStore
 from site_agent.config import SitePolicy
 from site_agent.errors import TaskFailed
-from site_agent.sessions import SessionRefused, SessionStep, check_offered, check_step
+from site_agent.sessions import SessionRefused, check_offered, check_step
 from site_agent.sessions import expected_config as derive_config
 
 log = logging.getLogger("concordia.site")
 K = federation_pb2
 
-PURPOSES = {
-    K.SECAGG_PURPOSE_FEDERATED_STATS: Purpose.STATS,
-    K.SECAGG_PURPOSE_MODEL_UPDATE: Purpose.UPDATE,
-    K.SECAGG_PURPOSE_METRICS: Purpose.METRICS,
-}
 
 ParticipantCheck = Callable[[str, str], None]
 """(site name, certificate PEM) → None, or raises ValueError with the reason (the roster)."""
@@ -80,10 +75,10 @@ class SecaggAdapter:
 
     def handle(self, task: federation_pb2.Task, plan: RunPlan) -> bytes:
         """The answer to one secure-aggregation task; raises TaskFailed (already audited)."""
-        purpose = PURPOSES.get(task.secagg.purpose)
+        purpose = PURPOSE_FROM_WIRE.get(task.secagg.purpose)
         if purpose is None:
             raise TaskFailed(K.TASK_ERROR_INVALID_TASK, "unknown secure-aggregation purpose")
-        step = SessionStep(task.run_id, purpose, task.round, task.attempt)
+        step = SessionKey(task.run_id, purpose, task.round, task.attempt)
         try:
             check_step(plan, step)
             if task.kind == K.TASK_KIND_SECAGG_ADVERTISE_KEYS:
@@ -93,7 +88,7 @@ class SecaggAdapter:
             raise self._refused(step, str(exc)) from None
 
     # ------------------------------------------------------------------ stages
-    def _advertise(self, task: federation_pb2.Task, plan: RunPlan, step: SessionStep) -> bytes:
+    def _advertise(self, task: federation_pb2.Task, plan: RunPlan, step: SessionKey) -> bytes:
         participants = self._verify_participants(task.secagg)
         expected = derive_config(
             plan, self.policy, self.site_id, step, {p.ident: p.site for p in participants}
@@ -108,9 +103,9 @@ class SecaggAdapter:
                 restored = self._restore(saved)
                 if restored.stage is Stage.SHARE_KEYS:
                     return saved.advertisement
-            raise SessionRefused(f"session {step.key} was already advertised here")
-        if not self.sessions.claim(step.key):
-            raise SessionRefused(f"session {step.key} was already advertised here")
+            raise SessionRefused(f"session {step.text} was already advertised here")
+        if not self.sessions.claim(step.text):
+            raise SessionRefused(f"session {step.text} was already advertised here")
         mine = next(p.ident for p in participants if p.site == self.site_id)
         peers = {p.ident: p.certificate_pem for p in participants}
         session = ClientSession(expected, mine, self.identity_key, _public_keys(peers))
@@ -118,10 +113,10 @@ class SecaggAdapter:
         self._save(step, _Saved(peers, expected.to_bytes(), out, session.to_bytes()))
         return out
 
-    def _continue(self, task: federation_pb2.Task, step: SessionStep) -> bytes:
+    def _continue(self, task: federation_pb2.Task, step: SessionKey) -> bytes:
         stored = self.sessions.load(_key(step))
         if stored is None:
-            raise SessionRefused(f"no secure-aggregation session {step.key} here")
+            raise SessionRefused(f"no secure-aggregation session {step.text} here")
         saved = _unpack(stored)
         session = self._restore(saved)
         message = task.secagg.message
@@ -142,13 +137,13 @@ class SecaggAdapter:
         self._save(step, _Saved(saved.peers, saved.config, saved.advertisement, session.to_bytes()))
         return out
 
-    def _masked_input(self, session: ClientSession, message: bytes, step: SessionStep) -> bytes:
+    def _masked_input(self, session: ClientSession, message: bytes, step: SessionKey) -> bytes:
         cached = self.cache.get(step.run_id, step.purpose.value, step.round)
         if cached is None or cached.vector is None:
             raise SessionRefused("no prepared release to mask")
         out = session.masked_input(message, cached.vector)
         # Bound before the masked input leaves: never in another session's sum.
-        bound = self.cache.bind(step.run_id, step.purpose.value, step.round, step.key)
+        bound = self.cache.bind(step.run_id, step.purpose.value, step.round, step.text)
         self.audit.append(
             self.site_id,
             "release_masked",
@@ -161,9 +156,9 @@ class SecaggAdapter:
         return out
 
     # ------------------------------------------------------------------ helpers
-    def _refused(self, step: SessionStep, reason: str) -> TaskFailed:
+    def _refused(self, step: SessionKey, reason: str) -> TaskFailed:
         self.audit.append(self.site_id, "secagg_refused", {**_detail(step), "reason": reason})
-        log.warning("refused secure-aggregation task of %s: %s", step.key, reason)
+        log.warning("refused secure-aggregation task of %s: %s", step.text, reason)
         failed = TaskFailed(K.TASK_ERROR_SECAGG_VERIFICATION, reason[:500])
         failed.audited = True
         return failed
@@ -171,7 +166,7 @@ class SecaggAdapter:
     def _restore(self, saved: _Saved) -> ClientSession:
         return ClientSession.from_bytes(saved.state, self.identity_key, _public_keys(saved.peers))
 
-    def _save(self, step: SessionStep, saved: _Saved) -> None:
+    def _save(self, step: SessionKey, saved: _Saved) -> None:
         self.sessions.save(_key(step), _pack(saved))
 
     def _verify_participants(self, body: federation_pb2.SecaggTask) -> list[Participant]:
@@ -180,14 +175,13 @@ class SecaggAdapter:
         in a key, a participant or a revoked site of its own)."""
         verified: dict[int, Participant] = {}
         for entry in body.participants:
-            ident_text, _, site = entry.site_id.partition(":")
+            ident, site = int(entry.participant_id), entry.site_id
             try:
-                ident = int(ident_text)
                 identity = verify_peer_certificate(
                     entry.certificate_pem.encode(), self.ca_certificate, expected_kind="site"
                 )
             except (ValueError, IdentityError) as exc:
-                raise SessionRefused(f"participant {entry.site_id}: {exc}") from None
+                raise SessionRefused(f"participant {ident} ({site}): {exc}") from None
             if identity.name != site:
                 raise SessionRefused(
                     f"participant {ident} claims {site} but its certificate is {identity.name}"
@@ -203,17 +197,17 @@ class SecaggAdapter:
         return [verified[i] for i in sorted(verified)]
 
 
-def _key(step: SessionStep) -> tuple[str, str, int, int]:
+def _key(step: SessionKey) -> tuple[str, str, int, int]:
     return (step.run_id, step.purpose.value, step.round, step.attempt)
 
 
-def _detail(step: SessionStep) -> dict[str, object]:
+def _detail(step: SessionKey) -> dict[str, object]:
     return {
         "run_id": step.run_id,
         "purpose": step.purpose.value,
         "round": step.round,
         "attempt": step.attempt,
-        "session": step.key,
+        "session": step.text,
     }
 
 

@@ -19,11 +19,11 @@ Any difference between the offered config and the derived one is a refusal that 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from federation.plan import RunPlan
 from federation.releases import Purpose
 from federation.sessions import SessionRuleError, majority_threshold, session_config
+from federation.tasks import SessionKey
 from secagg.config import SessionConfig
 from secagg.errors import SecAggError
 from site_agent.config import SitePolicy
@@ -33,22 +33,7 @@ class SessionRefused(Exception):
     """This site will not join the offered session; the message says why (audited, sent back)."""
 
 
-@dataclass(frozen=True)
-class SessionStep:
-    """What a secure-aggregation task says it belongs to (all of it checked before use)."""
-
-    run_id: str
-    purpose: Purpose
-    round: int
-    attempt: int
-
-    @property
-    def key(self) -> str:
-        """The one spelling of a session in the site's state and audit log."""
-        return f"{self.run_id}/{self.purpose.value}/{self.round}/{self.attempt}"
-
-
-def check_step(plan: RunPlan, step: SessionStep) -> None:
+def check_step(plan: RunPlan, step: SessionKey) -> None:
     """The round and attempt a plan can have for this purpose."""
     rounds = plan.training.rounds
     if step.purpose is Purpose.STATS and step.round != 0:
@@ -69,7 +54,7 @@ def expected_config(
     plan: RunPlan,
     policy: SitePolicy,
     site_id: str,
-    step: SessionStep,
+    step: SessionKey,
     participants: Mapping[int, str],
 ) -> SessionConfig:
     """The only SessionConfig this site joins for `step` among `participants` (id → site)."""

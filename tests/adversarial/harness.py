@@ -249,7 +249,7 @@ class Session:
             task.secagg.session_config = config_bytes or self.config.to_bytes()
             for i, s in sorted(listed.items()):
                 pem = (certificates or {}).get(s) or consortium.certificate(s)
-                task.secagg.participants.add(site_id=f"{i}:{s}", certificate_pem=pem)
+                task.secagg.participants.add(site_id=s, participant_id=i, certificate_pem=pem)
             payload = self._ask(site, task)
             if payload is not None:
                 self.adverts[ident] = AdvertiseKeys.decode(payload).keys

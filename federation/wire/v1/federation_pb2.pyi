@@ -180,12 +180,14 @@ class EvaluateTask(_message.Message):
     def __init__(self, global_vector: _Optional[_Union[GlobalVector, _Mapping]] = ..., standardisation: _Optional[_Union[Standardisation, _Mapping]] = ..., events: _Optional[_Iterable[float]] = ..., at_risk: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ParticipantCertificate(_message.Message):
-    __slots__ = ("site_id", "certificate_pem")
+    __slots__ = ("site_id", "certificate_pem", "participant_id")
     SITE_ID_FIELD_NUMBER: _ClassVar[int]
     CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
     site_id: str
     certificate_pem: str
-    def __init__(self, site_id: _Optional[str] = ..., certificate_pem: _Optional[str] = ...) -> None: ...
+    participant_id: int
+    def __init__(self, site_id: _Optional[str] = ..., certificate_pem: _Optional[str] = ..., participant_id: _Optional[int] = ...) -> None: ...
 
 class SecaggTask(_message.Message):
     __slots__ = ("session_id", "purpose", "message", "session_config", "participants")

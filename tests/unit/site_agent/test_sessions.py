@@ -12,11 +12,12 @@ from hypothesis import strategies as st
 from federation.plan import RunPlan, parse_plan
 from federation.releases import Purpose
 from federation.sessions import majority_threshold, session_config
+from federation.tasks import SessionKey
 from secagg.config import SessionConfig
 from site_agent.cache import ReleaseBound, ReleaseCache, SessionStore
 from site_agent.config import SitePolicy
 from site_agent.policy import check_plan
-from site_agent.sessions import SessionRefused, SessionStep, check_offered, expected_config
+from site_agent.sessions import SessionRefused, check_offered, expected_config
 
 pytestmark = pytest.mark.unit
 
@@ -47,7 +48,7 @@ def participants(n: int) -> dict[int, str]:
     return {i + 1: SITES[i] for i in range(n)}
 
 
-STEP = SessionStep("run-1", Purpose.STATS, 0, 0)
+STEP = SessionKey("run-1", Purpose.STATS, 0, 0)
 
 
 def test_the_site_derives_exactly_the_coordinators_honest_config() -> None:
@@ -121,13 +122,13 @@ def test_plans_sites_list_bounds_the_participants() -> None:
 @pytest.mark.parametrize(
     ("step", "needle"),
     [
-        (SessionStep("r", Purpose.STATS, 1, 0), "round 0, not round 1"),
-        (SessionStep("r", Purpose.UPDATE, 0, 0), "outside the plan's rounds 1..3"),
-        (SessionStep("r", Purpose.METRICS, 4, 0), "outside the plan's rounds 1..3"),
-        (SessionStep("r", Purpose.UPDATE, 1, 3), "max_attempts 3"),
+        (SessionKey("r", Purpose.STATS, 1, 0), "round 0, not round 1"),
+        (SessionKey("r", Purpose.UPDATE, 0, 0), "outside the plan's rounds 1..3"),
+        (SessionKey("r", Purpose.METRICS, 4, 0), "outside the plan's rounds 1..3"),
+        (SessionKey("r", Purpose.UPDATE, 1, 3), "max_attempts 3"),
     ],
 )
-def test_rounds_and_attempts_outside_the_plan(step: SessionStep, needle: str) -> None:
+def test_rounds_and_attempts_outside_the_plan(step: SessionKey, needle: str) -> None:
     with pytest.raises(SessionRefused, match=needle):
         expected_config(plan(), SitePolicy(), "s-a", step, participants(3))
 
