@@ -70,7 +70,10 @@ current_identity: contextvars.ContextVar[Identity] = contextvars.ContextVar("cur
 
 
 def authorise(method: str, identity: Identity | None) -> str | None:
-    """None if `identity` may call `method` (full gRPC method path), else the reason it may not."""
+    """None if `identity` may call `method` (full gRPC method path), else the reason it may not.
+
+    Pure, so the whole table can be tested without a server; the reason is what the caller and
+    the audit log see, so it names the role or kind that was missing."""
     if method.startswith(PUBLIC_PREFIXES):
         return None
     if identity is None:
@@ -134,17 +137,21 @@ class RosterWatcher:
 
     @property
     def roster(self) -> Roster:
-        """The roster in force (re-read first if the file changed)."""
+        """The roster in force, re-read first if the file changed: every call decides on the
+        newest signed roster, not on the one the process started with."""
         self.refresh()
         return self._roster
 
     @property
     def signed(self) -> bytes:
-        """The whole signed roster.json of the roster in force, as handed to sites."""
+        """The whole signed roster.json in force, as handed to sites: they verify it with their
+        own CA copy, so the coordinator passes it on but cannot alter it."""
         self.refresh()
         return self._signed
 
     def refresh(self) -> None:
+        """Re-read the file if it changed, at most once per interval: a revocation must take
+        effect on a running coordinator, without a stat() on every call."""
         now = self._clock()
         if now - self._checked < self._interval:
             return
@@ -191,8 +198,8 @@ def _peer(context: aio.ServicerContext) -> tuple[Identity | None, x509.Certifica
 
 
 class AuthorisationInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
-    """Authorises each RPC from the peer certificate and the roster;
-    `on_denied(identity, method, reason)` audits each refusal."""
+    """Authorises each RPC from the peer certificate and the roster, before any handler runs,
+    so no handler can forget to; `on_denied(identity, method, reason)` audits each refusal."""
 
     def __init__(
         self, on_denied: Callable[[Identity | None, str, str], None], roster: RosterWatcher
@@ -205,6 +212,8 @@ class AuthorisationInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
+        """Wrap the method's handler so the check runs before it, whatever the method: a new
+        RPC cannot be added without passing through the authorisation table."""
         handler = await continuation(details)
         if handler is None:
             return handler

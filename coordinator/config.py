@@ -12,18 +12,30 @@ comma-separated list of addresses (e.g. `0.0.0.0:50051` in a container).
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from federation.configfile import (
+    ConfigError,
+    apply_env_overrides,
+    read_toml,
+    resolve_path,
+    validation_message,
+)
 from federation.roster import ROSTER_FILE
 from federation.tls import TlsKit
 
-
-class ConfigError(ValueError):
-    """A configuration problem, in one line naming the field."""
+__all__ = [
+    "ConfigError",
+    "CoordinatorConfig",
+    "ServerSection",
+    "StoreSection",
+    "TlsSection",
+    "load_coordinator_config",
+    "split_host_port",
+]
 
 
 class _Section(BaseModel):
@@ -47,6 +59,12 @@ def split_host_port(address: str) -> tuple[str, int]:
 
 
 class ServerSection(_Section):
+    """`[server]`: where to listen, the coordinator's id in audit entries, the message limit.
+
+    The provisioned kit lists only the hosts sites dial, so the coordinator does not listen on
+    every interface unless told to (`CONCORDIA_SERVER_LISTEN=0.0.0.0:50051` in a container).
+    """
+
     # Addresses to listen on, each host:port ([v6]:port); a host name is bound on the addresses
     # it resolves to. A single string, or a comma-separated one (CONCORDIA_SERVER_LISTEN), works.
     listen: list[str] = Field(default_factory=lambda: ["0.0.0.0:50051"], min_length=1)
@@ -69,6 +87,9 @@ class ServerSection(_Section):
 
 
 class TlsSection(_Section):
+    """`[tls]`: the kit's CA, server certificate and key, and the signed roster the coordinator
+    admits participants by (paths relative to `coordinator.toml`)."""
+
     ca: str
     cert: str
     key: str
@@ -76,18 +97,23 @@ class TlsSection(_Section):
 
 
 class StoreSection(_Section):
+    """`[store]`: the SQLite file that holds every run; a restarted coordinator resumes from it."""
+
     path: str = "coordinator.sqlite"
 
 
 class CoordinatorConfig(_Section):
+    """A validated `coordinator.toml`; `base` is the file's folder, which relative paths are
+    taken from when they are used (so the kit can be moved as a whole)."""
+
     server: ServerSection = ServerSection()
     tls: TlsSection
     store: StoreSection = StoreSection()
     base: Path = Path(".")
 
     def resolve(self, path: str) -> Path:
-        candidate = Path(path)
-        return candidate if candidate.is_absolute() else self.base / candidate
+        """A configured path, relative ones taken from the folder of `coordinator.toml`."""
+        return resolve_path(path, self.base)
 
     def roster_path(self) -> Path:
         """The signed roster: `[tls] roster`, else `roster.json` next to the CA certificate."""
@@ -96,40 +122,27 @@ class CoordinatorConfig(_Section):
         return self.resolve(self.tls.ca).parent / ROSTER_FILE
 
     def tls_kit(self) -> TlsKit:
+        """The server's TLS kit, loaded (and its key checked against its certificate) at start."""
         return TlsKit.from_files(
             self.resolve(self.tls.ca), self.resolve(self.tls.cert), self.resolve(self.tls.key)
         )
 
 
-def apply_env_overrides(
-    data: dict[str, object], sections: Mapping[str, type[BaseModel]], env: Mapping[str, str]
-) -> None:
-    """Set data[section][field] from CONCORDIA_<SECTION>_<FIELD> for every known field."""
-    for section, model in sections.items():
-        for name in model.model_fields:
-            value = env.get(f"CONCORDIA_{section.upper()}_{name.upper()}")
-            if value is not None:
-                table = data.setdefault(section, {})
-                if not isinstance(table, dict):
-                    raise ConfigError(f"{section}: must be a table")
-                table[name] = value
+_SECTIONS: dict[str, type[BaseModel]] = {
+    "server": ServerSection,
+    "tls": TlsSection,
+    "store": StoreSection,
+}
 
 
 def load_coordinator_config(path: Path, env: Mapping[str, str] | None = None) -> CoordinatorConfig:
+    """Read `coordinator.toml`, apply CONCORDIA_<SECTION>_<FIELD>, validate: one-line errors."""
     env = os.environ if env is None else env
+    source = str(path)
+    data = read_toml(path)
+    keys = {section: tuple(model.model_fields) for section, model in _SECTIONS.items()}
+    from_env = apply_env_overrides(data, keys, env, source=source)
     try:
-        data: dict[str, object] = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such configuration file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    apply_env_overrides(
-        data, {"server": ServerSection, "tls": TlsSection, "store": StoreSection}, env
-    )
-    try:
-        config = CoordinatorConfig.model_validate({**data, "base": path.parent})
+        return CoordinatorConfig.model_validate({**data, "base": path.parent})
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"{path}: {where}: {first['msg']}") from None
-    return config
+        raise ConfigError(validation_message(exc, source, from_env)) from None

@@ -46,7 +46,8 @@ class _Window:
 
 
 class RateLimitedLog:
-    """At most `limit` lines per key per `window_s` seconds; then one summary line per window."""
+    """At most `limit` lines per key per `window_s` seconds, then one summary line per window:
+    a peer that sends garbage in a loop must not be able to fill the coordinator's log."""
 
     def __init__(
         self,
@@ -64,7 +65,8 @@ class RateLimitedLog:
         self._windows: dict[str, _Window] = {}
 
     def admit(self, key: str) -> bool:
-        """Count one line for `key`; True if it may be logged now."""
+        """Count one line for `key`; True if it may be logged now (for callers, like the grpc
+        log filter, that emit the line themselves)."""
         now = self._clock()
         window = self._windows.get(key)
         if window is not None and now - window.start >= self.window_s:
@@ -82,7 +84,8 @@ class RateLimitedLog:
         return False
 
     def log(self, key: str, level: int, message: str) -> bool:
-        """Log `message` (one line, truncated) for `key` unless over the limit; True if logged."""
+        """Log `message` (one line, truncated) for `key` unless over the limit; True if logged.
+        Truncation keeps a peer-controlled string from making one line huge."""
         if not self.admit(key):
             return False
         self.logger.log(level, "%s", one_line(message))
@@ -122,18 +125,21 @@ class RateLimitedLog:
 
 
 def one_line(text: str) -> str:
-    """`text` on one line, at most _MAX_LINE characters."""
+    """`text` on one line, at most _MAX_LINE characters: log lines stay greppable and bounded
+    whatever a peer put into the message."""
     flat = " ".join(str(text).split())
     return flat if len(flat) <= _MAX_LINE else flat[: _MAX_LINE - 1] + "…"
 
 
 def describe(exc: BaseException) -> str:
+    """An exception as one log line: its type and message, never a traceback a peer can
+    provoke at will."""
     return one_line(f"{type(exc).__name__}: {exc}")
 
 
 @dataclass(frozen=True)
 class Malformed:
-    """Stands in for a request whose bytes did not parse."""
+    """Stands in for a request whose bytes did not parse, so the guard (not grpc) answers it."""
 
     error: str
 
@@ -151,7 +157,8 @@ def _safe_deserializer(deserializer: Callable[[bytes], Any] | None) -> Callable[
 
 
 def peer_key(context: aio.ServicerContext) -> str:
-    """Who is calling, for log lines: the certificate identity, else the transport address."""
+    """Who is calling, for log lines and rate-limit keys: the certificate identity, else the
+    transport address without its ephemeral port (so reconnecting does not reset the limit)."""
     try:
         identity = peer_identity(context)
     except Exception:
@@ -163,7 +170,8 @@ def peer_key(context: aio.ServicerContext) -> str:
 
 
 class RequestGuard(aio.ServerInterceptor):  # type: ignore[misc]
-    """Malformed request → INVALID_ARGUMENT, escaped exception → INTERNAL; one line each."""
+    """Malformed request → INVALID_ARGUMENT, escaped exception → INTERNAL; one line each, so
+    the caller gets an answer and the log a bounded trace instead of grpc's traceback."""
 
     def __init__(self, rate_log: RateLimitedLog | None = None) -> None:
         self.rate_log = rate_log or RateLimitedLog(log)
@@ -173,6 +181,8 @@ class RequestGuard(aio.ServerInterceptor):  # type: ignore[misc]
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
+        """Wrap deserializer and handler of every method: grpc itself would log a traceback
+        for both kinds of failure, outside any handler's reach."""
         handler = await continuation(details)
         if handler is None:
             return handler
@@ -248,13 +258,16 @@ class RequestGuard(aio.ServerInterceptor):  # type: ignore[misc]
 
 
 class GrpcTracebackFilter(logging.Filter):
-    """Turns a grpc log record that carries a traceback into one rate-limited line."""
+    """Turns a grpc log record that carries a traceback into one rate-limited line: grpc logs
+    some failures itself, before or after any interceptor could catch them."""
 
     def __init__(self, rate_log: RateLimitedLog) -> None:
         super().__init__()
         self.rate_log = rate_log
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Flatten the record in place and rate-limit it: grpc's own loggers are the last
+        place a peer's garbage could still turn into a traceback per request."""
         if not record.exc_info and not record.exc_text:
             return True
         message = record.getMessage()
@@ -266,7 +279,8 @@ class GrpcTracebackFilter(logging.Filter):
 
 
 def quiet_grpc_loggers(rate_log: RateLimitedLog | None = None) -> GrpcTracebackFilter:
-    """Install one GrpcTracebackFilter on grpc's loggers (once; returns the installed filter)."""
+    """Install one GrpcTracebackFilter on grpc's loggers (once, so serving twice in a process,
+    as tests do, does not stack filters; returns the installed filter)."""
     for name in GRPC_LOGGERS:
         for existing in logging.getLogger(name).filters:
             if isinstance(existing, GrpcTracebackFilter):

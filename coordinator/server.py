@@ -17,6 +17,8 @@ import grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from coordinator.admin_service import AdminService
+from coordinator.app import Coordinator
 from coordinator.auth import AuthorisationInterceptor, RosterWatcher
 from coordinator.config import (
     ConfigError,
@@ -24,9 +26,10 @@ from coordinator.config import (
     load_coordinator_config,
     split_host_port,
 )
+from coordinator.federation_service import FederationService
 from coordinator.guard import RequestGuard, describe, quiet_grpc_loggers
-from coordinator.service import AdminService, Coordinator, FederationService
 from coordinator.store import CoordinatorStore
+from federation.faults import Faults, FaultSpecError
 from federation.roster import Roster, RosterError
 from federation.tls import TlsError, TransportSettings, server_credentials, server_options
 from federation.wire.v1 import admin_pb2_grpc, federation_pb2_grpc
@@ -52,7 +55,8 @@ def _grpc_address(ip: str, port: int) -> str:
 def listen_plan(
     listen: Sequence[str], resolve: Resolver = socket.getaddrinfo
 ) -> list[tuple[str, list[str]]]:
-    """For each `[server] listen` entry, the concrete `ip:port` addresses to bind for it.
+    """For each `[server] listen` entry, the concrete `ip:port` addresses to bind for it, so
+    that binding can fail with a message naming the entry instead of a grpc error.
 
     A host name stands for the addresses it resolves to (as gRPC binds `host:port`). Each
     address is bound once (`localhost` and `127.0.0.1` on one port share 127.0.0.1), and a
@@ -99,7 +103,8 @@ def bind_listen_addresses(
     credentials: grpc.ServerCredentials,
     resolve: Resolver = socket.getaddrinfo,
 ) -> list[tuple[str, int]]:
-    """Bind every address of `listen_plan`; the (address, port) pairs bound.
+    """Bind every address of `listen_plan`; the (address, port) pairs bound (port 0 in the
+    config means an ephemeral port: the caller needs to know which one it got).
 
     An entry that is an IP address must bind; a host name needs at least one of its addresses
     (gRPC's rule: `localhost` without IPv6 still binds 127.0.0.1). ConfigError otherwise.
@@ -124,14 +129,17 @@ def bind_listen_addresses(
     return bound
 
 
-async def serve(config: CoordinatorConfig, ready: asyncio.Event | None = None) -> None:
-    """Serve until cancelled or SIGTERM/SIGINT."""
+async def serve(
+    config: CoordinatorConfig, ready: asyncio.Event | None = None, faults: Faults | None = None
+) -> None:
+    """Serve until cancelled or SIGTERM/SIGINT; `faults` is test fault injection (none by
+    default), handed to the application object rather than read from the environment there."""
     import time
 
     kit = config.tls_kit()
     roster = RosterWatcher(config.roster_path(), kit.ca_certificate)  # refuses to start without
     store = CoordinatorStore(config.resolve(config.store.path), clock=time.time)
-    coordinator = Coordinator(store, coordinator_id=config.server.id, roster=roster)
+    coordinator = Coordinator(store, coordinator_id=config.server.id, roster=roster, faults=faults)
 
     def audit_roster(loaded: Roster) -> None:
         detail = {"version": loaded.version, "path": str(roster.path)}
@@ -193,6 +201,7 @@ async def serve(config: CoordinatorConfig, ready: asyncio.Event | None = None) -
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m coordinator`: exit status 2 with one line for any configuration problem."""
     parser = argparse.ArgumentParser(prog="concordia-coordinator")
     parser.add_argument("--config", type=Path, required=True, help="coordinator.toml")
     parser.add_argument("--log-level", default="INFO")
@@ -202,8 +211,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         config = load_coordinator_config(args.config)
-        asyncio.run(serve(config))
-    except (ConfigError, TlsError, RosterError) as exc:
+        # The one place the test fault hooks are read (CONCORDIA_TEST_CRASH_AT); unset: none.
+        faults = Faults.from_environment()
+        asyncio.run(serve(config, faults=faults))
+    except (ConfigError, TlsError, RosterError, FaultSpecError) as exc:
         print(f"concordia-coordinator: {exc}", file=sys.stderr)
         return 2
     return 0

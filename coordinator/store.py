@@ -7,6 +7,7 @@ both there, or neither is.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
@@ -61,8 +62,15 @@ CREATE TABLE IF NOT EXISTS round_vectors (
 """
 
 
+Aggregate = tuple[str, int, int, list[str], np.ndarray]
+"""One decoded secure sum: (purpose, round, attempt, survivors, uint32 total)."""
+
+
 @dataclass(frozen=True)
 class SiteRow:
+    """A site as last heard of: the certificate other sites verify its signatures with, and
+    the policy it declared, for operators to see before they submit a plan."""
+
     site_id: str
     certificate_pem: str
     agent_version: str
@@ -73,6 +81,9 @@ class SiteRow:
 
 @dataclass(frozen=True)
 class RunRow:
+    """A run as stored: its last snapshot (`state`, see coordinator/snapshot.py) and who
+    submitted it, which the snapshot does not hold."""
+
     run_id: str
     submitted: float
     updated: float
@@ -82,7 +93,8 @@ class RunRow:
 
 
 class CoordinatorStore:
-    """SQLite-backed state. Not thread-safe: the coordinator uses it from its event loop only."""
+    """SQLite-backed state, so a killed coordinator restarts where it stopped. Not
+    thread-safe: the coordinator uses it from its event loop only, which needs no locking."""
 
     def __init__(self, path: Path | str, clock: Callable[[], float]) -> None:
         self.path = Path(path)
@@ -95,14 +107,19 @@ class CoordinatorStore:
         self._clock = clock
         # Writes coordinator.sqlite.head beside the store after every committed append.
         self.audit = AuditLog(self._conn, clock=clock)
-        self._saved_vectors: dict[tuple[str, str], int] = {}
+        # (run, vector name) -> SHA-256 of the bytes last written, and run -> the round whose
+        # global vector was last written: what lets save_run skip rewriting unchanged vectors.
+        self._saved_vectors: dict[tuple[str, str], bytes] = {}
+        self._saved_rounds: dict[str, int] = {}
 
     def close(self) -> None:
+        """Close the database (tests and shutdown; a crash is as safe: WAL, synchronous=FULL)."""
         self._conn.close()
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """One atomic unit: state change plus its audit entries."""
+        """One atomic unit: state change plus its audit entries, so a crash never leaves a
+        change without its record or a record without its change."""
         self._conn.execute("BEGIN IMMEDIATE")
         try:
             yield
@@ -116,6 +133,8 @@ class CoordinatorStore:
     def record_hello(
         self, site_id: str, certificate_pem: str, agent_version: str, policy: dict[str, Any]
     ) -> None:
+        """Record a Hello: the certificate is kept so the *other* sites can verify this site's
+        key signatures with it, and the Hello is audited in the same transaction."""
         now = self._clock()
         with self.transaction():
             self._conn.execute(
@@ -130,11 +149,14 @@ class CoordinatorStore:
             self.audit.append(f"site:{site_id}", "hello", {"agent_version": agent_version})
 
     def touch_site(self, site_id: str) -> None:
+        """Note that a site is alive (every poll): operators see who is offline. Not audited,
+        or every long-poll would grow the log."""
         self._conn.execute(
             "UPDATE sites SET last_seen = ? WHERE site_id = ?", (self._clock(), site_id)
         )
 
     def sites(self) -> list[SiteRow]:
+        """Every site ever seen, by id: the run candidates and ListSites."""
         rows = self._conn.execute(
             "SELECT site_id, certificate_pem, agent_version, policy_json, first_seen, last_seen "
             "FROM sites ORDER BY site_id"
@@ -142,6 +164,7 @@ class CoordinatorStore:
         return [SiteRow(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5]) for r in rows]
 
     def certificate(self, site_id: str) -> str | None:
+        """A site's PEM certificate, for the participant list of a secagg session."""
         row = self._conn.execute(
             "SELECT certificate_pem FROM sites WHERE site_id = ?", (site_id,)
         ).fetchone()
@@ -156,15 +179,19 @@ class CoordinatorStore:
         submitted_by: str = "",
         global_round: int | None = None,
         audit: Sequence[tuple[str, str, dict[str, Any]]] = (),
-        aggregate: tuple[str, int, int, list[str], np.ndarray] | None = None,
+        aggregates: Sequence[Aggregate] = (),
     ) -> None:
         """Persist an engine snapshot (and any audit entries) atomically.
 
-        Vectors are rewritten only when the engine replaced them (engines never mutate a vector
-        in place), so a d = 1e6 run does not rewrite 4 MB on every site result.
+        A vector is rewritten only when its bytes differ from the ones last written (compared
+        by SHA-256, never by object identity: an array updated in place is still the same
+        object), so a d = 1e6 run does not rewrite 4 MB on every site result. The global vector
+        is also kept per round: written again whenever `global_round` moves, even unchanged.
         """
         run_id = state["run_id"]
         now = self._clock()
+        written: list[tuple[tuple[str, str], bytes]] = []
+        round_written: int | None = None
         with self.transaction():
             self._conn.execute(
                 """INSERT INTO runs (run_id, submitted, updated, status, submitted_by, state_json)
@@ -175,22 +202,31 @@ class CoordinatorStore:
             )
             for name, vector in vectors.items():
                 key = (run_id, name)
-                if self._saved_vectors.get(key) == id(vector):
-                    continue
-                blob = np.ascontiguousarray(vector, dtype="<f4").tobytes()
-                self._conn.execute(
-                    "INSERT OR REPLACE INTO run_vectors (run_id, name, data) VALUES (?, ?, ?)",
-                    (run_id, name, blob),
+                array = np.ascontiguousarray(vector, dtype="<f4")
+                digest = hashlib.sha256(array.data).digest()  # the buffer, not a copy
+                changed = self._saved_vectors.get(key) != digest
+                new_round = (
+                    name == "global_vector"
+                    and global_round is not None
+                    and (changed or self._saved_rounds.get(run_id) != global_round)
                 )
-                if name == "global_vector" and global_round is not None:
+                if not (changed or new_round):
+                    continue
+                blob = array.tobytes()
+                if changed:
+                    self._conn.execute(
+                        "INSERT OR REPLACE INTO run_vectors (run_id, name, data) VALUES (?, ?, ?)",
+                        (run_id, name, blob),
+                    )
+                    written.append((key, digest))
+                if new_round:
                     self._conn.execute(
                         "INSERT OR REPLACE INTO round_vectors (run_id, round, data) "
                         "VALUES (?, ?, ?)",
                         (run_id, global_round, blob),
                     )
-                self._saved_vectors[key] = id(vector)
-            if aggregate is not None:
-                purpose, round_, attempt, survivors, total = aggregate
+                    round_written = global_round
+            for purpose, round_, attempt, survivors, total in aggregates:
                 self._conn.execute(
                     "INSERT OR REPLACE INTO aggregates VALUES (?, ?, ?, ?, ?, ?)",
                     (
@@ -204,8 +240,13 @@ class CoordinatorStore:
                 )
             for actor, action, detail in audit:
                 self.audit.append(actor, action, detail)
+        # only once committed: after a rollback the next save writes them again
+        self._saved_vectors.update(written)
+        if round_written is not None:
+            self._saved_rounds[run_id] = round_written
 
     def runs(self, limit: int = 0) -> list[RunRow]:
+        """Runs, newest first (`limit` 0: all): what a restart resumes and ListRuns shows."""
         query = (
             "SELECT run_id, submitted, updated, status, submitted_by, state_json FROM runs "
             "ORDER BY submitted DESC"
@@ -214,6 +255,7 @@ class CoordinatorStore:
         return [RunRow(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in rows]
 
     def run(self, run_id: str) -> RunRow | None:
+        """One run's row, for a finished run's status and submission times."""
         row = self._conn.execute(
             "SELECT run_id, submitted, updated, status, submitted_by, state_json FROM runs "
             "WHERE run_id = ?",
@@ -226,13 +268,15 @@ class CoordinatorStore:
         )
 
     def run_vectors(self, run_id: str) -> dict[str, np.ndarray]:
+        """A run's named float32 vectors (global model, optimiser moments), for restoring it."""
         rows = self._conn.execute(
             "SELECT name, data FROM run_vectors WHERE run_id = ?", (run_id,)
         ).fetchall()
         return {name: np.frombuffer(data, dtype="<f4").copy() for name, data in rows}
 
     def round_vector(self, run_id: str, round_: int | None = None) -> tuple[int, np.ndarray] | None:
-        """The global vector after `round_` (the latest round when None)."""
+        """The global vector after `round_` (the latest round when None): an operator may
+        export any round's model, not only the last (say, the one with the best metrics)."""
         if round_ is None:
             row = self._conn.execute(
                 "SELECT round, data FROM round_vectors WHERE run_id = ? "
@@ -248,7 +292,7 @@ class CoordinatorStore:
             return None
         return int(row[0]), np.frombuffer(row[1], dtype="<f4").copy()
 
-    def aggregates(self, run_id: str) -> list[tuple[str, int, int, list[str], np.ndarray]]:
+    def aggregates(self, run_id: str) -> list[Aggregate]:
         """Every decoded secure sum of a run: (purpose, round, attempt, survivors, uint32 total).
 
         This is exactly what the coordinator learns — the sum over the survivors — kept so an

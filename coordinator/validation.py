@@ -19,7 +19,8 @@ MAX_POLICY_NAME_CHARS = 256
 
 
 class SiteInputError(ValueError):
-    """A value a site sent is out of range; `reason` is one line naming the field."""
+    """A value a site sent is out of range; `reason` is one line naming the field, so the site's
+    operator can see what their agent sent wrong."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -46,7 +47,8 @@ def _delta(name: str, value: float) -> float:
 
 def check_privacy_report(report: federation_pb2.PrivacyReport) -> None:
     """A TaskResult's privacy report: ε spent in the run and over the site's lifetime finite and
-    ≥ 0, δ finite and in [0, 1). Raises SiteInputError."""
+    ≥ 0, δ finite and in [0, 1). Raises SiteInputError. Checked before the engine takes the
+    result, because the figures end up in audit entries and the model card."""
     _non_negative("privacy.epsilon_spent_run", report.epsilon_spent_run)
     _non_negative("privacy.epsilon_spent_lifetime", report.epsilon_spent_lifetime)
     _delta("privacy.delta", report.delta)
@@ -55,7 +57,8 @@ def check_privacy_report(report: federation_pb2.PrivacyReport) -> None:
 def check_policy_summary(policy: federation_pb2.PolicySummary) -> None:
     """A Hello's PolicySummary: every ε finite and ≥ 0, max_delta finite and in [0, 1), and the
     name lists bounded (at most MAX_POLICY_NAMES names of at most MAX_POLICY_NAME_CHARS
-    characters). Raises SiteInputError."""
+    characters). Raises SiteInputError. Checked before the store keeps the policy, which
+    operators read and which must not carry NaN or megabytes of names."""
     _non_negative("policy.max_epsilon_per_run", policy.max_epsilon_per_run)
     _non_negative("policy.lifetime_epsilon_budget", policy.lifetime_epsilon_budget)
     _non_negative("policy.lifetime_epsilon_spent", policy.lifetime_epsilon_spent)

@@ -39,8 +39,13 @@ class TrainingPlan(_Strict):
     learning_rate: float = Field(default=0.05, gt=0.0, le=10.0)
     optimizer: Literal["sgd", "adam"] = "adam"
     max_grad_norm: float = Field(default=1.0, gt=0.0, le=1000.0)
-    server_optimizer: Literal["fedavg", "fedadam"] = "fedavg"
+    server_optimizer: Literal["fedavg", "fedadam", "fedyogi"] = "fedavg"
     server_learning_rate: float = Field(default=1.0, gt=0.0, le=10.0)
+    # FedAdam / FedYogi (Reddi et al. 2021): decay of the first and second moment of the
+    # pseudo-gradient, and τ, which bounds the per-coordinate step (ignored by FedAvg).
+    server_beta1: float = Field(default=0.9, ge=0.0, lt=1.0)
+    server_beta2: float = Field(default=0.99, ge=0.0, lt=1.0)
+    server_tau: float = Field(default=1e-3, gt=0.0, le=1.0)
     evaluate_every: int = Field(default=1, ge=1)
 
 
@@ -124,6 +129,8 @@ class RunPlan(_Strict):
 
     @property
     def feature_schema(self) -> FeatureSchema:
+        """The plan's features as survival's schema type, which both sides encode rows and
+        vector lengths with, so a plan and its design matrix cannot disagree."""
         return FeatureSchema(features=self.features)
 
     def canonical_json(self) -> str:
@@ -131,6 +138,8 @@ class RunPlan(_Strict):
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
 
     def sha256(self) -> str:
+        """The hash a site pins when it accepts the plan: every session context and audit entry
+        names it, so a coordinator cannot later swap in a different plan under the same run."""
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
 
 

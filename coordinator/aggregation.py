@@ -1,0 +1,178 @@
+"""One aggregation step's secure sum: the session a plan allows, and what its sum means.
+
+The engine decides *when* a session opens and who is in it; this module holds what depends only
+on the plan and the protocol: the session of a step (`SecureSum`, built by the same derivation
+every site repeats before it joins, `federation/sessions.py`) and the decoding of the uint32 sum
+back into consortium figures (`federation/releases.py` defines each release's layout, for both
+sides).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from coordinator.messages import ResultRejected
+from federation.plan import RunPlan
+from federation.releases import (
+    ConsortiumStats,
+    MetricsLayout,
+    Purpose,
+    StatsLayout,
+    UpdateLayout,
+    decode_stats,
+    metrics_from_sums,
+)
+from federation.sessions import session_config
+from federation.tasks import TaskKind
+from secagg.config import Stage, StageTimeouts
+from secagg.errors import SecAggError
+from secagg.quantize import dequantize_sum
+from secagg.server import ServerSession
+from survival.spec import baseline_logits, initial_parameters, parameter_count
+
+SECAGG_KIND = {
+    Stage.ADVERTISE_KEYS: TaskKind.ADVERTISE_KEYS,
+    Stage.SHARE_KEYS: TaskKind.SHARE_KEYS,
+    Stage.MASKED_INPUT: TaskKind.MASKED_INPUT,
+    Stage.CONSISTENCY_CHECK: TaskKind.CONSISTENCY_CHECK,
+    Stage.UNMASK: TaskKind.UNMASK,
+}
+"""The task that carries each stage's message to a site."""
+
+
+@dataclass(frozen=True)
+class StageOpened:
+    """A new stage of the session: each listed site gets its message in a task of this kind.
+    A participant with no message has dropped out of the session."""
+
+    messages: tuple[tuple[str, TaskKind, bytes], ...]
+
+
+@dataclass(frozen=True)
+class Aborted:
+    """Fewer than t participants were left at some stage: the step must be retried."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Summed:
+    """The session finished: the uint32 sum over exactly these sites' releases."""
+
+    total: np.ndarray
+    survivors: tuple[str, ...]
+
+
+class SecureSum:
+    """A step's live secure-aggregation session, addressed by site name instead of secagg id.
+
+    It is never persisted: its secrets must not outlive the process (see snapshot.py)."""
+
+    def __init__(
+        self,
+        plan: RunPlan,
+        run_id: str,
+        purpose: Purpose,
+        round_: int,
+        attempt: int,
+        sites: Mapping[int, str],
+        now: float,
+    ) -> None:
+        # The only config `plan` allows for this step (every site rebuilds and compares it);
+        # each stage stays open for the plan's stage timeout, then whoever is missing drops.
+        self.sites = dict(sites)
+        self.config = session_config(plan, run_id, purpose, round_, attempt, self.sites)
+        t = plan.secagg.stage_timeout_s
+        timeouts = StageTimeouts(
+            advertise_keys=t, share_keys=t, masked_input=t, consistency_check=t, unmask=t
+        )
+        self._session = ServerSession(self.config, timeouts, now)
+
+    @property
+    def stage(self) -> Stage:
+        """The stage open now (DONE or ABORTED once it ended)."""
+        return self._session.stage
+
+    def receive(self, site: str, payload: bytes, now: float) -> None:
+        """A participant's message for the open stage. Raises ResultRejected ("stale" for a
+        site outside the session, "invalid" for a message the protocol refuses) before the
+        session changes, so the engine can refuse the whole result."""
+        ident = next((i for i, s in self.sites.items() if s == site), None)
+        if ident is None:
+            raise ResultRejected(f"site {site}: no secure-aggregation session for it", "stale")
+        try:
+            self._session.receive(ident, payload, now)
+        except SecAggError as exc:
+            raise ResultRejected(f"site {site}: {exc}", "invalid") from None
+
+    def advance(self, now: float) -> StageOpened | Aborted | Summed | None:
+        """Close the stage if everyone answered or its deadline passed; None if nothing moved."""
+        session = self._session
+        before = session.stage
+        outbound = session.tick(now)
+        if session.stage is Stage.ABORTED:
+            return Aborted(session.abort_reason or "secure aggregation aborted")
+        if session.stage is Stage.DONE and session.result is not None:
+            survivors = tuple(sorted(self.sites[i] for i in session.result.survivors))
+            return Summed(session.result.total, survivors)
+        if session.stage is before and not outbound:
+            return None
+        return StageOpened(
+            tuple((self.sites[m.recipient], SECAGG_KIND[m.stage], m.payload) for m in outbound)
+        )
+
+
+def n_parameters(plan: RunPlan) -> int:
+    """Length of the model vector, from the plan alone: the coordinator and every site agree
+    on it without exchanging it."""
+    return parameter_count(plan.model, plan.feature_schema.n_encoded, plan.time_grid.n_intervals)
+
+
+def update_layout(plan: RunPlan) -> UpdateLayout:
+    """How a model update is clipped and quantised for secure aggregation under `plan`: the
+    sum only decodes with the exact fixed-point encoding the sites used."""
+    s = plan.secagg
+    return UpdateLayout(n_parameters(plan), s.clip_norm, s.coord_bound, s.scale_bits)
+
+
+def decode_stats_sum(plan: RunPlan, total: np.ndarray, n: int) -> ConsortiumStats:
+    """The consortium's standardisation and hazard counts from the statistics sum of n sites.
+
+    The noise level passed on is public (σ·Δ·√n): decoding uses it to refuse estimates that
+    are indistinguishable from noise."""
+    schema, n_intervals = plan.feature_schema, plan.time_grid.n_intervals
+    layout = StatsLayout.for_schema(schema, n_intervals)
+    values = dequantize_sum(total, layout.quantization(n))
+    noise_std = plan.privacy.stats_noise_multiplier * layout.sensitivity * np.sqrt(n)
+    return decode_stats(values, schema, n_intervals, float(noise_std))
+
+
+def initial_model(plan: RunPlan, stats: ConsortiumStats) -> np.ndarray:
+    """Round 0's global vector: the plan's seed, with the baseline hazard of the consortium's
+    own (noised) event counts, so training does not spend rounds learning the base rate."""
+    return initial_parameters(
+        plan.model,
+        plan.feature_schema.n_encoded,
+        plan.time_grid.n_intervals,
+        plan.seed,
+        baseline_logits(stats.events, stats.at_risk),
+    )
+
+
+def mean_update(plan: RunPlan, total: np.ndarray, n: int, survivors: int) -> np.ndarray:
+    """The survivors' mean model delta (float64), the server optimiser's pseudo-gradient.
+
+    `n` (the session's size) fixes the fixed-point range; the mean is over those in the sum."""
+    mean = dequantize_sum(total, update_layout(plan).quantization(n)) / survivors
+    result: np.ndarray = mean.astype(np.float64)
+    return result
+
+
+def decode_metrics_sum(total: np.ndarray, n: int) -> dict[str, float]:
+    """Consortium evaluation figures from the metrics sum of n sites: the coordinator only
+    ever learns metrics as consortium totals, never one hospital's."""
+    layout = MetricsLayout()
+    return metrics_from_sums(layout.decode(dequantize_sum(total, layout.quantization(n))), layout)

@@ -1,0 +1,260 @@
+"""The application object: the live engines, the store, and what ties them together.
+
+The servicers (`federation_service.py`, `admin_service.py`) translate gRPC calls into calls on
+`Coordinator`; the engines (`engine.py`) decide; this module acts on what they decide. Every
+engine input is followed by `_persist`: the engine's snapshot, its audit entries and any decoded
+sum are written in one transaction *before* the caller answers, so an answer a site or an
+operator got is never lost to a crash. Then long-polling sites and watchers are woken. All of it
+runs on the event loop, one call at a time, which is why the engines need no locks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+from coordinator import snapshot
+from coordinator.auth import RosterWatcher
+from coordinator.effects import (
+    DuplicateResult,
+    Effect,
+    Phase,
+    ProgressChanged,
+    RunFinished,
+    StepAggregated,
+    TasksChanged,
+)
+from coordinator.engine import RunEngine
+from coordinator.messages import PendingTask, ResultRejected, SiteResult
+from coordinator.store import Aggregate, CoordinatorStore
+from federation.faults import Faults
+from federation.identity import Identity
+from federation.plan import parse_plan
+
+log = logging.getLogger("concordia.coordinator")
+
+TICK_INTERVAL_S = 0.5
+
+AuditEntry = tuple[str, str, dict[str, Any]]
+
+
+class Coordinator:
+    """Owns the engines and the store; the servicers call into it, never into the store's
+    run tables or an engine's inputs directly, so every change is persisted the same way."""
+
+    def __init__(
+        self,
+        store: CoordinatorStore,
+        coordinator_id: str = "coordinator",
+        clock: Callable[[], float] = time.time,
+        roster: RosterWatcher | None = None,
+        faults: Faults | None = None,
+    ) -> None:
+        self.store = store
+        self.coordinator_id = coordinator_id
+        self.clock = clock
+        # The signed consortium roster (server.py always passes one): only its active sites are
+        # run candidates, and Hello hands its signed bytes to every site.
+        self.roster = roster
+        # Test fault injection, built once at start-up (server.main); the default does nothing.
+        self.faults = faults if faults is not None else Faults()
+        self.engines: dict[str, RunEngine] = {}
+        self._changed = asyncio.Event()
+        self._saved: dict[str, str] = {}
+        self._submitted_by: dict[str, str] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+    def resume(self) -> list[str]:
+        """Reload every unfinished run after a (possibly violent) restart; their ids."""
+        resumed = []
+        now = self.clock()
+        for row in self.store.runs():
+            if row.state.get("phase") == Phase.DONE.value:
+                continue
+            engine, effects = snapshot.restore(row.state, self.store.run_vectors(row.run_id), now)
+            self.engines[row.run_id] = engine
+            self._submitted_by[row.run_id] = row.submitted_by
+            self._persist(engine, effects, [("coordinator", "run_resumed", {"run_id": row.run_id})])
+            resumed.append(row.run_id)
+        return resumed
+
+    def notify(self) -> None:
+        """Wake every long-poll and watcher: something they may be waiting for changed."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_for_change(self, timeout: float) -> None:
+        """Until the next `notify` or `timeout` seconds, whichever comes first."""
+        event = self._changed
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
+
+    def tick(self) -> None:
+        """Let the clock act on every live run (stage deadlines); drop the runs that are done.
+
+        Progress made by the clock is audited here as `run_progress`; progress made by a
+        result is already on the record through that result's own entry."""
+        now = self.clock()
+        for engine in list(self.engines.values()):
+            effects = engine.tick(now)
+            audit: list[AuditEntry] = [
+                ("coordinator", "run_progress", effect.progress.audit_detail())
+                for effect in effects
+                if isinstance(effect, ProgressChanged)
+            ]
+            self._persist(engine, effects, audit)
+            if engine.progress().phase is Phase.DONE:
+                self.engines.pop(engine.run_id, None)
+
+    async def tick_forever(self) -> None:
+        """The clock input of every engine, every TICK_INTERVAL_S."""
+        while True:
+            self.tick()
+            await asyncio.sleep(TICK_INTERVAL_S)
+
+    # ------------------------------------------------------------------ runs
+    def submit(self, plan_text: str, fmt: Literal["toml", "json"], submitted_by: str) -> RunEngine:
+        """Start a run of a plan (raises PlanError); the candidates are the sites that have
+        said Hello and are active on the roster."""
+        plan = parse_plan(plan_text, fmt)
+        run_id = "run-" + secrets.token_hex(4)
+        sites = [row.site_id for row in self.store.sites()]
+        if self.roster is not None:
+            active = self.roster.roster.active_site_names()
+            sites = [site for site in sites if site in active]
+        engine, effects = RunEngine.start(run_id, plan, sites, self.clock())
+        self.engines[run_id] = engine
+        self._submitted_by[run_id] = submitted_by
+        detail = {"run_id": run_id, "plan_sha256": plan.sha256(), "candidates": sites}
+        self._persist(engine, effects, [(submitted_by, "run_submitted", detail)])
+        return engine
+
+    def stop(self, run_id: str, reason: str, actor: str) -> RunEngine | None:
+        """Stop a live run on an operator's word; None if no live run has that id."""
+        engine = self.engines.get(run_id)
+        if engine is None:
+            return None
+        effects = engine.stop(reason or f"stopped by {actor}", self.clock())
+        self._persist(
+            engine, effects, [(actor, "run_stopped", {"run_id": run_id, "reason": reason})]
+        )
+        return engine
+
+    def find_task(self, site: str) -> tuple[RunEngine, PendingTask] | None:
+        """The task a site should do now, and its run; a site takes part in one task at a time."""
+        for engine in self.engines.values():
+            task = engine.task_for(site)
+            if task is not None:
+                return engine, task
+        return None
+
+    def engine_for_result(self, site: str, task_id: str) -> RunEngine | None:
+        """The live run a result belongs to (its task is outstanding, or was just answered)."""
+        for engine in self.engines.values():
+            if engine.knows_task(site, task_id):
+                return engine
+        return None
+
+    def take_result(self, engine: RunEngine, site: str, result: SiteResult, size: int) -> bool:
+        """Give a site's result to its run and persist what follows; True for a duplicate.
+
+        Raises ResultRejected after auditing it. `size` is the payload's wire size, audited
+        so the benchmarks can measure what each stage costs a site."""
+        progress = engine.progress()  # the answered task's step: the result may advance it
+        purpose = progress.purpose.value if progress.purpose is not None else "-"
+        self.faults.crash_if_asked(result.kind.value, purpose, progress.round)
+        try:
+            effects = engine.on_result(site, result, self.clock())
+        except ResultRejected as exc:
+            self.reject_result(site, result.task_id, exc.reason, engine.run_id)
+            raise
+        duplicate = any(isinstance(effect, DuplicateResult) for effect in effects)
+        audit: list[AuditEntry] = []
+        if not duplicate:
+            detail: dict[str, Any] = {
+                "run_id": engine.run_id,
+                "kind": result.kind.value,
+                "round": progress.round,
+                "bytes": size,
+            }
+            if result.error_code:
+                detail["error"] = result.error_code
+                detail["message"] = result.error_message
+            if result.epsilon_run is not None:
+                detail["epsilon_run"] = result.epsilon_run
+            audit.append((f"site:{site}", "result", detail))
+        self._persist(engine, effects, audit)
+        return duplicate
+
+    def reject_result(self, site: str, task_id: str, reason: str, run_id: str | None) -> None:
+        """Audit a refused result: a replay or a bad value is evidence, even though it changes
+        nothing."""
+        detail: dict[str, Any] = {"task_id": task_id, "reason": reason}
+        if run_id is not None:
+            detail = {"run_id": run_id, **detail}
+        self.store.audit.append(f"site:{site}", "result_rejected", detail)
+
+    def audit_denied(self, identity: Identity | None, method: str, reason: str) -> None:
+        """Audit a refused call (roster, authorisation, a site claiming another's name)."""
+        actor = identity.uri if identity is not None else "anonymous"
+        self.store.audit.append(actor, "denied", {"method": method, "reason": reason})
+
+    def engine_or_stored(self, run_id: str) -> RunEngine | None:
+        """A live run, else a finished one rebuilt from the store (for reading only)."""
+        engine = self.engines.get(run_id)
+        if engine is not None:
+            return engine
+        row = self.store.run(run_id)
+        if row is None:
+            return None
+        engine, _ = snapshot.restore(row.state, self.store.run_vectors(run_id), self.clock())
+        return engine
+
+    # ------------------------------------------------------------------ persistence
+    def _persist(
+        self, engine: RunEngine, effects: Sequence[Effect], audit: Sequence[AuditEntry]
+    ) -> None:
+        """Save the engine if it changed (or there is something to audit), with every decoded
+        sum and its `aggregated` entry, in one transaction; then wake whoever waits."""
+        entries = list(audit)
+        aggregates: list[Aggregate] = []
+        wake = False
+        for effect in effects:
+            if isinstance(effect, StepAggregated):
+                record = effect.record
+                aggregates.append(
+                    (
+                        record.purpose.value,
+                        record.round,
+                        record.attempt,
+                        record.survivors,
+                        effect.total,
+                    )
+                )
+                detail = {"run_id": engine.run_id, **record.to_json()}
+                entries.append(("coordinator", "aggregated", detail))
+            elif isinstance(effect, RunFinished):
+                log.info("run %s %s: %s", engine.run_id, effect.status.value, effect.message)
+            elif isinstance(effect, TasksChanged):
+                wake = True
+        state, vectors = snapshot.dump(engine)
+        text = json.dumps(state, sort_keys=True)
+        if entries or self._saved.get(engine.run_id) != text:
+            self.store.save_run(
+                state,
+                vectors,
+                submitted_by=self._submitted_by.get(engine.run_id, ""),
+                global_round=state["global_round"],
+                audit=entries,
+                aggregates=aggregates,
+            )
+            self._saved[engine.run_id] = text
+            wake = True
+        if wake:
+            self.notify()

@@ -1,0 +1,127 @@
+"""The site-facing gRPC service: Hello, PullTask (long-poll), PushResult.
+
+Hospitals accept no inbound connections, so everything a site does starts here. The caller is
+the peer certificate's site (`current_identity`, set by the authorisation interceptor), never a
+message field; a field that claims another site is refused and audited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+from grpc import aio
+
+from coordinator import convert
+from coordinator.app import Coordinator
+from coordinator.auth import current_identity
+from coordinator.messages import ResultRejected
+from coordinator.validation import SiteInputError, check_policy_summary, check_privacy_report
+from federation.tasks import task_kind_from_wire
+from federation.wire.v1 import federation_pb2, federation_pb2_grpc
+
+log = logging.getLogger("concordia.coordinator")
+
+MAX_POLL_WAIT_S = 25.0
+
+
+class FederationService(federation_pb2_grpc.FederationServicer):
+    """Site → coordinator. Each handler checks and converts, then lets the application act."""
+
+    def __init__(self, coordinator: Coordinator) -> None:
+        self.c = coordinator
+
+    async def _site(self, request_site_id: str, context: aio.ServicerContext) -> str:
+        identity = current_identity.get()
+        if request_site_id and request_site_id != identity.name:
+            reason = f"certificate is {identity.name}, request claims {request_site_id}"
+            self.c.audit_denied(identity, "site_id_mismatch", reason)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, reason)
+        return identity.name
+
+    async def Hello(
+        self, request: federation_pb2.HelloRequest, context: aio.ServicerContext
+    ) -> federation_pb2.HelloResponse:
+        """Record the site's certificate, version and policy; hand it the signed roster.
+
+        The certificate kept here is what other sites get to verify its key signatures."""
+        site = await self._site(request.site_id, context)
+        pem = ""
+        certs = context.auth_context().get("x509_pem_cert") or []
+        if certs:
+            pem = certs[0].decode()
+        try:
+            check_policy_summary(request.policy)
+        except SiteInputError as exc:
+            self.c.store.audit.append(f"site:{site}", "hello_rejected", {"reason": exc.reason})
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.reason)
+            raise AssertionError("unreachable") from None
+        policy = convert.policy_from_wire(request.policy)
+        self.c.store.record_hello(site, pem, request.agent_version[:64], policy)
+        return federation_pb2.HelloResponse(
+            coordinator_id=self.c.coordinator_id,
+            server_time_unix_ms=int(self.c.clock() * 1000),
+            poll_wait_ms=int(MAX_POLL_WAIT_S * 1000),
+            roster=self.c.roster.signed if self.c.roster is not None else b"",
+        )
+
+    async def PullTask(
+        self, request: federation_pb2.PullTaskRequest, context: aio.ServicerContext
+    ) -> federation_pb2.Task:
+        """The site's current task, waiting up to `wait_ms` (capped) for one; else IDLE.
+
+        Holding the call open is what lets a site behind a firewall hear of work promptly."""
+        site = await self._site(request.site_id, context)
+        self.c.store.touch_site(site)
+        wait = min(request.wait_ms / 1000.0, MAX_POLL_WAIT_S)
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + wait
+        while True:
+            found = self.c.find_task(site)
+            if found is not None:
+                engine, task = found
+                return convert.task_to_wire(task, engine, self.c.store.certificate)
+            remaining = give_up - loop.time()
+            if remaining <= 0:
+                return federation_pb2.Task(
+                    task_id="", kind=federation_pb2.TASK_KIND_IDLE, retry_after_ms=0
+                )
+            await self.c.wait_for_change(remaining)
+
+    async def PushResult(
+        self, request: federation_pb2.TaskResult, context: aio.ServicerContext
+    ) -> federation_pb2.PushAck:
+        """Take a site's answer to its outstanding task; persisted before the site is answered.
+
+        A result for any other task (a replay) is refused with FAILED_PRECONDITION, a value out
+        of range with INVALID_ARGUMENT, before the engine sees it; both are audited."""
+        site = await self._site("", context)
+        self.c.store.touch_site(site)
+        kind = task_kind_from_wire(request.kind)
+        engine = self.c.engine_for_result(site, request.task_id)
+        if engine is None or kind is None:
+            reason = f"result for task {request.task_id[:12]!r} answers no outstanding task"
+            self.c.reject_result(site, request.task_id, reason, None)
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, reason)
+            raise AssertionError("unreachable")
+        if request.HasField("privacy"):
+            try:
+                check_privacy_report(request.privacy)
+            except SiteInputError as exc:  # before the engine sees it: its state is unchanged
+                self.c.reject_result(site, request.task_id, exc.reason, engine.run_id)
+                log.warning("result from %s rejected: %s", site, exc.reason)
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.reason)
+                raise AssertionError("unreachable") from None
+        result = convert.result_from_wire(request, kind)
+        try:
+            duplicate = self.c.take_result(engine, site, result, len(request.payload))
+        except ResultRejected as exc:  # audited by take_result
+            code = (
+                grpc.StatusCode.INVALID_ARGUMENT
+                if exc.code == "invalid"
+                else grpc.StatusCode.FAILED_PRECONDITION
+            )
+            await context.abort(code, exc.reason)
+            raise AssertionError("unreachable") from None
+        return federation_pb2.PushAck(task_id=request.task_id, duplicate=duplicate)

@@ -1,0 +1,162 @@
+"""An engine to and from the store: one small JSON state plus named float32 vectors.
+
+The application saves a snapshot after every engine change, in the same transaction as the
+change's audit entries, so a coordinator killed at any instant restarts from the last change it
+answered for. The in-flight secure-aggregation session is deliberately *not* saved: its secrets
+must not outlive the process, so `restore` retries a step that was in secure aggregation with
+fresh keys (`RunEngine.resume`); sites themselves refuse to reuse a release that reached Unmask.
+
+The JSON keys are the ones earlier coordinators wrote, so a store survives an upgrade.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from coordinator.effects import Effect, Phase, RoundRecord, RunStatus, StepPart
+from coordinator.engine import RunEngine
+from coordinator.messages import PendingTask, new_task_id
+from federation.plan import RunPlan
+from federation.releases import ConsortiumStats, Purpose
+from federation.tasks import TaskKind
+from survival.schema import Standardization
+
+GLOBAL_VECTOR = "global_vector"
+
+
+def dump(engine: RunEngine) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(JSON-able state, named vectors): everything `load` needs except the live session.
+    Vectors are kept apart from the JSON so the store can skip rewriting unchanged megabytes."""
+    stats = engine.stats
+    state: dict[str, Any] = {
+        "run_id": engine.run_id,
+        "plan": engine.plan.model_dump(mode="json"),
+        "status": engine.status.value,
+        "message": engine.message,
+        "phase": engine.phase.value,
+        "round": engine.round,
+        "attempt": engine.attempt,
+        "step": engine.step.value,
+        "step_deadline": engine.step_deadline,
+        "candidates": engine.candidates,
+        "accepted": engine.accepted,
+        "refusals": engine.refusals,
+        "acked": engine.acked,
+        "session_sites": {str(k): v for k, v in engine.session_sites.items()},
+        "tasks": [task_to_json(t) for t in engine.tasks.values()],
+        "answered": engine.answered,
+        "history": [r.to_json() for r in engine.history],
+        "privacy": engine.privacy,
+        "global_round": engine.global_round,
+        "stats": None
+        if stats is None
+        else {
+            "count": stats.count,
+            "standardization": stats.standardization.model_dump(),
+            "events": stats.events.tolist(),
+            "at_risk": stats.at_risk.tolist(),
+        },
+    }
+    if engine.optimizer.steps:
+        state["optimizer_steps"] = engine.optimizer.steps
+    vectors: dict[str, np.ndarray] = dict(engine.optimizer.state())
+    if engine.global_vector is not None:
+        vectors[GLOBAL_VECTOR] = engine.global_vector
+    return state, vectors
+
+
+def load(
+    state: Mapping[str, Any],
+    vectors: Mapping[str, np.ndarray],
+    ids: Callable[[], str] = new_task_id,
+) -> RunEngine:
+    """The engine `dump` described, exactly as it was (without its session): for read-only
+    views of finished runs, and the first half of `restore`."""
+    engine = RunEngine(state["run_id"], RunPlan.model_validate(state["plan"]), ids)
+    engine.status = RunStatus(state["status"])
+    engine.message = state["message"]
+    engine.phase = Phase(state["phase"])
+    engine.round = state["round"]
+    engine.attempt = state["attempt"]
+    engine.step = StepPart(state["step"])
+    engine.step_deadline = state["step_deadline"]
+    engine.candidates = list(state["candidates"])
+    engine.accepted = list(state["accepted"])
+    engine.refusals = dict(state["refusals"])
+    engine.acked = list(state["acked"])
+    engine.session_sites = {int(k): v for k, v in state["session_sites"].items()}
+    engine.tasks = {t["site"]: task_from_json(t) for t in state["tasks"]}
+    engine.answered = dict(state["answered"])
+    engine.history = [RoundRecord.from_json(r) for r in state["history"]]
+    engine.privacy = {k: dict(v) for k, v in state["privacy"].items()}
+    engine.global_round = state["global_round"]
+    if state["stats"] is not None:
+        stats = state["stats"]
+        engine.stats = ConsortiumStats(
+            count=stats["count"],
+            standardization=Standardization.model_validate(stats["standardization"]),
+            events=np.asarray(stats["events"]),
+            at_risk=np.asarray(stats["at_risk"]),
+        )
+    floats = {name: np.asarray(value, dtype=np.float32) for name, value in vectors.items()}
+    if GLOBAL_VECTOR in floats:
+        engine.global_vector = floats[GLOBAL_VECTOR]
+    # A store written before the step count was kept: one optimiser step per update round.
+    steps = int(state.get("optimizer_steps", engine.global_round))
+    engine.optimizer.load(steps, floats)
+    return engine
+
+
+def restore(
+    state: Mapping[str, Any],
+    vectors: Mapping[str, np.ndarray],
+    now: float,
+    ids: Callable[[], str] = new_task_id,
+) -> tuple[RunEngine, list[Effect]]:
+    """A stored run, ready to go on after a restart, and the effects of going on."""
+    engine = load(state, vectors, ids)
+    return engine, engine.resume(now)
+
+
+def task_to_json(task: PendingTask) -> dict[str, Any]:
+    """A pending task as stored: secagg bytes in base64 (the state is JSON)."""
+    return {
+        "task_id": task.task_id,
+        "site": task.site,
+        "kind": task.kind.value,
+        "round": task.round,
+        "attempt": task.attempt,
+        "deadline": task.deadline,
+        "purpose": task.purpose.value if task.purpose else None,
+        "secagg_message": _b64(task.secagg_message),
+        "session_config": _b64(task.session_config),
+        "participants": [list(p) for p in task.participants],
+    }
+
+
+def task_from_json(data: Mapping[str, Any]) -> PendingTask:
+    """Inverse of `task_to_json`."""
+    return PendingTask(
+        task_id=data["task_id"],
+        site=data["site"],
+        kind=TaskKind(data["kind"]),
+        round=data["round"],
+        attempt=data["attempt"],
+        deadline=data["deadline"],
+        purpose=Purpose(data["purpose"]) if data["purpose"] else None,
+        secagg_message=_unb64(data["secagg_message"]),
+        session_config=_unb64(data["session_config"]),
+        participants=tuple((int(i), str(s)) for i, s in data["participants"]),
+    )
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text.encode("ascii"))
