@@ -79,12 +79,14 @@ def prepare_private_sqlite(path: str | Path) -> Path:
     return database
 
 
-def write_private_file_atomic(path: str | Path, data: bytes) -> None:
-    """Replace `path` atomically with `data`, mode 0600 from the start (no readable window)."""
+def write_file_atomic(path: str | Path, data: bytes, mode: int) -> None:
+    """Replace `path` atomically with `data`, its final `mode` set before the content lands (no
+    readable window), synced: a crash leaves the old file or the new one, never half of one."""
     target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
     try:
-        os.fchmod(fd, PRIVATE_FILE_MODE)
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -93,3 +95,8 @@ def write_private_file_atomic(path: str | Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_private_file_atomic(path: str | Path, data: bytes) -> None:
+    """`write_file_atomic` with mode 0600."""
+    write_file_atomic(path, data, PRIVATE_FILE_MODE)

@@ -20,7 +20,6 @@ import datetime as dt
 import fcntl
 import json
 import os
-import tempfile
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from typing import Literal
 from cryptography import x509
 
 from federation.consortium import ConsortiumConfig
+from federation.fsmodes import write_file_atomic
 from federation.identity import COORDINATOR_NAME, Identity, IdentityKind
 from federation.pki import CertificateAuthority, IssuedCertificate, PkiError
 from federation.roster import (
@@ -75,22 +75,6 @@ class ProvisionResult:
 def _toml_str(value: str) -> str:
     """A TOML basic string (JSON string escapes are valid TOML escapes)."""
     return json.dumps(value)
-
-
-def _write_file(path: Path, data: bytes, mode: int) -> None:
-    """Write atomically, with the final mode set before the content lands (no 0644 window)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _make_dir(path: Path) -> None:
@@ -143,6 +127,8 @@ def coordinator_config_text(
 
 
 def site_config_text(consortium: str, site_id: str, coordinator_address: str) -> str:
+    """The site's starter `site.toml`: identity, coordinator and TLS filled in, `[data]` and
+    `[policy]` as commented examples, because only the hospital knows its columns and limits."""
     return (
         f"# Concordia site agent {site_id!r}, consortium {consortium!r} (written by fedctl"
         " provision).\n"
@@ -172,6 +158,8 @@ def site_config_text(consortium: str, site_id: str, coordinator_address: str) ->
 
 
 def operator_config_text(consortium: str, identity: Identity, coordinator_address: str) -> str:
+    """The operator's `fedctl.toml`: where the coordinator is and which kit files to present,
+    with paths relative to the kit so it can be copied anywhere."""
     return (
         f"# fedctl for operator {identity.name!r} ({identity.role}), consortium {consortium!r}.\n"
         "[coordinator]\n"
@@ -191,11 +179,11 @@ def _write_kit(
 ) -> None:
     cert_name, key_name, config_name = names
     _make_dir(kit_dir)
-    _write_file(kit_dir / CA_CERT, ca.issued.certificate_pem, PUBLIC_MODE)
-    _write_file(kit_dir / cert_name, issued.certificate_pem, PUBLIC_MODE)
-    _write_file(kit_dir / key_name, issued.key_pem, KEY_MODE)
+    write_file_atomic(kit_dir / CA_CERT, ca.issued.certificate_pem, PUBLIC_MODE)
+    write_file_atomic(kit_dir / cert_name, issued.certificate_pem, PUBLIC_MODE)
+    write_file_atomic(kit_dir / key_name, issued.key_pem, KEY_MODE)
     if not (keep_config and (kit_dir / config_name).exists()):
-        _write_file(kit_dir / config_name, config_text.encode("utf-8"), PUBLIC_MODE)
+        write_file_atomic(kit_dir / config_name, config_text.encode("utf-8"), PUBLIC_MODE)
 
 
 def provision(
@@ -214,8 +202,8 @@ def provision(
     ca = CertificateAuthority.create(name, validity_days=days, now=now)
     certificates: list[x509.Certificate] = []
     _make_dir(ca_dir)
-    _write_file(ca_dir / CA_CERT, ca.issued.certificate_pem, PUBLIC_MODE)
-    _write_file(ca_dir / CA_KEY, ca.issued.key_pem, KEY_MODE)
+    write_file_atomic(ca_dir / CA_CERT, ca.issued.certificate_pem, PUBLIC_MODE)
+    write_file_atomic(ca_dir / CA_KEY, ca.issued.key_pem, KEY_MODE)
 
     server = ca.issue(
         Identity("coordinator", COORDINATOR_NAME),
@@ -339,7 +327,7 @@ def publish_roster(out: Path, roster: Roster, ca: CertificateAuthority) -> tuple
     data = sign_roster(roster, ca)
     paths = [out / "ca" / ROSTER_FILE] + [kit / ROSTER_FILE for kit in kit_dirs(out)]
     for path in paths:
-        _write_file(path, data, PUBLIC_MODE)
+        write_file_atomic(path, data, PUBLIC_MODE)
     return tuple(paths)
 
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from federation.faults import Faults
 from federation.tls import TlsError
 from site_agent.config import ConfigError, load_site_config
 from site_agent.ledger import SplitChanged
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the agent until SIGTERM or Ctrl-C; a bad config, kit, split or fault spec is one line
+    on stderr and exit code 2 (an operator fixes the file from the message alone)."""
     parser = argparse.ArgumentParser(prog="concordia-site-agent")
     parser.add_argument("--config", type=Path, required=True, help="site.toml from the startup kit")
     parser.add_argument("--log-level", default="INFO")
@@ -38,13 +41,16 @@ def main(argv: list[str] | None = None) -> int:
     from site_agent.agent import SiteAgent  # imports torch: after argument errors are reported
 
     try:
-        agent = SiteAgent(load_site_config(args.config))
+        config = load_site_config(args.config)
+        # The end-to-end tests' hooks (CONCORDIA_TEST_CRASH_AT, --record-updates), handed in as
+        # one object: the agent itself never reads test variables. Unset: does nothing.
+        faults = Faults.from_environment(record_dir=args.record_updates)
+        agent = SiteAgent(config, faults=faults)
     except (ConfigError, TlsError, SplitChanged, ValueError) as exc:
         print(f"concordia-site-agent: {exc}", file=sys.stderr)
         return 2
     if args.record_updates is not None:
         args.record_updates.mkdir(parents=True, exist_ok=True)
-        agent.record_dir = args.record_updates
     # SIGTERM (docker stop, Kubernetes, PID 1 without an init) stops the agent like Ctrl-C: a
     # release is charged before it is sent, so stopping between tasks loses nothing.
     with contextlib.suppress(KeyboardInterrupt):
@@ -54,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _run_until_terminated(agent: SiteAgent) -> None:
+    """SIGTERM cancels the agent's task like Ctrl-C, so both stop it the same clean way."""
     task = asyncio.current_task()
     assert task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)

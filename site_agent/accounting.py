@@ -38,12 +38,14 @@ RDP_ORDERS: tuple[float, ...] = tuple(float(a) for a in (*range(2, 129), 160, 19
 
 
 class AccountingError(ValueError):
-    """A malformed accountant entry or state document."""
+    """A malformed accountant entry or state document: refused, never guessed, since a wrong
+    history would under-report ε."""
 
 
 @dataclass(frozen=True)
 class Entry:
-    """``steps`` compositions of a Poisson-subsampled Gaussian mechanism."""
+    """``steps`` compositions of a Poisson-subsampled Gaussian mechanism: the one unit every
+    release is charged in, so DP-SGD rounds and Gaussian sums compose in one history."""
 
     noise_multiplier: float
     sample_rate: float
@@ -62,7 +64,8 @@ class Entry:
 
 @dataclass
 class PrivacyAccountant:
-    """History of the releases a site ran, and ε computed from all of it."""
+    """History of the releases a site ran, and ε computed from all of it (never a running
+    total, so it composes exactly across rounds and restarts)."""
 
     kind: AccountantKind = "rdp"
     history: list[Entry] = field(default_factory=list)
@@ -72,7 +75,8 @@ class PrivacyAccountant:
             raise AccountingError(f"accountant kind must be 'rdp' or 'prv', got {self.kind!r}")
 
     def record(self, noise_multiplier: float, sample_rate: float, steps: int) -> None:
-        """Append a release that has actually run (merges with an identical last entry)."""
+        """Append a release that has actually run, not one that was planned, so ε is that of the
+        steps taken (merges with an identical last entry)."""
         entry = Entry(float(noise_multiplier), float(sample_rate), int(steps))
         if self.history and (
             self.history[-1].noise_multiplier,
@@ -83,7 +87,8 @@ class PrivacyAccountant:
         self.history.append(entry)
 
     def record_gaussian_release(self, noise_multiplier: float) -> None:
-        """A sum released once with Gaussian noise of std ``noise_multiplier × sensitivity``."""
+        """A sum released once with Gaussian noise of std ``noise_multiplier × sensitivity``:
+        the statistics and metrics releases, charged as q = 1, one step."""
         self.record(noise_multiplier, 1.0, 1)
 
     def epsilon(self, delta: float) -> float:
@@ -93,12 +98,13 @@ class PrivacyAccountant:
     def epsilon_if(
         self, delta: float, noise_multiplier: float, sample_rate: float, steps: int
     ) -> float:
-        """ε at ``delta`` if ``steps`` more steps at ``(σ, q)`` also ran; records nothing."""
+        """ε at ``delta`` if ``steps`` more steps at ``(σ, q)`` also ran; records nothing, so a
+        release can be checked against a cap before it runs."""
         extra = Entry(float(noise_multiplier), float(sample_rate), int(steps))
         return epsilon_of([*self.history, extra], delta, self.kind)
 
     def to_json(self) -> str:
-        """The whole state as a JSON document (floats round-trip exactly)."""
+        """The whole state as a JSON document (floats round-trip exactly), to survive restarts."""
         return json.dumps(
             {
                 "kind": self.kind,
@@ -120,7 +126,8 @@ class PrivacyAccountant:
 
 
 def epsilon_of(history: list[Entry], delta: float, kind: AccountantKind = "rdp") -> float:
-    """ε at ``delta`` of the composition of ``history`` (Opacus RDP analysis or PRV accountant)."""
+    """ε at ``delta`` of the composition of ``history`` (Opacus RDP analysis or PRV accountant):
+    the one computation the ledger and the trainer share, so they never disagree."""
     if not (0 < delta < 1):
         raise AccountingError(f"delta must be in (0, 1), got {delta}")
     if not history:

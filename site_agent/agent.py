@@ -1,9 +1,11 @@
-"""The site agent: outbound-only loop that pulls tasks from the coordinator and answers them.
+"""The site agent: the outbound-only connection loop that pulls tasks and pushes answers.
 
-Hospitals accept no inbound connections, so the agent long-polls `PullTask` and answers with
-`PushResult`. It reconnects with capped exponential backoff; a coordinator restart shows up only as
-a log line. Every release is charged to the privacy ledger before it can leave the site (the
-ledger refuses anything over budget), and every decision is written to the site's audit log.
+Hospitals accept no inbound connections, so the agent calls out: `Hello` (its policy summary; the
+coordinator's roster and suggested long-poll wait come back), then `PullTask` long-polls and
+`PushResult` answers, forever. It reconnects with capped, jittered exponential backoff, so a
+coordinator restart shows up only as a log line, and it writes a heartbeat file for the container
+health check. What a task *means* is `site_agent.handlers`: every release is charged to the
+privacy ledger before it can leave the site, and every decision is written to the audit log.
 """
 
 from __future__ import annotations
@@ -11,38 +13,28 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import random
-import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import grpc
-import numpy as np
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from grpc import aio
 
 from federation.audit import AuditLog
+from federation.faults import Faults
 from federation.fsmodes import ensure_private_dir, write_private_file_atomic
-from federation.plan import RunPlan
-from federation.releases import MAX_SITES, MetricsLayout, Purpose, StatsLayout, UpdateLayout
 from federation.roster import ROSTER_FILE, RosterError
-from federation.tasks import PURPOSE_FROM_WIRE
 from federation.tls import TlsKit, TransportSettings, aio_secure_channel
 from federation.version import __version__
 from federation.wire.v1 import federation_pb2, federation_pb2_grpc
-from secagg.quantize import quantize
-from site_agent.accounting import Entry
 from site_agent.cache import ReleaseCache, SessionStore
 from site_agent.config import SiteConfig
-from site_agent.data import LocalDataset, load_local_data, split_fingerprint
-from site_agent.errors import TaskFailed
-from site_agent.ledger import BudgetExceeded, PrivacyLedger
-from site_agent.policy import check_plan, policy_summary
-from site_agent.releases import consortium_censoring, gaussian_noise, metrics_vector
+from site_agent.data import split_fingerprint
+from site_agent.handlers import TaskHandlers, kind_label
+from site_agent.ledger import PrivacyLedger
+from site_agent.policy import policy_summary
 from site_agent.roster import SiteRoster
 from site_agent.secagg_adapter import SecaggAdapter
 
@@ -52,19 +44,22 @@ POLL_WAIT_MS = 20_000
 MAX_BACKOFF_S = 30.0
 HEARTBEAT_FILE = "heartbeat.json"
 HEARTBEAT_INTERVAL_S = 10.0
-K = federation_pb2  # short alias for the task kinds
 
 
-@dataclass
-class RunContext:
-    plan: RunPlan
-    data: LocalDataset
+def long_poll_wait_ms(suggested_ms: int) -> int:
+    """How long this site asks the coordinator to hold a PullTask: its own POLL_WAIT_MS, lowered
+    to the coordinator's suggestion from Hello (if any). Only lowered: a coordinator (or a proxy
+    in front of it) that cuts calls sooner is respected, but none can make the site wait longer."""
+    return min(POLL_WAIT_MS, suggested_ms) if suggested_ms > 0 else POLL_WAIT_MS
 
 
 class SiteAgent:
-    """One hospital's agent. `run_forever()` until cancelled."""
+    """One hospital's agent: its state (ledger, release cache, sessions, audit log, roster), the
+    task handlers over it, and the connection loop. `run_forever()` until cancelled; `handle(task)`
+    answers one task without a connection (tests drive the agent that way)."""
 
-    def __init__(self, config: SiteConfig) -> None:
+    def __init__(self, config: SiteConfig, *, faults: Faults | None = None) -> None:
+        """`faults`: the end-to-end tests' crash points and update recorder; none in production."""
         self.config = config
         self.site_id = config.site_id
         state_dir = ensure_private_dir(config.state_dir)  # 0700: ledger, secrets, audit
@@ -98,15 +93,28 @@ class SiteAgent:
             self.audit,
             check_participant=self.roster.check_participant,
         )
-        self.runs: dict[str, RunContext] = {}
-        self._plans_path = ensure_private_dir(state_dir / "plans")
-        self.record_dir: Path | None = None  # test hook: write each quantised update here
+        self.handlers = TaskHandlers(
+            config,
+            ledger=self.ledger,
+            cache=self.cache,
+            sessions=self.sessions,
+            audit=self.audit,
+            secagg=self.secagg,
+            plans_dir=ensure_private_dir(state_dir / "plans"),
+            faults=faults if faults is not None else Faults(),
+        )
         self.heartbeat_path = state_dir / HEARTBEAT_FILE
+        self.poll_wait_ms = POLL_WAIT_MS
         self.connected = False
         self.last_task: str | None = None
 
+    def handle(self, task: federation_pb2.Task) -> federation_pb2.TaskResult:
+        """Answer one task (runs in a worker thread: training is CPU-bound); never raises."""
+        return self.handlers.handle(task)
+
     # ------------------------------------------------------------------ the loop
     async def run_forever(self) -> None:
+        """Serve the coordinator until cancelled (SIGTERM, Ctrl-C), with the heartbeat beside."""
         heartbeat = asyncio.create_task(self._heartbeat_forever())
         try:
             await self._connect_forever()
@@ -126,6 +134,7 @@ class SiteAgent:
             await asyncio.sleep(HEARTBEAT_INTERVAL_S)
 
     async def _connect_forever(self) -> None:
+        """Connect, Hello, serve; on any RPC failure wait (capped, jittered backoff) and again."""
         backoff = 1.0
         settings = TransportSettings()
         while True:
@@ -153,6 +162,8 @@ class SiteAgent:
             backoff = min(backoff * 2, MAX_BACKOFF_S)
 
     async def _hello(self, stub: federation_pb2_grpc.FederationStub) -> None:
+        """Introduce the site (version, policy summary with ε spent); take the coordinator's
+        roster (if newer and CA-signed) and its long-poll suggestion (as an upper bound)."""
         summary = policy_summary(
             self.config.policy, self.ledger.epsilon_lifetime(self.config.policy.max_delta)
         )
@@ -164,6 +175,7 @@ class SiteAgent:
             )
         )
         log.info("connected to coordinator %s", response.coordinator_id)
+        self.poll_wait_ms = long_poll_wait_ms(response.poll_wait_ms)
         self._take_roster(response.roster)
 
     def _take_roster(self, data: bytes) -> None:
@@ -182,21 +194,23 @@ class SiteAgent:
             )
 
     async def _serve(self, stub: federation_pb2_grpc.FederationStub) -> None:
+        """Pull, answer, push, forever; a result the coordinator rejects is logged, not retried
+        (it answers no outstanding task), any other RPC failure reconnects."""
         while True:
             task = await stub.PullTask(
-                federation_pb2.PullTaskRequest(site_id=self.site_id, wait_ms=POLL_WAIT_MS)
+                federation_pb2.PullTaskRequest(site_id=self.site_id, wait_ms=self.poll_wait_ms)
             )
-            if task.kind == K.TASK_KIND_IDLE or not task.task_id:
+            if task.kind == federation_pb2.TASK_KIND_IDLE or not task.task_id:
                 if task.retry_after_ms:
                     await asyncio.sleep(task.retry_after_ms / 1000)
                 continue
             started = time.monotonic()
-            self.last_task = K.TaskKind.Name(task.kind).removeprefix("TASK_KIND_").lower()
+            self.last_task = kind_label(task.kind)
             result = await asyncio.to_thread(self.handle, task)
             log.info(
                 "%s %s round %d: %s in %.3f s",
                 task.run_id,
-                K.TaskKind.Name(task.kind).removeprefix("TASK_KIND_").lower(),
+                self.last_task,
                 task.round,
                 "refused" if result.HasField("error") else "done",
                 time.monotonic() - started,
@@ -211,299 +225,3 @@ class SiteAgent:
                     log.warning("coordinator rejected our result: %s", exc.details())
                     continue
                 raise
-
-    # ------------------------------------------------------------------ dispatch
-    def handle(self, task: federation_pb2.Task) -> federation_pb2.TaskResult:
-        """Answer one task (runs in a worker thread: training is CPU-bound)."""
-        _crash_if_asked(task)
-        result = federation_pb2.TaskResult(task_id=task.task_id, kind=task.kind)
-        try:
-            payload = self._dispatch(task)
-            result.payload = payload
-        except TaskFailed as exc:
-            result.error.code = exc.code  # type: ignore[assignment]
-            result.error.message = exc.message
-            if not exc.audited:
-                self.audit.append(
-                    self.site_id,
-                    "task_refused",
-                    {
-                        "run_id": task.run_id,
-                        "kind": K.TaskKind.Name(task.kind),
-                        "reason": exc.message,
-                    },
-                )
-        except Exception as exc:  # never let one bad task kill the agent
-            log.exception("task %s failed", K.TaskKind.Name(task.kind))
-            result.error.code = K.TASK_ERROR_INTERNAL
-            result.error.message = f"{type(exc).__name__}: {exc}"[:500]
-        run = self.runs.get(task.run_id)
-        if run is not None:
-            delta = run.plan.privacy.delta
-            result.privacy.epsilon_spent_run = self.ledger.epsilon_run(task.run_id, delta)
-            result.privacy.epsilon_spent_lifetime = self.ledger.epsilon_lifetime(delta)
-            result.privacy.delta = delta
-        return result
-
-    def _dispatch(self, task: federation_pb2.Task) -> bytes:
-        kind = task.kind
-        if kind == K.TASK_KIND_PLAN_OFFER:
-            self._plan_offer(task)
-            return b""
-        if kind == K.TASK_KIND_RUN_FINISHED:
-            self.audit.append(
-                self.site_id,
-                "run_finished",
-                {
-                    "run_id": task.run_id,
-                    "state": K.RunState.Name(task.run_finished.state),
-                    "message": task.run_finished.message,
-                },
-            )
-            self.sessions.drop_run(task.run_id)
-            forgotten = self.cache.forget_vectors(task.run_id)
-            if forgotten:
-                self.audit.append(
-                    self.site_id,
-                    "releases_deleted",
-                    {"run_id": task.run_id, "releases": forgotten},
-                )
-            return b""
-        run = self._run(task.run_id)
-        if kind == K.TASK_KIND_FEDERATED_STATS:
-            self._federated_stats(task, run)
-        elif kind == K.TASK_KIND_TRAIN:
-            self._train(task, run)
-        elif kind == K.TASK_KIND_EVALUATE:
-            self._evaluate(task, run)
-        elif task.HasField("secagg"):
-            return self.secagg.handle(task, run.plan)
-        else:
-            raise TaskFailed(K.TASK_ERROR_INVALID_TASK, f"unknown task kind {kind}")
-        return b""
-
-    def _run(self, run_id: str) -> RunContext:
-        run = self.runs.get(run_id)
-        if run is not None:
-            return run
-        saved = self._plans_path / f"{run_id}.json"
-        if not saved.exists():
-            raise TaskFailed(K.TASK_ERROR_INVALID_TASK, f"this site never accepted run {run_id}")
-        plan = RunPlan.model_validate_json(saved.read_text())
-        run = RunContext(plan, load_local_data(self.config.data, plan.feature_schema))
-        self.runs[run_id] = run
-        return run
-
-    # ------------------------------------------------------------------ tasks
-    def _plan_offer(self, task: federation_pb2.Task) -> None:
-        text = task.plan_offer.plan_json
-        try:
-            plan = RunPlan.model_validate_json(text)
-        except ValueError as exc:
-            raise TaskFailed(K.TASK_ERROR_INVALID_TASK, f"malformed plan: {exc}"[:400]) from None
-        self.audit.append(
-            self.site_id, "plan_seen", {"run_id": task.run_id, "plan_sha256": plan.sha256()}
-        )
-        try:
-            data = load_local_data(self.config.data, plan.feature_schema)
-        except ValueError as exc:
-            raise TaskFailed(K.TASK_ERROR_DATA, str(exc)) from None
-        cohort = int((~data.holdout).sum())
-        spent = self.ledger.epsilon_lifetime(self.config.policy.max_delta)
-        reason = check_plan(plan, self.config.policy, cohort, spent)
-        if reason is not None:
-            raise TaskFailed(K.TASK_ERROR_POLICY_REFUSED, reason)
-        self.runs[task.run_id] = RunContext(plan, data)
-        write_private_file_atomic(
-            self._plans_path / f"{task.run_id}.json", plan.model_dump_json().encode()
-        )
-        self.audit.append(
-            self.site_id,
-            "plan_accepted",
-            {
-                "run_id": task.run_id,
-                "plan_sha256": plan.sha256(),
-                "rows": data.n_rows,
-                "excluded": data.excluded,
-                "training_rows": cohort,
-            },
-        )
-
-    def _charge(
-        self,
-        task: federation_pb2.Task,
-        run: RunContext,
-        purpose: Purpose,
-        partition: Literal["train", "holdout"],
-        sigma: float,
-        q: float,
-        steps: int,
-    ) -> None:
-        privacy = run.plan.privacy
-        try:
-            charge = self.ledger.charge(
-                run_id=task.run_id,
-                purpose=purpose.value,
-                round=task.round,
-                attempt=task.attempt,
-                partition=partition,
-                noise_multiplier=sigma,
-                sample_rate=q,
-                steps=steps,
-                delta=privacy.delta,
-                run_epsilon_cap=min(privacy.epsilon, self.config.policy.max_epsilon_per_run),
-                lifetime_epsilon_cap=self.config.policy.lifetime_epsilon,
-            )
-        except BudgetExceeded as exc:
-            raise TaskFailed(K.TASK_ERROR_BUDGET_EXHAUSTED, str(exc)) from None
-        self.audit.append(
-            self.site_id,
-            "release_charged",
-            {
-                "run_id": task.run_id,
-                "purpose": purpose.value,
-                "round": task.round,
-                "attempt": task.attempt,
-                "partition": partition,
-                "noise_multiplier": sigma,
-                "sample_rate": q,
-                "steps": steps,
-                "epsilon_run": charge.epsilon_run,
-                "epsilon_lifetime": charge.epsilon_lifetime,
-            },
-        )
-
-    def _federated_stats(self, task: federation_pb2.Task, run: RunContext) -> None:
-        if self.cache.reusable(task.run_id, Purpose.STATS.value, task.round):
-            return
-        from federation.releases import stats_vector
-
-        plan = run.plan
-        raw, time_, event = run.data.split(holdout=False)
-        events, at_risk = plan.time_grid.interval_counts(time_, event)
-        layout = StatsLayout.for_schema(plan.feature_schema, plan.time_grid.n_intervals)
-        sigma = plan.privacy.stats_noise_multiplier
-        self._charge(task, run, Purpose.STATS, "train", sigma, 1.0, 1)
-        values = stats_vector(raw, events, at_risk, plan.feature_schema)
-        values = values + gaussian_noise(values.size, sigma * layout.sensitivity)
-        self.cache.put(
-            task.run_id,
-            Purpose.STATS.value,
-            task.round,
-            quantize(values, layout.quantization(MAX_SITES)),
-            {"attempt": task.attempt},
-        )
-
-    def _train(self, task: federation_pb2.Task, run: RunContext) -> None:
-        if self.cache.reusable(task.run_id, Purpose.UPDATE.value, task.round):
-            return
-        from site_agent.training import train_update
-
-        plan = run.plan
-        global_vector = _vector(task.train.global_vector)
-        trained = train_update(
-            plan,
-            run.data,
-            global_vector,
-            list(task.train.standardisation.mean),
-            list(task.train.standardisation.scale),
-            prior=self._stats_entries(task.run_id),
-            charge=lambda s, q, n: self._charge(task, run, Purpose.UPDATE, "train", s, q, n),
-        )
-        s = plan.secagg
-        layout = UpdateLayout(global_vector.size, s.clip_norm, s.coord_bound, s.scale_bits)
-        quantised = quantize(trained, layout.quantization(MAX_SITES))
-        self.cache.put(
-            task.run_id, Purpose.UPDATE.value, task.round, quantised, {"attempt": task.attempt}
-        )
-        if self.record_dir is not None:
-            np.save(self.record_dir / f"{self.site_id}-{task.run_id}-r{task.round}.npy", quantised)
-
-    def _stats_entries(self, run_id: str) -> list[Entry]:
-        """The run's statistics releases on the training partition: the fixed prior that σ is
-        calibrated against (earlier training rounds are part of the plan σ covers, not prior)."""
-        return [
-            Entry(r["noise_multiplier"], r["sample_rate"], r["steps"])
-            for r in self.ledger.releases(run_id)
-            if r["purpose"] == Purpose.STATS.value and r["partition"] == "train"
-        ]
-
-    def _evaluate(self, task: federation_pb2.Task, run: RunContext) -> None:
-        if self.cache.reusable(task.run_id, Purpose.METRICS.value, task.round):
-            return
-        from site_agent.training import predict
-
-        plan = run.plan
-        raw, time_, event = run.data.split(holdout=True)
-        if time_.size < 2:
-            raise TaskFailed(K.TASK_ERROR_DATA, "the held-out split has fewer than 2 patients")
-        surv, risk = predict(
-            plan,
-            _vector(task.evaluate.global_vector),
-            raw,
-            list(task.evaluate.standardisation.mean),
-            list(task.evaluate.standardisation.scale),
-        )
-        layout = MetricsLayout()
-        censoring = consortium_censoring(
-            plan.time_grid, np.asarray(task.evaluate.events), np.asarray(task.evaluate.at_risk)
-        )
-        values = metrics_vector(
-            time_,
-            event,
-            risk,
-            surv,
-            plan.time_grid,
-            censoring,
-            layout,
-            tie_key=f"{self.site_id}|{task.run_id}".encode(),
-        )
-        sigma = plan.privacy.metrics_noise_multiplier
-        self._charge(task, run, Purpose.METRICS, "holdout", sigma, 1.0, 1)
-        values = layout.encode(values) + gaussian_noise(values.size, sigma * layout.sensitivity)
-        self.cache.put(
-            task.run_id,
-            Purpose.METRICS.value,
-            task.round,
-            quantize(values, layout.quantization(MAX_SITES)),
-            {"attempt": task.attempt},
-        )
-
-
-CRASH_ENV = "CONCORDIA_TEST_CRASH_AT"
-
-
-def _crash_if_asked(task: federation_pb2.Task) -> None:
-    """Fault injection for the end-to-end tests: SIGKILL this process on receiving a task.
-
-    CONCORDIA_TEST_CRASH_AT="kind:purpose:round,…" (kind as in the wire enum without TASK_KIND_,
-    lower case; purpose stats|update|metrics or * ). Unset in production: it does nothing.
-    """
-    spec = os.environ.get(CRASH_ENV)
-    if not spec:
-        return
-    kind = K.TaskKind.Name(task.kind).removeprefix("TASK_KIND_").lower()
-    purpose = PURPOSE_FROM_WIRE.get(task.secagg.purpose) if task.HasField("secagg") else None
-    for item in spec.split(","):
-        want_kind, want_purpose, want_round = item.strip().split(":")
-        if (
-            want_kind == kind
-            and int(want_round) == task.round
-            and want_purpose
-            in (
-                "*",
-                purpose.value if purpose else "*",
-            )
-        ):
-            log.warning("test fault injection: SIGKILL at %s round %d", kind, task.round)
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _vector(message: federation_pb2.GlobalVector) -> np.ndarray:
-    data = message.float32_le
-    if len(data) != 4 * message.length:
-        raise TaskFailed(K.TASK_ERROR_INVALID_TASK, "global vector length does not match its bytes")
-    vector = np.frombuffer(data, dtype="<f4").astype(np.float32)
-    if not np.all(np.isfinite(vector)):
-        raise TaskFailed(K.TASK_ERROR_INVALID_TASK, "global vector contains NaN or inf")
-    return vector

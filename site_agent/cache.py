@@ -116,6 +116,8 @@ class ReleaseCache(SqliteComponent):
             )
 
     def get(self, run_id: str, purpose: str, round: int) -> CachedRelease | None:
+        """The prepared release of a step with its binding, or None: what the MaskedInput stage
+        masks, and what the retry rule reads."""
         with self._reading() as conn:
             row = conn.execute(
                 "SELECT vector, meta, unmasked, session, sha256 FROM release_cache"
@@ -172,12 +174,14 @@ class ReleaseCache(SqliteComponent):
             )
 
     def reusable(self, run_id: str, purpose: str, round: int) -> bool:
-        """True if a release is cached for the key and was never masked in any session."""
+        """True if a release is cached for the key and was never masked in any session: only
+        then may a retried step reuse it at no new charge (a masked one would be in two sums)."""
         cached = self.get(run_id, purpose, round)
         return cached is not None and cached.vector is not None and cached.session is None
 
     def forget_vectors(self, run_id: str) -> int:
-        """Delete the run's release vectors (the run ended); keep hashes and bindings."""
+        """Delete the run's release vectors (the run ended: patient-derived values are not kept
+        past their use); keep hashes and bindings for the retry rule and the DPO."""
         with self._transaction() as conn:
             cursor = conn.execute(
                 "UPDATE release_cache SET vector = x'' WHERE run_id = ? AND length(vector) > 0",
@@ -187,12 +191,15 @@ class ReleaseCache(SqliteComponent):
 
 
 class SessionStore(SqliteComponent):
-    """Serialised secagg ClientSession bytes per (run_id, purpose, round, attempt)."""
+    """Serialised secagg ClientSession bytes per (run_id, purpose, round, attempt), so a
+    restarted agent resumes its sessions, and the log of every session key ever advertised."""
 
     def __init__(self, conn_or_path: sqlite3.Connection | str | Path) -> None:
         super().__init__(conn_or_path, _SESSION_SCHEMA)
 
     def save(self, key: SessionKey, data: bytes) -> None:
+        """Persist a session's client state after every stage, so a restarted agent answers the
+        next stage with the same keys instead of starting (and advertising) anew."""
         run_id, purpose, round, attempt = key
         with self._transaction() as conn:
             conn.execute(
@@ -203,6 +210,7 @@ class SessionStore(SqliteComponent):
             )
 
     def load(self, key: SessionKey) -> bytes | None:
+        """A session's saved client state, or None if this site never joined that session."""
         run_id, purpose, round, attempt = key
         with self._reading() as conn:
             row = conn.execute(

@@ -52,18 +52,22 @@ class LocalDataset:
 
     @property
     def n_valid(self) -> int:
+        """Rows that passed every check (the two partitions together)."""
         return int(self.time.size)
 
     @property
     def n_train(self) -> int:
+        """Training rows: the cohort size the policy's `min_cohort_size` is checked against."""
         return int((~self.holdout).sum())
 
     @property
     def n_holdout(self) -> int:
+        """Held-out rows, used only for the metrics release."""
         return int(self.holdout.sum())
 
     def split(self, holdout: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(raw, time, event) of the held-out rows (True) or the training rows (False)."""
+        """(raw, time, event) of the held-out rows (True) or the training rows (False): the only
+        way the handlers read rows, so a release never mixes the two partitions."""
         mask = self.holdout if holdout else ~self.holdout
         return self.raw[mask], self.time[mask], self.event[mask]
 
@@ -87,7 +91,8 @@ def split_fingerprint(config: DataConfig) -> str:
 
 
 def holdout_score(salt: str, key: bytes) -> float:
-    """HMAC-SHA256(salt, key) mapped to a uniform number in [0, 1)."""
+    """HMAC-SHA256(salt, key) mapped to a uniform number in [0, 1): keyed, so the partition is
+    fixed per patient yet unpredictable to anyone without the site's salt."""
     digest = hmac.new(salt.encode(), _SPLIT_DOMAIN + key, hashlib.sha256).digest()
     return int.from_bytes(digest[:8], "big") / 2.0**64
 

@@ -64,7 +64,8 @@ class BudgetExceeded(Exception):
 
 
 class SplitChanged(Exception):
-    """The held-out split differs from the one the recorded releases were computed on."""
+    """The held-out split differs from the one the recorded releases were computed on (mixing
+    splits would put a patient in both partitions and void parallel composition)."""
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,8 @@ def open_state_db(path: str | Path) -> sqlite3.Connection:
 
 
 class SqliteComponent:
-    """Shared plumbing: own or borrow a connection, serialise threads, IMMEDIATE transactions."""
+    """Shared plumbing: own or borrow a connection, serialise threads, IMMEDIATE transactions,
+    so the ledger, release cache and session store share one file and one locking rule."""
 
     def __init__(self, conn_or_path: sqlite3.Connection | str | Path, schema: tuple[str, ...]):
         self._lock = threading.RLock()
@@ -159,7 +161,8 @@ class PrivacyLedger(SqliteComponent):
 
     # ------------------------------------------------------------------ the split
     def check_split(self, fingerprint: str) -> None:
-        """Record the split fingerprint, or raise SplitChanged if releases used another one."""
+        """Record the split fingerprint, or raise SplitChanged if releases used another one; a new
+        split is allowed only while nothing was released under the old one."""
         if not fingerprint:
             raise ValueError("split fingerprint must be non-empty")
         with self._transaction() as conn:
@@ -267,11 +270,12 @@ class PrivacyLedger(SqliteComponent):
         return [(p, Entry(s, q, n)) for p, s, q, n in rows]
 
     def epsilon_run(self, run_id: str, delta: float) -> float:
-        """ε this run has spent (max over the two partitions)."""
+        """ε this run has spent (max over the two partitions), as every task result reports it."""
         return _max_epsilon(self._entries(run_id), delta, self._kind)
 
     def epsilon_lifetime(self, delta: float) -> float:
-        """ε the site has spent over all runs ever (max over the two partitions)."""
+        """ε the site has spent over all runs ever (max over the two partitions): what Hello and
+        the policy's lifetime check use."""
         return _max_epsilon(self._entries(None), delta, self._kind)
 
     def history(self, run_id: str | None = None, partition: str | None = None) -> list[Entry]:

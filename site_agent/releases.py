@@ -59,7 +59,7 @@ def metrics_vector(
     by 2·window under any ties.
     """
     n = time.shape[0]
-    order = np.lexsort((_tie_break(n, tie_key), time))
+    order = np.lexsort((_tie_break(event, risk, tie_key), time))
     t_sorted, e_sorted, r_sorted = time[order], event[order], risk[order]
     partners = np.arange(n)[:, None] + np.arange(1, layout.window + 1)[None, :]
     in_range = partners < n
@@ -85,8 +85,27 @@ def metrics_vector(
     )
 
 
-def _tie_break(n: int, key: bytes) -> np.ndarray:
-    """A keyed, data-independent order among equal times (so ties do not leak row order)."""
-    digest = hashlib.sha256(key).digest()
-    rng = np.random.Generator(np.random.PCG64(int.from_bytes(digest, "little")))
-    return rng.permutation(n)
+def _tie_break(event: np.ndarray, risk: np.ndarray, key: bytes) -> np.ndarray:
+    """Each patient's place among patients with the same time: a keyed hash of its own risk and
+    event, never of its row number or of the cohort size.
+
+    Why: the sensitivity argument of `MetricsLayout` needs adding or removing one patient to only
+    insert or remove that patient in the sort order. An order drawn per row (a permutation of
+    range(n)) reshuffles every tie when n changes, which moved the windowed pair counts by up to
+    1.8 × 2·window (tests/unit/site_agent/test_metrics_sensitivity.py). Patients equal in time,
+    risk and event are interchangeable in the counts, so their relative order does not matter;
+    and the order leaks nothing of the CSV's row order.
+    """
+    seed = np.uint64(int.from_bytes(hashlib.sha256(key).digest()[:8], "little"))
+    bits = np.ascontiguousarray(risk, dtype=np.float64).view(np.uint64)
+    with np.errstate(over="ignore"):
+        mixed = _mix64(_mix64(bits ^ seed) ^ np.asarray(event, dtype=np.uint64))
+    return mixed
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser: a bijective mix of 64-bit words (wraps mod 2^64)."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    result: np.ndarray = x ^ (x >> np.uint64(31))
+    return result

@@ -14,36 +14,20 @@ is trusted exactly as much as a relayed one: it too must verify with the CA.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from cryptography import x509
 
+from federation.fsmodes import write_file_atomic
 from federation.identity import Identity, IdentityError, load_certificate
 from federation.roster import ROSTER_FILE, Roster, RosterError, load_signed_roster
 
 STATE_MODE = 0o600
 
 
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Replace `path` so a crash leaves the old or the new roster, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def describe_change(old: Roster, new: Roster) -> str:
-    """One line: what changed between two rosters, e.g. `v2 -> v3: revoked site b (left)`."""
+    """One line: what changed between two rosters, e.g. `v2 -> v3: revoked site b (left)`, for
+    the log and the `roster_updated` audit entry."""
     before = {(e.kind, e.name): e for e in old.issued}
     after = {(e.kind, e.name): e for e in new.issued}
     reasons = {r.fingerprint: r.reason for r in new.revoked}
@@ -88,10 +72,12 @@ class SiteRoster:
 
     @property
     def roster(self) -> Roster:
+        """The newest valid roster this site has seen: the one participants are checked against."""
         return self._roster
 
     @property
     def version(self) -> int:
+        """Its version: only a higher one from the coordinator replaces it (no rollback)."""
         return self._roster.version
 
     def offer(self, data: bytes) -> str | None:
@@ -110,12 +96,13 @@ class SiteRoster:
             )
         if offered.version <= self._roster.version:
             return None
-        _write_atomic(self.state_path, data, STATE_MODE)
+        write_file_atomic(self.state_path, data, STATE_MODE)
         previous, self._roster = self._roster, offered
         return describe_change(previous, offered)
 
     def check_participant(self, site_name: str, certificate_pem: str) -> None:
-        """Raise RosterError unless `certificate_pem` is `site_name`'s active roster certificate."""
+        """Raise RosterError unless `certificate_pem` is `site_name`'s active roster certificate:
+        a CA-signed certificate that was superseded or revoked is refused too."""
         try:
             identity = Identity("site", site_name)
             certificate = load_certificate(certificate_pem)

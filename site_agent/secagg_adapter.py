@@ -43,7 +43,8 @@ ParticipantCheck = Callable[[str, str], None]
 
 @dataclass(frozen=True)
 class Participant:
-    """A session participant as this site verified it."""
+    """A session participant as this site verified it (CA, roster, distinct), the only form in
+    which participants reach the session code."""
 
     ident: int
     site: str
@@ -51,7 +52,8 @@ class Participant:
 
 
 class SecaggAdapter:
-    """Answers the five secure-aggregation task kinds for one site."""
+    """Answers the five secure-aggregation task kinds for one site, deriving every session
+    parameter itself from the accepted plan (site sovereignty, module docstring)."""
 
     def __init__(
         self,

@@ -34,7 +34,8 @@ class SessionRefused(Exception):
 
 
 def check_step(plan: RunPlan, step: SessionKey) -> None:
-    """The round and attempt a plan can have for this purpose."""
+    """The round and attempt a plan can have for this purpose: any other session is refused, so
+    the sessions (and retries) a coordinator can open are bounded by the plan."""
     rounds = plan.training.rounds
     if step.purpose is Purpose.STATS and step.round != 0:
         raise SessionRefused(f"a statistics session is in round 0, not round {step.round}")
@@ -92,7 +93,8 @@ def expected_config(
 
 
 def check_offered(expected: SessionConfig, offered: SessionConfig) -> None:
-    """Refuse an offered config that differs in any field from the derived one."""
+    """Refuse an offered config that differs in any field from the derived one, naming each
+    field, so the operator sees what the coordinator changed."""
     if offered.to_bytes() == expected.to_bytes():
         return
     differences = []

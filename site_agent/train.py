@@ -1,14 +1,17 @@
-"""Local training at a site: DP-SGD with Opacus (or a plain loop for non-private baselines).
+"""Local training at a site: the DP-SGD trainer (Opacus) and one run's training across rounds.
 
-One :class:`LocalTrainer` serves one run. The noise multiplier is calibrated once, at
-construction, for the *whole plan* (rounds × local epochs × steps per epoch at sample rate q), so
-every round runs at the same σ and the plan's ε meets the site's target. Each round returns the
-model delta (new − global) as a flat float32 vector and records what actually ran into the
-persistent :class:`PrivacyAccountant`, which the caller saves between rounds and restarts.
+- :class:`LocalTrainer` trains on rows it is given, one round at a time (Poisson sampling,
+  per-sample clipping, Gaussian noise). σ is calibrated once, at construction, for the whole plan
+  (rounds × local epochs × steps per epoch at rate q, after any ``prior`` releases), so every round
+  runs at the same σ and the plan's ε meets the target. A round returns the delta (new − global)
+  as flat float32 and records what ran in a :class:`PrivacyAccountant`.
+- :class:`RunTraining` is one run of a plan at this site: training rows prepared once, one
+  ``LocalTrainer`` whose σ covers the plan's rounds plus a spare one for a retried round, after the
+  run's statistics release; each round is charged to the ledger before its first step. The site
+  keeps it in the run's context, so σ is calibrated once per run, not every round.
 
-Sampling: Opacus's Poisson sampler draws each patient independently with
-``q = 1 / ceil(n / batch_size)`` (= ``batch_size / n`` when it divides), and an epoch is
-``ceil(n / batch_size)`` steps.
+Opacus's Poisson sampler draws each patient independently with ``q = 1 / ceil(n / batch_size)``
+(= ``batch_size / n`` when it divides), and an epoch is ``ceil(n / batch_size)`` steps.
 """
 
 from __future__ import annotations
@@ -16,19 +19,29 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 from opacus import PrivacyEngine
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from site_agent.accounting import PrivacyAccountant, calibrate_noise_multiplier
+from site_agent.accounting import Entry, PrivacyAccountant, calibrate_noise_multiplier
+from site_agent.model import standardise
+from site_agent.opacus_adapters import BatchTensors, PerPatientNLL, passthrough
 from survival.loss import nll_per_patient
 from survival.models import ModelSpec, build_model, flat_parameters, load_flat_parameters
+
+if TYPE_CHECKING:
+    from federation.plan import RunPlan
+    from site_agent.data import LocalDataset
+
+RETRY_RESERVE_ROUNDS = 1
+"""Training rounds σ covers beyond the plan's, so that an honestly retried round still fits."""
 
 
 class TrainingError(ValueError):
@@ -70,39 +83,6 @@ class RoundUpdate:
     seconds: float
 
 
-class _PerPatientNLL:
-    """The per-patient loss as an Opacus criterion (ghost clipping asks it for ``reduction``)."""
-
-    def __init__(self) -> None:
-        self.reduction = "mean"
-
-    def __call__(self, logits: torch.Tensor, interval: torch.Tensor, event: torch.Tensor) -> Any:
-        per_patient = nll_per_patient(logits, interval, event)
-        return per_patient if self.reduction == "none" else per_patient.mean()
-
-
-class _BatchTensors(Dataset[tuple[torch.Tensor, ...]]):
-    """Tensors indexed a whole batch at a time (``__getitems__``): no per-row Python loop."""
-
-    def __init__(self, *tensors: torch.Tensor) -> None:
-        self.tensors = tensors
-
-    def __len__(self) -> int:
-        return int(self.tensors[0].shape[0])
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
-        return tuple(t[index] for t in self.tensors)
-
-    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, ...]:
-        idx = torch.as_tensor(indices, dtype=torch.long)
-        return tuple(t[idx] for t in self.tensors)
-
-
-def _passthrough(batch: Any) -> Any:
-    """Collate for :class:`_BatchTensors`: the batch is already stacked."""
-    return batch
-
-
 def _require_secure_rng() -> None:
     """Opacus's secure_mode draws noise and samples from torchcsprng, which must be importable."""
     try:
@@ -116,7 +96,11 @@ def _require_secure_rng() -> None:
 
 
 class LocalTrainer:
-    """Trains the plan's model on one site's rows, one federated round at a time."""
+    """Trains the plan's model on one site's rows, one federated round at a time.
+
+    σ is a property of the whole plan, not of a round, so one trainer serves every round of a
+    plan: it calibrates σ once and records each round that actually ran.
+    """
 
     def __init__(
         self,
@@ -127,7 +111,9 @@ class LocalTrainer:
         n_samples: int,
         accountant: PrivacyAccountant | None = None,
         seed: int | None = None,
+        prior: Sequence[Entry] = (),
     ) -> None:
+        """``prior``: releases already charged on the same rows that σ must leave room for."""
         if n_features < 1 or n_intervals < 1:
             raise TrainingError(
                 f"need n_features, n_intervals >= 1, got {n_features}, {n_intervals}"
@@ -166,14 +152,23 @@ class LocalTrainer:
                 self.sample_rate,
                 self.plan_steps,
                 config.accountant,
+                prior=list(prior),
             )
         self._generator = torch.Generator()
+        self.reseed(seed)
+        self.model: nn.Module = build_model(spec, n_features, n_intervals)
+        self.n_parameters = int(flat_parameters(self.model).shape[0])
+
+    def reseed(self, seed: int | None = None) -> None:
+        """Seed the sampling and noise generator: 64 fresh OS-random bits, or ``seed`` (tests).
+
+        A run's trainer lives across rounds; reseeding each round keeps every round's draws as
+        independent of the previous ones as a freshly built trainer's were.
+        """
         if seed is None:
             self._generator.seed()
         else:
             self._generator.manual_seed(seed)
-        self.model: nn.Module = build_model(spec, n_features, n_intervals)
-        self.n_parameters = int(flat_parameters(self.model).shape[0])
 
     def train_round(
         self, global_params: np.ndarray, x: np.ndarray, interval: np.ndarray, event: np.ndarray
@@ -226,12 +221,12 @@ class LocalTrainer:
             warnings.filterwarnings("ignore", message="Secure RNG turned off")
             engine = PrivacyEngine(accountant=self.config.accountant, secure_mode=secure)
         loader = DataLoader(
-            _BatchTensors(*tensors),
+            BatchTensors(*tensors),
             batch_size=self.config.batch_size,
-            collate_fn=_passthrough,
+            collate_fn=passthrough,
             generator=None if secure else self._generator,
         )
-        criterion = _PerPatientNLL()
+        criterion = PerPatientNLL()
         private = engine.make_private(
             module=model,
             optimizer=optimizer,
@@ -320,3 +315,86 @@ class LocalTrainer:
             torch.as_tensor(interval, dtype=torch.long),
             torch.as_tensor(event, dtype=torch.float32),
         )
+
+
+# ---------------------------------------------------------------------- one run of a plan
+
+
+def plan_trainer_config(plan: RunPlan, n_samples: int) -> TrainerConfig:
+    """The trainer settings a plan implies at a site of ``n_samples`` training rows; σ covers the
+    plan's rounds plus ``RETRY_RESERVE_ROUNDS`` (the ledger refuses anything beyond either way)."""
+    training = plan.training
+    return TrainerConfig(
+        rounds=training.rounds + RETRY_RESERVE_ROUNDS,
+        local_epochs=training.local_epochs,
+        batch_size=min(training.batch_size, n_samples),
+        learning_rate=training.learning_rate,
+        optimizer=training.optimizer,
+        max_grad_norm=training.max_grad_norm,
+        target_epsilon=plan.privacy.epsilon,
+        target_delta=plan.privacy.delta,
+        accountant=plan.privacy.accountant,
+    )
+
+
+Charge = Callable[[float, float, int], None]
+"""``charge(σ, q, steps)``: records the release in the ledger, or raises to refuse it."""
+
+
+class RunTraining:
+    """One run's local DP-SGD at this site: rows prepared and σ calibrated once, reused each round.
+
+    σ depends only on the plan, the training cohort and the run's statistics releases charged
+    before training (``prior``), so it is fixed for the run; the site rebuilds this object only if
+    that prior changes (``prior`` is compared by the caller), which keeps σ exactly what a fresh
+    calibration over the same inputs gives.
+    """
+
+    def __init__(self, plan: RunPlan, data: LocalDataset, prior: Sequence[Entry] = ()) -> None:
+        raw, time_, event = data.split(holdout=False)
+        if time_.size < 2:
+            raise TrainingError("the training split has fewer than 2 patients")
+        self.prior = tuple(prior)
+        self._raw = raw
+        self._interval, self._event = plan.time_grid.discretize(time_, event)
+        self.trainer = LocalTrainer(
+            plan.model,
+            plan.feature_schema.n_encoded,
+            plan.time_grid.n_intervals,
+            plan_trainer_config(plan, time_.size),
+            time_.size,
+            prior=self.prior,
+        )
+        self.steps_per_round = self.trainer.steps_per_round  # local_epochs × steps per epoch
+
+    @property
+    def noise_multiplier(self) -> float:
+        """σ of every round of this run."""
+        return self.trainer.noise_multiplier
+
+    @property
+    def sample_rate(self) -> float:
+        """Poisson sampling rate q of every step."""
+        return self.trainer.sample_rate
+
+    def train_round(
+        self,
+        global_vector: np.ndarray,
+        means: Sequence[float],
+        scales: Sequence[float],
+        charge: Charge,
+        seed: int | None = None,
+    ) -> np.ndarray:
+        """One round of local DP-SGD from the global vector; returns the flat float32 delta.
+
+        ``charge(σ, q, steps)`` is called before the first gradient step and must raise to refuse;
+        ``seed`` fixes the round's sampling and noise (tests only).
+        """
+        x = standardise(self._raw, means, scales)
+        steps = self.steps_per_round
+        charge(self.noise_multiplier, self.sample_rate, steps)
+        self.trainer.reseed(seed)
+        update = self.trainer.train_round(global_vector, x, self._interval, self._event)
+        if update.steps != steps:  # cannot happen with Opacus's Poisson loader; never under-count
+            raise TrainingError(f"ran {update.steps} DP-SGD steps but charged {steps}")
+        return update.delta

@@ -162,6 +162,7 @@ class CheatingCoordinator:
                 ).astype("<f4")
                 task.train.global_vector.float32_le = vector.tobytes()
                 task.train.global_vector.length = vector.size
+                task.train.standardisation.features.extend(schema.encoded_names())
                 task.train.standardisation.mean.extend([0.0] * schema.n_encoded)
                 task.train.standardisation.scale.extend([1.0] * schema.n_encoded)
             result = self.send(site, task)

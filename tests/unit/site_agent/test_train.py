@@ -15,7 +15,7 @@ from dp_accounting.rdp import RdpAccountant
 from opacus.grad_sample import GradSampleModuleFastGradientClipping
 from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
 
-import site_agent.train as train_module
+import site_agent.opacus_adapters as adapters
 from site_agent.accounting import RDP_ORDERS, Entry, PrivacyAccountant, epsilon_of
 from site_agent.train import LocalTrainer, TrainerConfig, TrainingError
 from survival.loss import nll_per_patient
@@ -192,7 +192,7 @@ def test_ghost_mode_applies_the_sum_of_clipped_per_sample_gradients(
     trainer = LocalTrainer(SPEC, P, K, cfg, N, seed=0)
     trainer.noise_multiplier = 0.0
     batches: list[tuple[torch.Tensor, ...]] = []
-    original_getitems = train_module._BatchTensors.__getitems__
+    original_getitems = adapters.BatchTensors.__getitems__
 
     def getitems(self: Any, indices: list[int]) -> tuple[torch.Tensor, ...]:
         batch = original_getitems(self, indices)
@@ -234,7 +234,7 @@ def test_ghost_mode_applies_the_sum_of_clipped_per_sample_gradients(
         checks["steps"] += 1
         original_accumulate(opt)
 
-    monkeypatch.setattr(train_module._BatchTensors, "__getitems__", getitems)
+    monkeypatch.setattr(adapters.BatchTensors, "__getitems__", getitems)
     monkeypatch.setattr(
         GradSampleModuleFastGradientClipping, "get_clipping_coef", get_clipping_coef
     )

@@ -1,0 +1,394 @@
+"""How the site answers each task: the plan offer, its three local releases, and the end of a run.
+
+`TaskHandlers.handle` is the one entry point (the connection loop in `site_agent.agent` calls it
+in a worker thread; the adversarial harness calls it directly). The rules it keeps:
+
+- A run exists here only once its plan was accepted under the local policy; the plan is kept
+  (hash-pinned) in `state_dir/plans`, and every later task of the run is checked against it
+  (`site_agent.verify`), never against what the coordinator says.
+- Every release (statistics, model update, metrics) is charged to the privacy ledger *before* it
+  is computed for release; the ledger refuses anything over a cap, and nothing is cached to mask.
+- A prepared release that was never masked is reused by a retried step at no new charge
+  (`ReleaseCache.reusable`); a masked one never is (`site_agent.cache`).
+- Every refusal is a task error with a reason and an audit entry; nothing leaves the site but
+  through the secure-aggregation adapter (`site_agent.secagg_adapter`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from federation.audit import AuditLog
+from federation.faults import Faults
+from federation.fsmodes import write_private_file_atomic
+from federation.plan import RunPlan
+from federation.releases import (
+    MAX_SITES,
+    MetricsLayout,
+    Purpose,
+    StatsLayout,
+    UpdateLayout,
+    stats_vector,
+)
+from federation.tasks import PURPOSE_FROM_WIRE, TaskKind, task_kind_from_wire
+from federation.vectors import Float32Array, vector_sha256
+from federation.wire.v1 import federation_pb2
+from secagg.quantize import quantize
+from site_agent import verify
+from site_agent.accounting import Entry
+from site_agent.cache import ReleaseCache, SessionStore
+from site_agent.config import SiteConfig
+from site_agent.data import LocalDataset, load_local_data
+from site_agent.errors import TaskFailed
+from site_agent.ledger import BudgetExceeded, PrivacyLedger
+from site_agent.model import predict
+from site_agent.policy import check_plan
+from site_agent.releases import consortium_censoring, gaussian_noise, metrics_vector
+from site_agent.secagg_adapter import SecaggAdapter
+from site_agent.train import RunTraining
+
+log = logging.getLogger("concordia.site")
+K = federation_pb2
+
+
+@dataclass
+class RunContext:
+    """What the site holds in memory for one accepted run, rebuilt from `state_dir/plans` after
+    a restart: the plan, the validated local data for its schema, and (from the first training
+    round on) the run's training, so that σ is calibrated once per run."""
+
+    plan: RunPlan
+    data: LocalDataset
+    training: RunTraining | None = None
+
+
+def kind_label(value: int) -> str:
+    """A task kind for logs and crash points (`train`, `secagg_unmask`, …; the number if this
+    build does not know it), from `federation.tasks` rather than the wire enum's spelling."""
+    kind = task_kind_from_wire(value)
+    return kind.value if kind is not None else str(int(value))
+
+
+def _audit_kind(value: int) -> str:
+    """The wire enum name (`TASK_KIND_TRAIN`): the spelling `task_refused` entries have always
+    used, kept so that audit logs read the same across versions."""
+    try:
+        return str(K.TaskKind.Name(value))
+    except ValueError:
+        return str(int(value))
+
+
+class TaskHandlers:
+    """Answers every task kind for one site, over the site's ledger, release cache and audit log."""
+
+    def __init__(
+        self,
+        config: SiteConfig,
+        *,
+        ledger: PrivacyLedger,
+        cache: ReleaseCache,
+        sessions: SessionStore,
+        audit: AuditLog,
+        secagg: SecaggAdapter,
+        plans_dir: Path,
+        faults: Faults,
+    ) -> None:
+        self.config = config
+        self.site_id = config.site_id
+        self.ledger = ledger
+        self.cache = cache
+        self.sessions = sessions
+        self.audit = audit
+        self.secagg = secagg
+        self.plans_dir = plans_dir
+        self.faults = faults
+        self.runs: dict[str, RunContext] = {}
+
+    # ------------------------------------------------------------------ dispatch
+    def handle(self, task: federation_pb2.Task) -> federation_pb2.TaskResult:
+        """Answer one task; never raises (one bad task must not stop the agent). A refusal is a
+        TaskResult error with a reason, audited; the result carries the run's ε so far."""
+        kind = task_kind_from_wire(task.kind)
+        self._crash_if_asked(task, kind)
+        result = federation_pb2.TaskResult(task_id=task.task_id, kind=task.kind)
+        try:
+            result.payload = self._dispatch(task, kind)
+        except TaskFailed as exc:
+            result.error.code = exc.code  # type: ignore[assignment]
+            result.error.message = exc.message
+            if not exc.audited:
+                self.audit.append(
+                    self.site_id,
+                    "task_refused",
+                    {"run_id": task.run_id, "kind": _audit_kind(task.kind), "reason": exc.message},
+                )
+        except Exception as exc:  # never let one bad task kill the agent
+            log.exception("task %s failed", _audit_kind(task.kind))
+            result.error.code = K.TASK_ERROR_INTERNAL
+            result.error.message = f"{type(exc).__name__}: {exc}"[:500]
+        run = self.runs.get(task.run_id)
+        if run is not None:
+            delta = run.plan.privacy.delta
+            result.privacy.epsilon_spent_run = self.ledger.epsilon_run(task.run_id, delta)
+            result.privacy.epsilon_spent_lifetime = self.ledger.epsilon_lifetime(delta)
+            result.privacy.delta = delta
+        return result
+
+    def _crash_if_asked(self, task: federation_pb2.Task, kind: TaskKind | None) -> None:
+        """The end-to-end tests' crash points (kind value, secagg purpose value or None, round);
+        the default `Faults()` never matches."""
+        if kind is None:
+            return
+        purpose = PURPOSE_FROM_WIRE.get(task.secagg.purpose) if task.HasField("secagg") else None
+        self.faults.crash_if_asked(kind.value, purpose.value if purpose else None, task.round)
+
+    def _dispatch(self, task: federation_pb2.Task, kind: TaskKind | None) -> bytes:
+        """The payload of the answer (empty for the local steps, whose output stays cached)."""
+        if kind is TaskKind.PLAN_OFFER:
+            self._plan_offer(task)
+            return b""
+        if kind is TaskKind.RUN_FINISHED:
+            self._run_finished(task)
+            return b""
+        run = self._run(task.run_id)
+        if kind is TaskKind.FEDERATED_STATS:
+            self._federated_stats(task, run)
+        elif kind is TaskKind.TRAIN:
+            self._train(task, run)
+        elif kind is TaskKind.EVALUATE:
+            self._evaluate(task, run)
+        elif task.HasField("secagg"):
+            return self.secagg.handle(task, run.plan)
+        else:
+            raise TaskFailed(K.TASK_ERROR_INVALID_TASK, f"unknown task kind {task.kind}")
+        return b""
+
+    def _run(self, run_id: str) -> RunContext:
+        """The accepted run, from memory or from its saved plan; a run this site never accepted
+        is refused (the coordinator cannot start one for it)."""
+        run = self.runs.get(run_id)
+        if run is not None:
+            return run
+        saved = self.plans_dir / f"{run_id}.json"
+        if not saved.exists():
+            raise TaskFailed(K.TASK_ERROR_INVALID_TASK, f"this site never accepted run {run_id}")
+        plan = RunPlan.model_validate_json(saved.read_text())
+        run = RunContext(plan, load_local_data(self.config.data, plan.feature_schema))
+        self.runs[run_id] = run
+        return run
+
+    # ------------------------------------------------------------------ plan and run end
+    def _plan_offer(self, task: federation_pb2.Task) -> None:
+        """Accept the plan if it is intact and fits the local policy and data; else refuse with
+        every reason (the operator fixes the plan in one go)."""
+        verify.check_plan_text(task.plan_offer)
+        try:
+            plan = RunPlan.model_validate_json(task.plan_offer.plan_json)
+        except ValueError as exc:
+            raise TaskFailed(K.TASK_ERROR_INVALID_TASK, f"malformed plan: {exc}"[:400]) from None
+        self.audit.append(
+            self.site_id, "plan_seen", {"run_id": task.run_id, "plan_sha256": plan.sha256()}
+        )
+        try:
+            data = load_local_data(self.config.data, plan.feature_schema)
+        except ValueError as exc:
+            raise TaskFailed(K.TASK_ERROR_DATA, str(exc)) from None
+        cohort = int((~data.holdout).sum())
+        spent = self.ledger.epsilon_lifetime(self.config.policy.max_delta)
+        reason = check_plan(plan, self.config.policy, cohort, spent)
+        if reason is not None:
+            raise TaskFailed(K.TASK_ERROR_POLICY_REFUSED, reason)
+        self.runs[task.run_id] = RunContext(plan, data)
+        write_private_file_atomic(
+            self.plans_dir / f"{task.run_id}.json", plan.model_dump_json().encode()
+        )
+        self.audit.append(
+            self.site_id,
+            "plan_accepted",
+            {
+                "run_id": task.run_id,
+                "plan_sha256": plan.sha256(),
+                "rows": data.n_rows,
+                "excluded": data.excluded,
+                "training_rows": cohort,
+            },
+        )
+
+    def _run_finished(self, task: federation_pb2.Task) -> None:
+        """Forget the run's session secrets and release vectors (hashes and bindings stay, so the
+        one-release-one-session rule outlives the run), and audit the end."""
+        self.audit.append(
+            self.site_id,
+            "run_finished",
+            {
+                "run_id": task.run_id,
+                "state": K.RunState.Name(task.run_finished.state),
+                "message": task.run_finished.message,
+            },
+        )
+        self.sessions.drop_run(task.run_id)
+        forgotten = self.cache.forget_vectors(task.run_id)
+        if forgotten:
+            self.audit.append(
+                self.site_id, "releases_deleted", {"run_id": task.run_id, "releases": forgotten}
+            )
+
+    # ------------------------------------------------------------------ the three releases
+    def _federated_stats(self, task: federation_pb2.Task, run: RunContext) -> None:
+        """Counts, bounded moments and interval counts of the training rows, Gaussian-noised
+        and charged before noising; cached to be masked by the statistics session."""
+        verify.check_stats_spec(task.federated_stats.spec_json, run.plan)
+        if self.cache.reusable(task.run_id, Purpose.STATS.value, task.round):
+            return
+        plan = run.plan
+        raw, time_, event = run.data.split(holdout=False)
+        events, at_risk = plan.time_grid.interval_counts(time_, event)
+        layout = StatsLayout.for_schema(plan.feature_schema, plan.time_grid.n_intervals)
+        sigma = plan.privacy.stats_noise_multiplier
+        self._charge(task, run, Purpose.STATS, "train", sigma, 1.0, 1)
+        values = stats_vector(raw, events, at_risk, plan.feature_schema)
+        values = values + gaussian_noise(values.size, sigma * layout.sensitivity)
+        self._cache(task, Purpose.STATS, quantize(values, layout.quantization(MAX_SITES)))
+
+    def _train(self, task: federation_pb2.Task, run: RunContext) -> None:
+        """One round of local DP-SGD from the verified global vector, charged before its first
+        step; the quantised update is cached to be masked by the round's session."""
+        vector = self._global_vector(task, task.train.global_vector, run)
+        verify.check_standardisation(task.train.standardisation, run.plan)
+        if self.cache.reusable(task.run_id, Purpose.UPDATE.value, task.round):
+            return
+        delta = self._training(task.run_id, run).train_round(
+            vector,
+            list(task.train.standardisation.mean),
+            list(task.train.standardisation.scale),
+            charge=lambda s, q, n: self._charge(task, run, Purpose.UPDATE, "train", s, q, n),
+        )
+        s = run.plan.secagg
+        layout = UpdateLayout(vector.size, s.clip_norm, s.coord_bound, s.scale_bits)
+        quantised = quantize(delta, layout.quantization(MAX_SITES))
+        self._cache(task, Purpose.UPDATE, quantised)
+        self.faults.record(f"{self.site_id}-{task.run_id}-r{task.round}", quantised)
+
+    def _evaluate(self, task: federation_pb2.Task, run: RunContext) -> None:
+        """Windowed concordance and Brier sufficient statistics of the global model on the
+        held-out rows, weighted, noised and charged to the held-out partition."""
+        body = task.evaluate
+        vector = self._global_vector(task, body.global_vector, run)
+        verify.check_standardisation(body.standardisation, run.plan)
+        verify.check_interval_counts(body.events, body.at_risk, run.plan)
+        if self.cache.reusable(task.run_id, Purpose.METRICS.value, task.round):
+            return
+        plan = run.plan
+        raw, time_, event = run.data.split(holdout=True)
+        if time_.size < 2:
+            raise TaskFailed(K.TASK_ERROR_DATA, "the held-out split has fewer than 2 patients")
+        surv, risk = predict(
+            plan, vector, raw, list(body.standardisation.mean), list(body.standardisation.scale)
+        )
+        layout = MetricsLayout()
+        censoring = consortium_censoring(
+            plan.time_grid, np.asarray(body.events), np.asarray(body.at_risk)
+        )
+        values = metrics_vector(
+            time_,
+            event,
+            risk,
+            surv,
+            plan.time_grid,
+            censoring,
+            layout,
+            tie_key=f"{self.site_id}|{task.run_id}".encode(),
+        )
+        sigma = plan.privacy.metrics_noise_multiplier
+        self._charge(task, run, Purpose.METRICS, "holdout", sigma, 1.0, 1)
+        values = layout.encode(values) + gaussian_noise(values.size, sigma * layout.sensitivity)
+        self._cache(task, Purpose.METRICS, quantize(values, layout.quantization(MAX_SITES)))
+
+    # ------------------------------------------------------------------ helpers
+    def _global_vector(
+        self, task: federation_pb2.Task, message: federation_pb2.GlobalVector, run: RunContext
+    ) -> Float32Array:
+        """The verified global vector; its hash is logged so the site can say which model it
+        trained or evaluated."""
+        vector = verify.global_vector(message, run.plan)
+        log.info(
+            "%s %s round %d: global vector sha256 %s (%d values) accepted",
+            task.run_id,
+            kind_label(task.kind),
+            task.round,
+            vector_sha256(vector),
+            vector.size,
+        )
+        return vector
+
+    def _training(self, run_id: str, run: RunContext) -> RunTraining:
+        """The run's training, built (σ calibrated) once; rebuilt only if the statistics prior
+        σ was calibrated against has changed, which keeps σ what a fresh calibration gives."""
+        prior = tuple(self._stats_entries(run_id))
+        if run.training is None or run.training.prior != prior:
+            run.training = RunTraining(run.plan, run.data, prior)
+        return run.training
+
+    def _stats_entries(self, run_id: str) -> list[Entry]:
+        """The run's statistics releases on the training partition: the fixed prior that σ is
+        calibrated against (earlier training rounds are part of the plan σ covers, not prior)."""
+        return [
+            Entry(r["noise_multiplier"], r["sample_rate"], r["steps"])
+            for r in self.ledger.releases(run_id)
+            if r["purpose"] == Purpose.STATS.value and r["partition"] == "train"
+        ]
+
+    def _charge(
+        self,
+        task: federation_pb2.Task,
+        run: RunContext,
+        purpose: Purpose,
+        partition: Literal["train", "holdout"],
+        sigma: float,
+        q: float,
+        steps: int,
+    ) -> None:
+        """Record the release in the ledger before it is computed for release (a refusal is a
+        budget error and nothing is made); audit what was charged."""
+        privacy = run.plan.privacy
+        try:
+            charge = self.ledger.charge(
+                run_id=task.run_id,
+                purpose=purpose.value,
+                round=task.round,
+                attempt=task.attempt,
+                partition=partition,
+                noise_multiplier=sigma,
+                sample_rate=q,
+                steps=steps,
+                delta=privacy.delta,
+                run_epsilon_cap=min(privacy.epsilon, self.config.policy.max_epsilon_per_run),
+                lifetime_epsilon_cap=self.config.policy.lifetime_epsilon,
+            )
+        except BudgetExceeded as exc:
+            raise TaskFailed(K.TASK_ERROR_BUDGET_EXHAUSTED, str(exc)) from None
+        self.audit.append(
+            self.site_id,
+            "release_charged",
+            {
+                "run_id": task.run_id,
+                "purpose": purpose.value,
+                "round": task.round,
+                "attempt": task.attempt,
+                "partition": partition,
+                "noise_multiplier": sigma,
+                "sample_rate": q,
+                "steps": steps,
+                "epsilon_run": charge.epsilon_run,
+                "epsilon_lifetime": charge.epsilon_lifetime,
+            },
+        )
+
+    def _cache(self, task: federation_pb2.Task, purpose: Purpose, quantised: np.ndarray) -> None:
+        """Keep the charged, quantised release for the step's secure-aggregation session."""
+        self.cache.put(task.run_id, purpose.value, task.round, quantised, {"attempt": task.attempt})
