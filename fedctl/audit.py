@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fedctl.cli import EXIT_FAILED, EXIT_OK, CliError
+from fedctl.errors import EXIT_FAILED, EXIT_OK, CliError
 from federation.audit import (
     AuditEntry,
     AuditError,

@@ -1,6 +1,8 @@
 """fedctl command dispatch: each subcommand lives in its own module and registers itself here.
 
-Errors reach the operator as one line on stderr with a meaningful exit code, never a traceback.
+Errors reach the operator as one line on stderr with a meaningful exit code, never a traceback
+(`CliError` and the exit codes live in `fedctl.errors`, so the subcommands need not import this
+module).
 """
 
 from __future__ import annotations
@@ -10,19 +12,12 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_BAD_INPUT = 2
+from fedctl import audit, demo, provision, runs
+from fedctl.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, CliError
+
+__all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "EXIT_OK", "CliError", "build_parser", "run"]
 
 Handler = Callable[[argparse.Namespace], int]
-
-
-class CliError(Exception):
-    """An error to report as one line; exit_code 2 (bad input) unless said otherwise."""
-
-    def __init__(self, message: str, exit_code: int = EXIT_BAD_INPUT) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 class _Parser(argparse.ArgumentParser):
@@ -33,9 +28,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    # Imported here so subcommand modules can import CliError from this module.
-    from fedctl import audit, demo, provision, runs
-
+    """The `fedctl` parser with every subcommand registered."""
     parser = _Parser(prog="fedctl", description="Concordia operator CLI")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     provision.register(sub)

@@ -20,14 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedctl.cli import EXIT_FAILED, EXIT_OK, CliError
+from fedctl.errors import EXIT_FAILED, EXIT_OK, CliError
 from fedctl.localfed import (
     LocalFederation,
     LocalFederationError,
     exit_on_sigterm,
     flchain_hospitals,
 )
-from fedctl.runs import follow, write_export
+from fedctl.runs import exported_vector, follow, write_export
 from federation.wire.v1 import admin_pb2
 
 HOSPITALS = ("hospital-a", "hospital-b", "hospital-c")
@@ -172,15 +172,13 @@ def compare(
     """
     if alone_draws < 1:
         raise ValueError(f"alone_draws must be at least 1, got {alone_draws}")
-    import numpy as np
-
     from federation.plan import RunPlan
     from site_agent.config import load_site_config
     from site_agent.data import load_local_data
 
     card = json.loads(export.model_card_json)
     plan = RunPlan.model_validate(card["plan"])
-    vector = np.frombuffer(export.global_vector.float32_le, dtype="<f4").copy()
+    vector = exported_vector(export, plan)
     std = card["standardization"]
     rows: list[tuple[str, Scores]] = []
     rows.append(
@@ -212,7 +210,7 @@ def _matrix(plan: Any, frame: Any) -> Any:
 def score(plan: Any, vector: Any, means: Any, stds: Any, train: Any, test: Any) -> Scores:
     import numpy as np
 
-    from site_agent.training import predict
+    from site_agent.model import predict
     from survival.metrics import CensoringSurvival, antolini_c, harrell_c, integrated_brier_score
 
     raw, valid = _matrix(plan, test)

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from fedctl.cli import EXIT_OK, CliError
+from fedctl.errors import EXIT_OK, CliError
 from federation.consortium import (
     ConsortiumConfig,
     ConsortiumError,

@@ -1,22 +1,31 @@
-"""The operator's connection to the coordinator: its kit's `fedctl.toml`, mutual TLS, Admin stub."""
+"""The operator's connection to the coordinator: its kit's `fedctl.toml`, mutual TLS, Admin stub.
+
+`fedctl.toml` is read like every other component's configuration (`federation/configfile.py`):
+`[coordinator] address` can be overridden by CONCORDIA_COORDINATOR_ADDRESS, and the `[tls]` paths
+are relative to the file's folder.
+"""
 
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import grpc
 
-from fedctl.cli import CliError
+from fedctl.errors import CliError
+from federation.configfile import ConfigError, apply_env_overrides, read_toml
 from federation.tls import TlsError, TlsKit, TransportSettings, secure_channel
 from federation.wire.v1 import admin_pb2_grpc
 
 DEFAULT_CONFIG = "fedctl.toml"
+ENV_KEYS = {"coordinator": ("address",)}
+"""The keys of `fedctl.toml` an environment variable may override (an operator's shell often
+has a CONCORDIA_… variable meant for something else, so only these are looked up)."""
 
 
 def add_config_argument(parser: Any) -> None:
+    """`--config` and `--output`, the options every command that talks to the coordinator has."""
     parser.add_argument(
         "--config",
         type=Path,
@@ -27,6 +36,7 @@ def add_config_argument(parser: Any) -> None:
 
 
 def config_path(given: Path | None) -> Path:
+    """`--config`, else $CONCORDIA_FEDCTL_CONFIG, else ./fedctl.toml."""
     if given is not None:
         return given
     return Path(os.environ.get("CONCORDIA_FEDCTL_CONFIG", DEFAULT_CONFIG))
@@ -36,16 +46,12 @@ def admin_stub(given: Path | None) -> tuple[admin_pb2_grpc.AdminStub, grpc.Chann
     """An Admin stub over mutual TLS with the operator's certificate."""
     path = config_path(given)
     try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise CliError(f"{path}: no operator configuration (pass --config)") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise CliError(f"{path}: not valid TOML: {exc}") from None
-    address = os.environ.get("CONCORDIA_COORDINATOR_ADDRESS") or (
-        data.get("coordinator", {}).get("address")
-        if isinstance(data.get("coordinator"), dict)
-        else None
-    )
+        data = read_toml(path, missing="no operator configuration (pass --config)")
+        apply_env_overrides(data, ENV_KEYS, os.environ, source=str(path), skip_empty=True)
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+    table = data.get("coordinator")
+    address = table.get("address") if isinstance(table, dict) else None
     if not isinstance(address, str) or not address:
         raise CliError(f"{path}: coordinator.address is missing")
     try:

@@ -9,10 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 from google.protobuf.json_format import MessageToDict
 
-from fedctl.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, CliError
+from fedctl.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, CliError
 from fedctl.remote import add_config_argument, admin_stub, rpc_error
+from federation.plan import RunPlan
+from federation.vectors import VectorError, decode_vector
 from federation.wire.v1 import admin_pb2, federation_pb2
 
 TERMINAL = {
@@ -244,17 +247,30 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def exported_vector(response: admin_pb2.ExportRunResponse, plan: RunPlan) -> np.ndarray:
+    """The export's global vector, decoded by the one wire codec (`federation/vectors.py`): a
+    truncated, altered or non-finite vector, or one of another length than the plan's model, is
+    refused with one line instead of becoming a model file."""
+    from survival.spec import parameter_count
+
+    expected = parameter_count(
+        plan.model, plan.feature_schema.n_encoded, plan.time_grid.n_intervals
+    )
+    try:
+        return decode_vector(response.global_vector, expected_length=expected)
+    except VectorError as exc:
+        raise CliError(f"run {response.run_id}: exported model: {exc}", EXIT_FAILED) from None
+
+
 def write_export(response: admin_pb2.ExportRunResponse, out: Path) -> dict[str, Path]:
     """model.pt (a torch state dict) and model_card.json, from an ExportRun answer."""
-    import numpy as np
     import torch
 
-    from federation.plan import RunPlan
     from survival.models import build_model, load_flat_parameters
 
     card = json.loads(response.model_card_json)
     plan = RunPlan.model_validate(card["plan"])
-    vector = np.frombuffer(response.global_vector.float32_le, dtype="<f4")
+    vector = exported_vector(response, plan)
     model = build_model(plan.model, plan.feature_schema.n_encoded, plan.time_grid.n_intervals)
     load_flat_parameters(model, vector)
     out.mkdir(parents=True, exist_ok=True)

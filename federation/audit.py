@@ -116,6 +116,8 @@ class AuditHead:
     ts: float | None = None
 
     def to_json_dict(self) -> dict[str, Any]:
+        """The head as the head file and `fedctl audit verify --output json` spell it, so a copy
+        kept elsewhere can be compared field by field."""
         return {"seq": self.seq, "hash": self.hash, "ts": self.ts}
 
 

@@ -43,11 +43,17 @@ class _Strict(BaseModel):
 
 
 class ConsortiumInfo(_Strict):
+    """`[consortium]`: the name every certificate and the roster carry, and how long the
+    certificates `fedctl provision` issues stay valid (renewal is `fedctl provision renew`)."""
+
     name: Annotated[str, Field(min_length=1, max_length=64)]
     validity_days: Annotated[int, Field(ge=1, le=3650)] = 365
 
 
 class CoordinatorSpec(_Strict):
+    """`[coordinator]`: the names and addresses sites dial. They go into the server certificate
+    (so TLS checks the name a site dialled) and into the coordinator's starter `listen`."""
+
     hosts: Annotated[list[str], Field(min_length=1)]
     port: Annotated[int, Field(ge=1, le=65535)] = 50051
 
@@ -63,10 +69,13 @@ class CoordinatorSpec(_Strict):
 
     @property
     def dns_names(self) -> list[str]:
+        """The hosts that are names: they become DNS subject alternative names."""
         return [h for h in self.hosts if not _is_ip(h)]
 
     @property
     def ip_addresses(self) -> list[str]:
+        """The hosts that are IP literals: they become IP subject alternative names (a name
+        check against a literal would fail)."""
         return [h for h in self.hosts if _is_ip(h)]
 
     @property
@@ -79,11 +88,17 @@ class CoordinatorSpec(_Strict):
 
 
 class OperatorSpec(_Strict):
+    """`[[operators]]`: one operator kit; the role in its certificate is what the coordinator
+    authorises by (`admin` may submit and stop runs, `viewer` may only read)."""
+
     name: ParticipantName
     role: OperatorRole
 
 
 class ConsortiumConfig(_Strict):
+    """The whole consortium file, validated before any key is made, so that a typo never
+    leaves half a set of kits behind."""
+
     consortium: ConsortiumInfo
     coordinator: CoordinatorSpec
     sites: Annotated[list[ParticipantName], Field(min_length=1)]

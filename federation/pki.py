@@ -35,6 +35,7 @@ class IssuedCertificate:
 
     @property
     def certificate_pem(self) -> bytes:
+        """The certificate as it is written into a kit and sent on the wire (PEM)."""
         return self.certificate.public_bytes(serialization.Encoding.PEM)
 
     @property
@@ -48,6 +49,8 @@ class IssuedCertificate:
 
 
 def generate_key() -> ec.EllipticCurvePrivateKey:
+    """A new P-256 key: the one curve every participant uses, because a site's certificate key
+    also signs its secure-aggregation key advertisements, which the other sites verify."""
     return ec.generate_private_key(ec.SECP256R1())
 
 
@@ -69,6 +72,7 @@ class CertificateAuthority:
 
     @property
     def certificate(self) -> x509.Certificate:
+        """The CA certificate: what every kit trusts (`ca.pem`) and the roster verifies with."""
         return self.issued.certificate
 
     @classmethod

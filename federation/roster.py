@@ -103,10 +103,13 @@ class RosterEntry:
 
     @property
     def identity(self) -> Identity:
+        """Who this entry is, in the form the coordinator authorises and sites check against."""
         return Identity(self.kind, self.name, self.role)
 
     @classmethod
     def from_certificate(cls, cert: x509.Certificate) -> RosterEntry:
+        """The entry for a certificate the CA just issued: identity from its SAN, fingerprint and
+        expiry from the certificate itself, so the roster cannot name a different one."""
         identity = identity_from_certificate(cert)
         return cls(
             identity.kind,
@@ -143,6 +146,7 @@ class Roster:
         return [e for e in self.issued if e.name == name and kind in (None, e.kind)]
 
     def revocations(self, name: str) -> list[Revocation]:
+        """Everything withdrawn from `name`, so a refusal can say when and why."""
         return [r for r in self.revoked if r.name == name]
 
     def active_site_names(self) -> frozenset[str]:
@@ -195,6 +199,7 @@ class Roster:
 
     # ------------------------------------------------------------------ encoding
     def to_json(self) -> dict[str, Any]:
+        """The "roster" object of `roster.json`; its canonical bytes are what the CA signs."""
         return {
             "consortium": self.consortium,
             "version": self.version,

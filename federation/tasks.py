@@ -34,6 +34,8 @@ class TaskKind(enum.StrEnum):
 
     @property
     def is_secagg(self) -> bool:
+        """Whether this task is a secure-aggregation stage (handled by the secagg adapter and
+        the server session rather than by a local step)."""
         return self in SECAGG_TASK_KINDS
 
 
@@ -104,6 +106,8 @@ class SessionKey:
 
     @classmethod
     def parse(cls, text: str) -> SessionKey:
+        """The key of a `run/purpose/round/attempt` text (a run id may itself contain "/");
+        SessionKeyError if it is not one, so a stored or relayed id is never half-read."""
         parts = text.split("/")
         if len(parts) < 4:
             raise SessionKeyError(f"{text!r} is not run/purpose/round/attempt")

@@ -95,11 +95,13 @@ class TlsKit:
 
     @property
     def ca_certificate(self) -> x509.Certificate:
+        """The consortium CA, parsed once: peers' certificates and the roster verify against it."""
         ca: x509.Certificate = self.__dict__["_ca"]
         return ca
 
     @property
     def certificate(self) -> x509.Certificate:
+        """This participant's own certificate, parsed once (its SAN says who it is)."""
         cert: x509.Certificate = self.__dict__["_cert"]
         return cert
 
@@ -113,6 +115,8 @@ class TlsKit:
 
     @classmethod
     def from_files(cls, ca: Path, cert: Path, key: Path) -> TlsKit:
+        """Read the three PEM files; TlsError names the file that is missing or unreadable, and
+        a key that does not match its certificate is refused before any connection."""
         return cls(_read(ca, "CA certificate"), _read(cert, "certificate"), _read(key, "key"))
 
     @classmethod

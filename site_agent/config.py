@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -27,18 +26,35 @@ from pydantic import (
     model_validator,
 )
 
+from federation.configfile import (
+    ENV_PREFIX,
+    ConfigError,
+    apply_env_overrides,
+    check_known_keys,
+    env_name,
+    read_toml,
+    resolve_paths,
+    validation_message,
+)
 from federation.plan import SITE_ID_PATTERN
 
-ENV_PREFIX = "CONCORDIA_"
+__all__ = [
+    "ENV_PREFIX",
+    "MODEL_KINDS",
+    "SALT_FILE",
+    "ConfigError",
+    "DataConfig",
+    "SiteConfig",
+    "SitePolicy",
+    "TlsPaths",
+    "env_name",
+    "load_site_config",
+]
 SALT_FILE = "split_salt"
 """Where a derived split salt lives (in state_dir) when the config does not set one."""
 
 ModelKind = Literal["linear", "mlp"]
 MODEL_KINDS: tuple[ModelKind, ...] = ("linear", "mlp")
-
-
-class ConfigError(ValueError):
-    """A site configuration that cannot be used; the message is one line naming the field."""
 
 
 class _Section(BaseModel):
@@ -187,12 +203,8 @@ _TOML_TO_MODEL = {("site", "id"): "site_id", ("coordinator", "address"): "coordi
 _MODEL_TO_TOML = {v: ".".join(k) for k, v in _TOML_TO_MODEL.items()}
 
 
-def env_name(section: str, field: str) -> str:
-    """The environment variable that overrides `[section] field`."""
-    return f"{ENV_PREFIX}{section.upper()}_{field.upper()}"
-
-
 def _env_value(section: str, field: str, text: str) -> object:
+    """How an environment string becomes the value of `[section] field`."""
     if (section, field) in _LIST_FIELDS:
         return [item.strip() for item in text.split(",") if item.strip()]
     if (section, field) in _OPTIONAL_FIELDS and not text.strip():
@@ -213,41 +225,9 @@ def _env_value(section: str, field: str, text: str) -> object:
     return text
 
 
-def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:
-    """Overlay CONCORDIA_<SECTION>_<FIELD> values; returns {"section.field": variable} used."""
-    used: dict[str, str] = {}
-    for section, fields in _SECTIONS.items():
-        for field in fields:
-            name = env_name(section, field)
-            if name not in env:
-                continue
-            table = data.setdefault(section, {})
-            if not isinstance(table, dict):
-                raise ConfigError(f"{section}: must be a table")
-            table[field] = _env_value(section, field, env[name])
-            used[f"{section}.{field}"] = name
-    return used
-
-
-def _resolve(value: object, base: Path) -> object:
-    if isinstance(value, str) and value:
-        path = Path(value).expanduser()
-        return path if path.is_absolute() else base / path
-    return value
-
-
 def _to_model_input(data: dict[str, Any], base: Path, source: str) -> dict[str, Any]:
-    for section, table in data.items():
-        if section not in _SECTIONS:
-            raise ConfigError(f"{source}: [{section}]: unknown section")
-        if not isinstance(table, dict):
-            raise ConfigError(f"{source}: {section}: must be a table")
-        for field in table:
-            if field not in _SECTIONS[section]:
-                raise ConfigError(f"{source}: {section}.{field}: unknown key")
-        for section_field in _PATH_FIELDS:
-            if section_field[0] == section and section_field[1] in table:
-                table[section_field[1]] = _resolve(table[section_field[1]], base)
+    check_known_keys(data, _SECTIONS, source)
+    resolve_paths(data, _PATH_FIELDS, base)
     site = data.get("site", {})
     out: dict[str, Any] = {
         "site_id": site.get("id"),
@@ -260,52 +240,11 @@ def _to_model_input(data: dict[str, Any], base: Path, source: str) -> dict[str, 
     return {k: v for k, v in out.items() if v is not None}
 
 
-def _describe(item: Mapping[str, Any]) -> str:
-    """A short human phrase for one pydantic error (never echoes the value: salts are secret)."""
-    kind = item["type"]
-    ctx = item.get("ctx") or {}
-    phrases = {
-        "missing": "is required",
-        "greater_than": f"must be > {ctx.get('gt')}",
-        "greater_than_equal": f"must be >= {ctx.get('ge')}",
-        "less_than": f"must be < {ctx.get('lt')}",
-        "less_than_equal": f"must be <= {ctx.get('le')}",
-        "float_parsing": "must be a number",
-        "float_type": "must be a number",
-        "int_parsing": "must be an integer",
-        "int_type": "must be an integer",
-        "int_from_float": "must be an integer",
-        "string_type": "must be a string",
-        "list_type": "must be a list",
-        "dict_type": "must be a table",
-        "model_type": "must be a table",
-        "extra_forbidden": "unknown key",
-        "string_too_short": f"must have at least {ctx.get('min_length')} characters",
-        "string_pattern_mismatch": f"must match {ctx.get('pattern')}",
-        "literal_error": f"must be one of {ctx.get('expected')}",
-        "path_type": "must be a path string",
-    }
-    if kind in phrases:
-        return phrases[kind]
-    message = str(item["msg"])
-    return message.removeprefix("Value error, ")
-
-
 def _where(loc: tuple[Any, ...]) -> str:
     parts = [str(p) for p in loc]
     if parts and parts[0] in _MODEL_TO_TOML:
         return ".".join([_MODEL_TO_TOML[parts[0]], *parts[1:]])
     return ".".join(parts) or "config"
-
-
-def _format(error: ValidationError, source: str, from_env: Mapping[str, str]) -> str:
-    messages = []
-    for item in error.errors():
-        where = _where(tuple(item["loc"]))
-        variable = next((v for k, v in from_env.items() if where.startswith(k)), None)
-        label = f"{where} (from {variable})" if variable else where
-        messages.append(f"{label}: {_describe(item)}")
-    return f"{source}: " + "; ".join(messages)
 
 
 def _derived_salt(state_dir: Path) -> str:
@@ -344,21 +283,9 @@ def load_site_config(path: Path, env: Mapping[str, str] | None = None) -> SiteCo
     env = os.environ if env is None else env
     path = Path(path)
     source = str(path)
-    try:
-        data: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{source}: no such configuration file") from None
-    except OSError as exc:
-        raise ConfigError(f"{source}: cannot read: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{source}: not UTF-8 text") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    data = read_toml(path)
     base = path.resolve().parent
-    try:
-        from_env = _apply_env(data, env)
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
+    from_env = apply_env_overrides(data, _SECTIONS, env, source=source, convert=_env_value)
     model_input = _to_model_input(data, base, source)
     data_table = model_input.get("data")
     derive_salt = isinstance(data_table, dict) and "split_salt" not in data_table
@@ -368,7 +295,7 @@ def load_site_config(path: Path, env: Mapping[str, str] | None = None) -> SiteCo
     try:
         config = SiteConfig.model_validate(model_input)
     except ValidationError as exc:
-        raise ConfigError(_format(exc, source, from_env)) from None
+        raise ConfigError(validation_message(exc, source, from_env, _where)) from None
     _check_files(config, source)
     if derive_salt:
         salt = _derived_salt(config.state_dir)
