@@ -5,31 +5,23 @@ Each stage stays open until everyone expected has answered or its timeout (from 
 stage opened) has passed; closing it yields the next stage's messages. Fewer than t participants
 at any close aborts the session with a reason. Masked inputs are added into one running uint32
 sum as they arrive, so memory is O(d) whatever n is.
+
+A session lives in memory only: a coordinator that restarts mid-session does not resume it but
+retries the step with a new attempt and fresh keys (`coordinator/engine.py`), and the sites bind
+each release to one session, so nothing is lost by that and no state needs saving here.
 """
 
 from __future__ import annotations
 
-import itertools
-import math
-import struct
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
 from secagg import primitives as P
-from secagg._codec import Reader, Writer
-from secagg.config import (
-    STAGE_CODES,
-    STAGE_LEVELS,
-    STAGES_BY_CODE,
-    SessionConfig,
-    Stage,
-    StageTimeouts,
-)
+from secagg.config import SessionConfig, Stage, StageTimeouts
 from secagg.errors import (
-    MalformedMessage,
     ProtocolViolation,
     SecAggError,
     StageError,
@@ -50,10 +42,8 @@ from secagg.messages import (
     UnmaskResponse,
 )
 from secagg.prg import apply_masks, pairwise_key, self_key
-from secagg.shamir import PRIME, SHARE_BYTES, decode_share, reconstruct_verified
+from secagg.shamir import decode_share, reconstruct_verified
 
-_STATE_MAGIC = b"SASS"
-_STATE_VERSION = 2  # 2: the result records faulty unmask responders
 _MAX_REASON_BYTES = 4096
 _OPEN_STAGES = (
     Stage.ADVERTISE_KEYS,
@@ -286,7 +276,7 @@ class ServerSession:
 
     def _abort(self, reason: str) -> None:
         self.stage = Stage.ABORTED
-        # bounded (and still UTF-8) so that the saved state can hold it
+        # bounded (and still UTF-8): the reason goes into the coordinator's audit log and status
         self.abort_reason = reason.encode()[:_MAX_REASON_BYTES].decode(errors="ignore")
         self._sum = np.zeros(0, dtype=np.uint32)
 
@@ -385,202 +375,6 @@ class ServerSession:
         self.result = SessionResult(total, frozenset(self._u3), frozenset(faulty))
         self.stage = Stage.DONE
 
-    # ------------------------------------------------------------------ persistence
-    def to_bytes(self) -> bytes:
-        w = Writer().raw(_STATE_MAGIC).u8(_STATE_VERSION).blob(self.config.to_bytes())
-        t = self.timeouts
-        timeouts = (t.advertise_keys, t.share_keys, t.masked_input, t.consistency_check, t.unmask)
-        for value in timeouts:
-            w.raw(struct.pack(">d", value))
-        w.u8(STAGE_CODES[self.stage]).raw(struct.pack(">d", self._opened))
-        w.blob(self.session_id or b"").blob((self.abort_reason or "").encode())
-        w.u16(len(self._advertised))
-        for ident in sorted(self._advertised):
-            self._advertised[ident].write(w)
-        w.ids(self._u1)
-        w.u16(len(self._shares))
-        for sender in sorted(self._shares):
-            w.u32(sender).u16(len(self._shares[sender]))
-            for recipient in sorted(self._shares[sender]):
-                w.u32(recipient).blob(self._shares[sender][recipient])
-        w.ids(self._u2)
-        w.u16(len(self._commitments))
-        for ident in sorted(self._commitments):
-            w.u32(ident).raw(self._commitments[ident])
-        w.ids(self._u3)
-        w.u16(len(self._signatures))
-        for ident in sorted(self._signatures):
-            w.u32(ident).blob(self._signatures[ident])
-        w.ids(self._u4)
-        w.u16(len(self._responses))
-        for ident in sorted(self._responses):
-            shares = self._responses[ident]
-            w.u32(ident).u16(len(shares))
-            for peer, kind in sorted(shares):
-                w.u32(peer).u8(kind).raw(shares[(peer, kind)])
-        w.u8(self.result is not None)
-        w.ids(sorted(self.result.faulty) if self.result is not None else ())
-        vector = self.result.total if self.result is not None else self._sum
-        w.u32(vector.shape[0]).raw(vector.astype("<u4", copy=False).tobytes())
-        return w.getvalue()
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> ServerSession:
-        """Inverse of `to_bytes`. Input that is not exactly a state this class can reach
-        (truncated, altered, reordered or internally inconsistent) raises a `SecAggError`
-        (`MalformedMessage`, or `InvalidConfig` for impossible settings), never anything else,
-        so a restored session can always be driven on."""
-        if not isinstance(data, bytes | bytearray | memoryview):
-            raise MalformedMessage(f"server state must be bytes, got {type(data).__name__}")
-        r = Reader(data, "server state")
-        if r.raw(4) != _STATE_MAGIC:
-            raise MalformedMessage("server state: bad magic")
-        if (version := r.u8()) != _STATE_VERSION:
-            raise MalformedMessage(f"server state: unsupported version {version}")
-        config = SessionConfig.from_bytes(r.blob())
-        timeouts = StageTimeouts(*(_float(r) for _ in range(5)))
-        code = r.u8()
-        if code not in STAGES_BY_CODE:
-            raise MalformedMessage(f"server state: unknown stage code {code}")
-        opened = _float(r)
-        if not math.isfinite(opened):
-            raise MalformedMessage("server state: stage start time is not a finite number")
-        session = cls(config, timeouts, opened)
-        session.stage = STAGES_BY_CODE[code]
-        session_id = r.blob(32)
-        if len(session_id) not in (0, 32):
-            raise MalformedMessage(f"server state: session id of {len(session_id)} bytes")
-        session.session_id = session_id or None
-        try:
-            session.abort_reason = r.blob(_MAX_REASON_BYTES).decode() or None
-        except UnicodeDecodeError:
-            raise MalformedMessage("server state: abort reason is not UTF-8") from None
-        advertised = [SignedKeys.read(r) for _ in range(r.u16())]
-        _check_increasing([e.ident for e in advertised], "advertised keys")
-        session._advertised = {e.ident: e for e in advertised}
-        session._u1 = _read_set(r, "U1")
-        shares: dict[int, dict[int, bytes]] = {}
-        for sender in _keys(r, "share ciphertext senders"):
-            row = {}
-            for recipient in _keys(r, f"share ciphertexts of {sender}"):
-                ct = r.blob(CIPHERTEXT_BYTES)
-                if len(ct) != CIPHERTEXT_BYTES:
-                    raise MalformedMessage("server state: share ciphertext of the wrong size")
-                row[recipient] = ct
-            shares[sender] = row
-        session._shares = shares
-        session._u2 = _read_set(r, "U2")
-        session._commitments = {i: r.raw(32) for i in _keys(r, "seed commitments")}
-        session._u3 = _read_set(r, "U3")
-        session._signatures = {
-            i: r.blob(P.MAX_SIGNATURE_BYTES) for i in _keys(r, "consistency signatures")
-        }
-        session._u4 = _read_set(r, "U4")
-        responses: dict[int, dict[tuple[int, ShareKind], bytes]] = {}
-        for ident in _keys(r, "unmask responses"):
-            got: dict[tuple[int, ShareKind], bytes] = {}
-            previous: tuple[int, int] | None = None
-            for _ in range(r.u16()):
-                peer, kind = r.u32(), r.u8()
-                if kind not in ShareKind._value2member_map_:
-                    raise MalformedMessage(f"server state: unknown share kind {kind}")
-                if previous is not None and (peer, kind) <= previous:
-                    raise MalformedMessage("server state: unmask shares out of order")
-                previous = (peer, kind)
-                got[(peer, ShareKind(kind))] = r.raw(SHARE_BYTES)
-            responses[ident] = got
-        session._responses = responses
-        has_result = r.u8()
-        if has_result not in (0, 1):
-            raise MalformedMessage(f"server state: result flag {has_result}")
-        faulty = _read_set(r, "faulty responders")
-        length = r.u32()
-        vector = np.frombuffer(r.raw(4 * length), dtype="<u4").astype(np.uint32)
-        r.end()
-        if has_result:
-            if length != config.vector_length:
-                raise MalformedMessage(f"server state: result of length {length}")
-            session.result = SessionResult(vector, frozenset(session._u3), frozenset(faulty))
-        else:
-            if faulty:
-                raise MalformedMessage("server state: faulty responders without a result")
-            expected_length = config.vector_length if session.stage in _SUMMING else 0
-            if length != expected_length:
-                raise MalformedMessage(
-                    f"server state: running sum of length {length} for its stage"
-                )
-            session._sum = vector
-        session._validate()
-        return session
-
-    def _validate(self) -> None:
-        """Refuse a restored state that the protocol cannot produce, so that driving it on
-        (`tick`, `receive`) never meets a missing key or a set of the wrong size."""
-        t = self.config.threshold
-        problems: list[str] = []
-        sets = (self._u1, self._u2, self._u3, self._u4)
-        if self.stage is Stage.ABORTED:
-            level = sum(1 for members in sets if members)  # the last stage opened
-            if not self.abort_reason:
-                problems.append("aborted without a reason")
-        else:
-            level = STAGE_LEVELS[self.stage]
-            if self.abort_reason is not None:
-                problems.append("an abort reason but not aborted")
-        for k, members in enumerate(sets, start=1):
-            if k <= level and len(members) < t:
-                problems.append(f"U{k} has fewer than t = {t} members")
-            if k > level and members:
-                problems.append(f"U{k} is set before its stage")
-        outer: tuple[int, ...] = self.config.participants
-        for members in sets:
-            if not set(members) <= set(outer):
-                problems.append("participant sets do not nest")
-            outer = members
-        if (self.stage is Stage.DONE) != (self.result is not None):
-            problems.append("a result exactly when done is required")
-        if self.result is not None and not self.result.faulty <= set(self._responses):
-            problems.append("faulty responders that did not respond")
-        advertised = set(self._advertised)
-        if not advertised <= set(self.config.participants):
-            problems.append("advertised keys from non-participants")
-        if level >= 1 and advertised != set(self._u1):
-            problems.append("advertised keys differ from U1")
-        if any(not e.signature for e in self._advertised.values()):
-            problems.append("an unsigned key advertisement")
-        if level == 0 and self.session_id is not None:
-            problems.append("a session id before U1")
-        if level >= 1 and self.session_id != P.compute_session_id(
-            self._digest, {i: (e.c_pk, e.s_pk) for i, e in self._advertised.items()}
-        ):
-            problems.append("the session id is not the hash of U1's keys")
-        if self._shares and level != 1:
-            problems.append("share ciphertexts outside ShareKeys")
-        for sender, row in self._shares.items():
-            if sender not in self._u1 or set(row) != set(self._u1) - {sender}:
-                problems.append(f"share ciphertexts of {sender} do not cover U1")
-        if not _collected(set(self._commitments), level, 2, set(self._u2), set(self._u3)):
-            problems.append("seed commitments do not match U2/U3")
-        if not _collected(set(self._signatures), level, 3, set(self._u3), set(self._u4)):
-            problems.append("consistency signatures do not match U3/U4")
-        if any(not sig for sig in self._signatures.values()):
-            problems.append("an empty consistency signature")
-        if self._responses and level < 4:
-            problems.append("unmask responses before Unmask")
-        if not set(self._responses) <= set(self._u4):
-            problems.append("unmask responses from outside U4")
-        if self.stage is Stage.DONE and len(self._responses) < t:
-            problems.append("done with fewer than t unmask responses")
-        wanted = {(v, ShareKind.SELF_SEED) for v in self._u3}
-        wanted |= {(v, ShareKind.MASK_KEY) for v in self._dropped()}
-        for ident, got in self._responses.items():
-            if set(got) != wanted:
-                problems.append(f"unmask response of {ident} does not hold the requested shares")
-            elif any(int.from_bytes(share, "big") >= PRIME for share in got.values()):
-                problems.append(f"unmask response of {ident} holds a non-field element")
-        if problems:
-            raise MalformedMessage("server state is inconsistent: " + "; ".join(problems))
-
 
 def _matches_commitment(
     session_id: bytes, ident: int, commitment: bytes
@@ -592,45 +386,3 @@ def _matches_commitment(
 def _matches_public_key(public: bytes) -> Callable[[bytes], bool]:
     """Accepts exactly the X25519 private keys (up to clamping) of an advertised public key."""
     return lambda private: P.x25519_public(private) == public
-
-
-def _collected(
-    got: set[int], level: int, stage_level: int, open_set: set[int], closed: set[int]
-) -> bool:
-    """What a stage collects: nothing before it opens, part of its eligible set while it is open
-    (or when it aborted), exactly the next set once it has closed."""
-    if level < stage_level:
-        return not got
-    if level == stage_level:
-        return got <= open_set
-    return got == closed
-
-
-def _read_set(r: Reader, what: str) -> tuple[int, ...]:
-    ids = tuple(r.ids())
-    _check_increasing(ids, what)
-    return ids
-
-
-def _keys(r: Reader, what: str) -> Iterator[int]:
-    """A u16 count of entries, each starting with a u32 id; ids must strictly increase."""
-    previous = -1
-    for _ in range(r.u16()):
-        ident = r.u32()
-        if ident <= previous:
-            raise MalformedMessage(f"server state: {what} out of order")
-        previous = ident
-        yield ident
-
-
-def _check_increasing(ids: Sequence[int], what: str) -> None:
-    if any(b <= a for a, b in itertools.pairwise(ids)):
-        raise MalformedMessage(f"server state: {what} not in strictly increasing order")
-
-
-def _float(r: Reader) -> float:
-    value: float = struct.unpack(">d", r.raw(8))[0]
-    return value
-
-
-_SUMMING = frozenset({Stage.MASKED_INPUT, Stage.CONSISTENCY_CHECK, Stage.UNMASK})

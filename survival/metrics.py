@@ -1,9 +1,13 @@
-"""Survival metrics as mergeable sufficient statistics: Harrell's C, Antolini's C^td, IPCW Brier.
+"""Survival metrics on one data set: Harrell's C, Antolini's C^td, IPCW (integrated) Brier score.
 
-Every metric is computed in two steps: ``*_stats`` returns a small additive record (pair counts,
-per-time sums) and the record's ``value``/``brier``/``integrated`` finalises it. Sites in the
-federation compute the records on their own rows, add them with a secure sum (``to_vector`` /
-``from_vector`` give fixed-length float64 vectors) and the consortium finalises the total.
+Every metric is computed in two steps: ``*_stats`` returns the counts or sums behind it (pair
+counts, per-time sums), which the tests check against brute-force definitions, and the record's
+``value``/``brier``/``integrated`` finalises it. These are the metrics of a model scored where
+the rows are (the demo's common test set, the benchmarks, a hospital's own evaluation). The
+federation's evaluation does not sum them across sites: Harrell's pair counts move by O(n) when
+one patient is added, so their DP release would be pure noise; the sites release a windowed,
+bounded-sensitivity version instead (``federation/releases.py::MetricsLayout``,
+``site_agent/releases.py``), which uses :class:`CensoringSurvival` from this module.
 
 Conventions shared by all functions (numpy only, no pandas at runtime):
 
@@ -17,9 +21,6 @@ Conventions shared by all functions (numpy only, no pandas at runtime):
   ``t_i < t_j``, or ``t_i == t_j`` and j is censored (a patient censored at t is taken to outlive a
   death at t); two events at the same time are not comparable. Ties in the prediction count 0.5.
   These are the conventions of ``lifelines.utils.concordance_index``.
-* Summing per-site concordance stats gives the C of *within-site* pairs (a site-stratified C), not
-  the pooled C: pairs that straddle two hospitals are never compared, because that would need one
-  hospital's predictions at another. Brier sums, in contrast, are per-patient and merge exactly.
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ __all__ = [
     "antolini_c",
     "antolini_stats",
     "brier_stats",
-    "censoring_counts",
     "harrell_c",
     "harrell_stats",
     "integrated_brier_score",
@@ -143,23 +143,14 @@ def _vector(name: str, v: ArrayLike, length: int) -> FloatArray:
 
 @dataclass(frozen=True)
 class ConcordanceStats:
-    """Additive pair counts behind a concordance index; ``concordant`` includes 0.5 per tie."""
+    """The pair counts behind a concordance index; ``concordant`` includes 0.5 per tie."""
 
     concordant: float
     comparable: float
 
-    VECTOR_LENGTH = 2
-
     def __post_init__(self) -> None:
         if not (np.isfinite(self.concordant) and np.isfinite(self.comparable)):
             raise MetricInputError("ConcordanceStats fields must be finite")
-
-    def __add__(self, other: object) -> ConcordanceStats:
-        if not isinstance(other, ConcordanceStats):
-            return NotImplemented
-        return ConcordanceStats(
-            self.concordant + other.concordant, self.comparable + other.comparable
-        )
 
     def value(self) -> float:
         """The concordance index; raises if nothing was comparable (the index is undefined)."""
@@ -169,15 +160,6 @@ class ConcordanceStats:
                 "followed by a longer (or tied censored) follow-up time"
             )
         return float(self.concordant / self.comparable)
-
-    def to_vector(self) -> FloatArray:
-        """``[concordant, comparable]`` as float64, the layout a secure sum adds elementwise."""
-        return np.array([self.concordant, self.comparable], dtype=np.float64)
-
-    @classmethod
-    def from_vector(cls, v: ArrayLike) -> ConcordanceStats:
-        arr = _vector("ConcordanceStats vector", v, cls.VECTOR_LENGTH)
-        return cls(float(arr[0]), float(arr[1]))
 
 
 def _dense_rank(values: FloatArray) -> IntArray:
@@ -301,21 +283,18 @@ def antolini_c(time: ArrayLike, event: ArrayLike, surv: ArrayLike, times: ArrayL
 # --------------------------------------------------------------------------- censoring KM
 
 
-def censoring_counts(
-    time: ArrayLike, event: ArrayLike, cut_times: ArrayLike | None = None
+def _censoring_counts(
+    time: ArrayLike, event: ArrayLike
 ) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """Per-cut censoring and at-risk counts: a site's share of the censoring Kaplan–Meier.
+    """Censoring and at-risk counts at each observed time, for the censoring Kaplan–Meier.
 
-    For cut k (interval ``(cut[k-1], cut[k]]``, the first one open to the left):
-    ``censored[k]`` counts censorings in the interval and ``at_risk[k]`` counts rows with
-    ``time > cut[k-1]`` minus the events in the interval (events at a tied time come before
-    censorings, as in scikit-survival's reverse KM). Rows after the last cut are not counted.
-    With ``cut_times=None`` the cuts are the unique observed times and the KM is exact; counts on
-    any grid that contains every observed time sum across sites to the pooled ones.
-    Returns ``(cut_times, censored, at_risk)``.
+    For cut k (the unique observed times; interval ``(cut[k-1], cut[k]]``, the first one open
+    to the left): ``censored[k]`` counts censorings in the interval and ``at_risk[k]`` counts
+    rows with ``time > cut[k-1]`` minus the events in the interval (events at a tied time come
+    before censorings, as in scikit-survival's reverse KM). Returns ``(cuts, censored, at_risk)``.
     """
     t, e = _time_event(time, event)
-    cuts = np.unique(t) if cut_times is None else _grid("cut_times", cut_times)
+    cuts = np.unique(t)
     cell = np.searchsorted(cuts, t, side="left")  # t in (cuts[k-1], cuts[k]] -> k
     inside = cell < cuts.size
     censored = np.bincount(cell[inside & ~e], minlength=cuts.size).astype(np.float64)
@@ -354,13 +333,14 @@ class CensoringSurvival:
     @classmethod
     def from_data(cls, time: ArrayLike, event: ArrayLike) -> CensoringSurvival:
         """Reverse Kaplan–Meier on raw rows (same estimate as sksurv's, ``reverse=True``)."""
-        return cls.from_counts(*censoring_counts(time, event))
+        return cls.from_counts(*_censoring_counts(time, event))
 
     @classmethod
     def from_counts(
         cls, cut_times: ArrayLike, censored: ArrayLike, at_risk: ArrayLike
     ) -> CensoringSurvival:
-        """KM from (summed) counts as laid out by :func:`censoring_counts`.
+        """KM from censoring and at-risk counts per cut (the site's consortium curve comes from
+        the noised statistics release this way, ``site_agent/releases.py``).
 
         Noised consortium totals must be post-processed into range (0 <= censored <= at_risk)
         by the caller; they are rejected here rather than silently repaired.
@@ -410,13 +390,6 @@ class BrierStats:
         object.__setattr__(self, "times", times)
         object.__setattr__(self, "count", float(self.count))
 
-    def __add__(self, other: object) -> BrierStats:
-        if not isinstance(other, BrierStats):
-            return NotImplemented
-        if not np.array_equal(self.times, other.times):
-            raise MetricInputError("cannot add BrierStats evaluated at different times")
-        return BrierStats(self.sums + other.sums, self.count + other.count, self.times)
-
     def brier(self) -> FloatArray:
         """The Brier score at each evaluation time."""
         if self.count <= 0:
@@ -431,16 +404,6 @@ class BrierStats:
         b = self.brier()
         area = float((np.diff(self.times) * (b[1:] + b[:-1]) / 2.0).sum())
         return area / float(self.times[-1] - self.times[0])
-
-    def to_vector(self) -> FloatArray:
-        """``[sums..., count]`` as float64 (length ``len(times) + 1``) for a secure sum."""
-        return np.concatenate([self.sums, [self.count]]).astype(np.float64)
-
-    @classmethod
-    def from_vector(cls, v: ArrayLike, times: ArrayLike) -> BrierStats:
-        grid = _grid("times", times)
-        arr = _vector("BrierStats vector", v, grid.size + 1)
-        return cls(arr[:-1].copy(), float(arr[-1]), grid)
 
 
 def brier_stats(

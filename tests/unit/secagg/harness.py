@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -46,6 +48,24 @@ def random_inputs(config: SessionConfig, seed: int) -> dict[int, npt.NDArray[np.
     return {i: rng.integers(0, 2**32, d, dtype=np.uint32) for i in config.participants}
 
 
+def server_state(server: ServerSession) -> dict[str, Any]:
+    """Everything a ServerSession holds, as comparable values (arrays as dtype and bytes): two
+    equal snapshots mean the session did not change."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, np.ndarray):
+            return (str(value.dtype), value.shape, value.tobytes())
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [plain(v) for v in value]
+        if hasattr(value, "__dataclass_fields__"):
+            return plain(vars(value))
+        return copy.deepcopy(value)
+
+    return {name: plain(value) for name, value in vars(server).items()}
+
+
 def exact_sum(inputs: dict[int, npt.NDArray[np.uint32]], ids: Iterable[int], d: int) -> np.ndarray:
     total = np.zeros(d, dtype=np.uint64)
     for i in ids:
@@ -60,7 +80,9 @@ class Federation:
     config: SessionConfig
     inputs: dict[int, npt.NDArray[np.uint32]]
     drops: dict[Stage, set[int]] = field(default_factory=dict)
-    persist: bool = False  # round-trip every state through to_bytes/from_bytes between stages
+    # round-trip every client state through to_bytes/from_bytes between steps (a site saves its
+    # sessions; the server's session lives in memory only)
+    persist: bool = False
     now: float = 0.0
 
     def __post_init__(self) -> None:
@@ -76,11 +98,6 @@ class Federation:
             blob = self.clients[ident].to_bytes()
             self.clients[ident] = ClientSession.from_bytes(blob, identity_key(ident), self.peers)
         return self.clients[ident]
-
-    def _server(self) -> ServerSession:
-        if self.persist:
-            self.server = ServerSession.from_bytes(self.server.to_bytes())
-        return self.server
 
     def _act(self, stage: Stage, ident: int, payload: bytes) -> bytes:
         reply = self._reply(stage, ident, payload)
@@ -110,7 +127,7 @@ class Federation:
             outbound = self.run_stage(stage, outbound, tamper)
             if self.server.stage in (Stage.ABORTED, Stage.DONE):
                 break
-        return self._server()
+        return self.server
 
     def run_stage(
         self,
@@ -125,8 +142,8 @@ class Federation:
                 continue
             payload = tamper(message) if tamper is not None else message.payload
             reply = self._act(stage, message.recipient, payload)
-            self._server().receive(message.recipient, reply, self.now)
-        server = self._server()
+            self.server.receive(message.recipient, reply, self.now)
+        server = self.server
         result = server.tick(self.now)
         if server.stage is stage:  # someone is silent: wait for the deadline
             self.now += TIMEOUTS.for_stage(stage)

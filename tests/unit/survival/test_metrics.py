@@ -15,15 +15,12 @@ from sksurv.nonparametric import CensoringDistributionEstimator
 from sksurv.util import Surv
 
 from survival.metrics import (
-    BrierStats,
     CensoringSurvival,
-    ConcordanceStats,
     MetricInputError,
     NoComparablePairsError,
     antolini_c,
     antolini_stats,
     brier_stats,
-    censoring_counts,
     harrell_c,
     harrell_stats,
     integrated_brier_score,
@@ -43,15 +40,11 @@ def _comparable(ti: float, tj: float, ei: bool, ej: bool) -> bool:
     return bool(ei and (ti < tj or (ti == tj and not ej)))
 
 
-def brute_harrell(
-    time: Array, event: Array, risk: Array, site: Array | None = None
-) -> tuple[float, float]:
+def brute_harrell(time: Array, event: Array, risk: Array) -> tuple[float, float]:
     conc = comp = 0.0
     n = len(time)
     for i in range(n):
         for j in range(n):
-            if site is not None and site[i] != site[j]:
-                continue
             if _comparable(time[i], time[j], event[i], event[j]):
                 comp += 1
                 conc += 1.0 if risk[i] > risk[j] else 0.5 if risk[i] == risk[j] else 0.0
@@ -218,36 +211,6 @@ def test_censoring_km_matches_sksurv_reverse_km() -> None:
     )
 
 
-def test_censoring_from_summed_site_counts_equals_pooled() -> None:
-    rng = np.random.default_rng(4)
-    time = rng.integers(1, 30, 200).astype(float)
-    event = rng.random(200) < 0.5
-    site = rng.integers(0, 3, 200)
-    grid = np.unique(time)  # public grid that contains every observed time
-    totals = [np.zeros(grid.size), np.zeros(grid.size)]
-    for s in range(3):
-        _, c, r = censoring_counts(time[site == s], event[site == s], grid)
-        totals[0] += c
-        totals[1] += r
-    pooled = CensoringSurvival.from_data(time, event)
-    merged = CensoringSurvival.from_counts(grid, totals[0], totals[1])
-    np.testing.assert_array_equal(merged.times, pooled.times)
-    np.testing.assert_allclose(merged.values, pooled.values, rtol=1e-15)
-
-
-def test_censoring_counts_on_coarse_grid_follow_definition() -> None:
-    rng = np.random.default_rng(8)
-    time = rng.uniform(0.1, 12.0, 150)
-    event = rng.random(150) < 0.5
-    cuts = np.array([2.0, 5.0, 7.5, 10.0])
-    _, censored, at_risk = censoring_counts(time, event, cuts)
-    lower = np.concatenate([[-np.inf], cuts[:-1]])
-    for k in range(cuts.size):
-        inside = (time > lower[k]) & (time <= cuts[k])
-        assert censored[k] == np.sum(inside & ~event)
-        assert at_risk[k] == np.sum(time > lower[k]) - np.sum(inside & event)
-
-
 # --------------------------------------------------------------------------- Brier / IBS
 
 
@@ -316,58 +279,6 @@ def test_brier_hand_example() -> None:
     assert stats.integrated() == pytest.approx((0.025 + 0.16) / 2)
 
 
-# --------------------------------------------------------------------------- mergeability
-
-
-def test_concordance_stats_merge_across_sites() -> None:
-    rng = np.random.default_rng(9)
-    time, event, risk = tied_data(rng, 240)
-    times = np.array([2.0, 5.0, 9.0, 14.0, 20.0])
-    surv = random_surv(rng, 240, times.size)
-    site = rng.integers(0, 3, 240)
-    parts = [harrell_stats(time[site == s], event[site == s], risk[site == s]) for s in range(3)]
-    merged = parts[0] + parts[1] + parts[2]
-    assert (merged.concordant, merged.comparable) == brute_harrell(time, event, risk, site)
-    summed = ConcordanceStats.from_vector(sum(p.to_vector() for p in parts))
-    assert summed == merged
-    assert ConcordanceStats.from_vector(merged.to_vector()) == merged
-    assert parts[2] + parts[0] + parts[1] == merged
-
-    a_parts = [
-        antolini_stats(time[site == s], event[site == s], surv[site == s], times) for s in range(3)
-    ]
-    a_merged = ConcordanceStats.from_vector(sum(p.to_vector() for p in a_parts))
-    expected = [0.0, 0.0]
-    for s in range(3):
-        m = site == s
-        c, k = brute_antolini(time[m], event[m], surv[m], times)
-        expected[0] += c
-        expected[1] += k
-    assert (a_merged.concordant, a_merged.comparable) == tuple(expected)
-
-
-def test_brier_stats_merge_to_pooled_with_shared_censoring() -> None:
-    rng = np.random.default_rng(10)
-    d = _brier_setup(rng, integer_times=True)
-    g = CensoringSurvival.from_data(d["train_t"], d["train_e"])
-    site = rng.integers(0, 3, d["test_t"].size)
-    t, e, surv = d["test_t"], d["test_e"], d["surv"]
-    pooled = brier_stats(t, e, surv, d["times"], d["eval_times"], g)
-    parts = [
-        brier_stats(t[site == s], e[site == s], surv[site == s], d["times"], d["eval_times"], g)
-        for s in range(3)
-    ]
-    merged = parts[0] + parts[1] + parts[2]
-    via_vector = BrierStats.from_vector(sum(p.to_vector() for p in parts), d["eval_times"])
-    assert merged.count == pooled.count == d["test_t"].size
-    np.testing.assert_allclose(merged.sums, pooled.sums, rtol=1e-13)
-    np.testing.assert_array_equal(via_vector.sums, merged.sums)
-    assert merged.integrated() == pytest.approx(pooled.integrated(), rel=1e-13)
-    rt = BrierStats.from_vector(pooled.to_vector(), pooled.times)
-    np.testing.assert_array_equal(rt.sums, pooled.sums)
-    assert rt.count == pooled.count
-
-
 # --------------------------------------------------------------------------- errors
 
 
@@ -401,13 +312,5 @@ def test_errors_are_clear_and_typed() -> None:
         brier_stats(t, e, surv, times, times, CensoringSurvival.from_data([1.0, 2.0], [1, 0]))
     with pytest.raises(MetricInputError, match="at least two eval_times"):
         integrated_brier_score(t, e, surv, times, [1.5], g)
-    one = brier_stats(t, e, surv, times, times, g)
-    other = brier_stats(t, e, surv, times, [1.0, 2.5], g)
-    with pytest.raises(MetricInputError, match="different times"):
-        one + other
-    with pytest.raises(MetricInputError, match="must have length 3"):
-        BrierStats.from_vector([1.0, 2.0], times)
-    with pytest.raises(MetricInputError, match="must have length 2"):
-        ConcordanceStats.from_vector([1.0, 2.0, 3.0])
     with pytest.raises(MetricInputError, match="censored <= at_risk"):
         CensoringSurvival.from_counts([1.0, 2.0], [3.0, 0.0], [2.0, 1.0])
