@@ -70,7 +70,8 @@ wheelhouse: $(STAMP)
 
 # The real container test (tests/containers, marker `containers`): builds the images with podman
 # from a local base image and the wheelhouse, runs docker-compose.yml with podman-compose.
-# Needs podman, runc and debootstrap (../shared/CONTAINERS.md); .ci/run installs them.
+# Needs podman, runc and debootstrap, and CONTAINERS_CONF where the sandbox limits ulimits: see
+# "Running the container test here" in docs/deploy.md; .ci/run installs and sets them.
 test-containers: wheelhouse
 	$(PIP) install --quiet podman-compose
 	CONCORDIA_REQUIRE_CONTAINERS=1 $(VENV)/bin/pytest -m containers -s -rA tests/containers

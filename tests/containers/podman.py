@@ -1,5 +1,6 @@
-"""Podman plumbing for the container tests, following ../shared/CONTAINERS.md: the runc runtime
-and lowered ulimits (CONTAINERS_CONF), a locally made base image (no registry), images built
+"""Podman plumbing for the container tests, following "Running the container test here" in
+docs/deploy.md: the runc runtime and lowered ulimits (a containers.conf named by the
+CONTAINERS_CONF environment variable), a locally made base image (no registry), images built
 offline from the wheelhouse, podman-compose for docker-compose.yml."""
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED_CONF = REPO.parent / "shared" / "containers.conf"
 BASE_IMAGE = "localhost/concordia-base:bookworm"
 # Dockerfile (deploy/<name>.Dockerfile) -> the tag docker-compose.yml uses
 IMAGES = {
@@ -54,9 +54,8 @@ def missing_tools() -> list[str]:
 
 
 def environment(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment (CONTAINERS_CONF included, if set) plus `extra`."""
     env = dict(os.environ)
-    if "CONTAINERS_CONF" not in env and SHARED_CONF.is_file():
-        env["CONTAINERS_CONF"] = str(SHARED_CONF)
     env.update(extra or {})
     return env
 
@@ -103,13 +102,13 @@ def image_exists(name: str) -> bool:
 
 
 def ensure_base_image() -> None:
-    """CONTAINERS.md step 3: debootstrap a minimal Debian with Python and import it."""
+    """docs/deploy.md, step 3: debootstrap a minimal Debian with Python and import it."""
     if image_exists(BASE_IMAGE):
         return
     if shutil.which("debootstrap") is None:
         raise ContainerError(
             f"no {BASE_IMAGE} and no debootstrap to make it: "
-            "apt-get install -y podman runc debootstrap (../shared/CONTAINERS.md)"
+            "apt-get install -y podman runc debootstrap (docs/deploy.md)"
         )
     with tempfile.TemporaryDirectory(prefix="concordia-rootfs-") as scratch:
         rootfs = Path(scratch) / "rootfs"

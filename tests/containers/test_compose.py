@@ -41,12 +41,12 @@ def _timed(label: str, started: float) -> None:
 
 @pytest.fixture(scope="module")
 def images() -> dict[str, float]:
-    """The local base image (CONTAINERS.md) and the three images, offline from the wheelhouse."""
+    """The local base image (docs/deploy.md) and the three images, offline from the wheelhouse."""
     missing = podman.missing_tools()
     if missing:
         pytest.fail(
             f"{' and '.join(missing)} not installed: apt-get install -y podman runc debootstrap"
-            " and pip install podman-compose (../shared/CONTAINERS.md; .ci/run does this)",
+            " and pip install podman-compose (docs/deploy.md; .ci/run does this)",
             pytrace=False,
         )
     try:
