@@ -1,6 +1,7 @@
-"""Round overhead of a real federation, and the demo plan's utility.
+"""Round overhead of a real federation, and the demo plan's utility and its margins.
 
-`python benchmarks/round_bench.py [--quick] [--rounds R] --json PATH`
+`python benchmarks/round_bench.py [--quick] [--rounds R] [--utility-only] [--utility-runs N]
+--json PATH`
 
 Starts a coordinator and three site agents as separate processes over loopback mutual TLS (the
 same harness as `fedctl demo`) and runs a DP + secure-aggregation plan whose MLP has d ≈ 1e5 or
@@ -11,8 +12,12 @@ times come from the coordinator's own audit log, so the benchmark measures the p
 harness around it. Medians over rounds.
 
 Then (unless --skip-utility) it runs `fedctl demo`'s plan end to end and scores the federated model,
-each hospital alone and pooled non-private training on the common test set, as the demo does.
-`--quick`: d = 1e5 only, 2 rounds, no utility run.
+each hospital alone and pooled non-private training on the common test set, as the demo does, and
+reports the **margins** of the federated C-index over the mean and the best hospital alone and
+under pooled non-private training, checked against `MARGIN_TARGETS`. These margins moved here from
+the end-to-end test: each side is a DP-noised estimate on a freshly keyed split, so they are
+distributions to measure (`--utility-runs N` repeats the run), not facts that hold every time.
+`--quick`: d = 1e5 only, 2 rounds, no utility run; `--utility-only`: no overhead runs.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import sqlite3
 import statistics
 import sys
@@ -180,6 +186,41 @@ def measure(d: int, rounds: int, workdir: Path) -> dict[str, object]:
     }
 
 
+MARGIN_TARGETS: tuple[tuple[str, float, float, str], ...] = (
+    # (margin, lowest, highest, as text), C-index on the common test set
+    ("vs_mean_alone", 1e-12, math.inf, "> 0"),  # strictly better than the average hospital alone
+    ("vs_best_alone", -0.004, math.inf, ">= -0.004"),  # ≈ 3 sd of the margin below the best
+    ("vs_pooled", -0.01, 0.005, "-0.01 .. 0.005"),  # close to pooled non-private, not above it
+)
+"""What the end-to-end test used to assert on every run, now measured here. Over eight demo
+runs the federated model led the best hospital alone by 0.0009-0.0082 (mean 0.0037, sd
+0.0025), so a strict "beats the best" would fail about one run in fourteen."""
+
+
+def margins(rows: list[dict[str, object]]) -> dict[str, object]:
+    """The federated C-index minus each comparison, and whether every target holds."""
+    c = {str(r["model"]): float(r["c_index"]) for r in rows}  # type: ignore[arg-type]
+    federated = next(v for k, v in c.items() if k.startswith("federated"))
+    pooled = next(v for k, v in c.items() if k.startswith("pooled"))
+    alone = [v for k, v in c.items() if " alone" in k]
+    if not alone:
+        raise ValueError("no hospital-alone rows to compare with")
+    out: dict[str, object] = {
+        "federated_c": federated,
+        "mean_alone_c": statistics.fmean(alone),
+        "best_alone_c": max(alone),
+        "pooled_c": pooled,
+        "vs_mean_alone": federated - statistics.fmean(alone),
+        "vs_best_alone": federated - max(alone),
+        "vs_pooled": federated - pooled,
+    }
+    out["targets_met"] = all(
+        low <= float(out[name]) <= high  # type: ignore[arg-type]
+        for name, low, high, _ in MARGIN_TARGETS
+    )
+    return out
+
+
 def utility(workdir: Path) -> list[dict[str, object]]:
     federation = LocalFederation(workdir / "utility", HOSPITALS)
     federation.prepare()
@@ -196,39 +237,79 @@ def utility(workdir: Path) -> list[dict[str, object]]:
     ]
 
 
+def utility_runs(runs: int, scratch: Path) -> list[dict[str, object]]:
+    """`runs` demo runs: each one's scores (one table each) and margins (one table in all)."""
+    records: list[dict[str, object]] = []
+    margin_rows: list[dict[str, object]] = []
+    for run in range(1, runs + 1):
+        rows = utility(scratch / f"utility-{run}")
+        records += [{"bench": "utility", "run": run, **row} for row in rows]
+        title = "Demo plan, common test set" + (f" (run {run} of {runs})" if runs > 1 else "")
+        print_table(rows, ["model", "c_index", "c_td", "ibs"], title)
+        margin_rows.append({"run": run, **margins(rows)})
+    records += [{"bench": "utility_margin", **row} for row in margin_rows]
+    columns = ["run", "federated_c", "mean_alone_c", "best_alone_c", "pooled_c"]
+    columns += [name for name, _, _, _ in MARGIN_TARGETS] + ["targets_met"]
+    print_table(margin_rows, columns, "Federated C-index margins (common test set)")
+    targets = []
+    for name, low, high, text in MARGIN_TARGETS:
+        values = [float(row[name]) for row in margin_rows]  # type: ignore[arg-type]
+        targets.append(
+            {
+                "margin": name,
+                "target": text,
+                "min": min(values),
+                "mean": statistics.fmean(values),
+                "max": max(values),
+                "runs_met": sum(low <= v <= high for v in values),
+                "runs": len(values),
+            }
+        )
+    records += [{"bench": "utility_target", **row} for row in targets]
+    print_table(
+        targets,
+        ["margin", "target", "min", "mean", "max", "runs_met", "runs"],
+        "Margin targets over the runs",
+    )
+    return records
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--skip-utility", action="store_true")
+    parser.add_argument("--utility-only", action="store_true", help="no round-overhead runs")
+    parser.add_argument("--utility-runs", type=int, default=1, help="demo runs for the margins")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--keep", type=Path, default=None, help="keep kits, logs and stores here")
     args = parser.parse_args(argv)
+    if args.utility_runs < 1:
+        parser.error("--utility-runs must be at least 1")
     exit_on_sigterm()  # a killed benchmark still stops its coordinator and agents
-    sizes = [100_000] if args.quick else [100_000, 1_000_000]
+    sizes = [] if args.utility_only else [100_000] if args.quick else [100_000, 1_000_000]
     rounds = 2 if args.quick else args.rounds
     records: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory(prefix="round-bench-") as scratch_dir:
         scratch = str(args.keep) if args.keep is not None else scratch_dir
         for d in sizes:
             records.append({"bench": "round_overhead", **measure(d, rounds, Path(scratch))})
-        print_table(
-            [r for r in records if r["bench"] == "round_overhead"],
-            [
-                "n_sites",
-                "d",
-                "rounds",
-                "overhead_s_median",
-                "overhead_s_max",
-                "secagg_upload_bytes_per_site",
-                "run_wall_s",
-            ],
-            "Round overhead excluding local training (loopback mTLS, 3 site processes)",
-        )
-        if not (args.quick or args.skip_utility):
-            rows = utility(Path(scratch))
-            records += [{"bench": "utility", **row} for row in rows]
-            print_table(rows, ["model", "c_index", "c_td", "ibs"], "Demo plan, common test set")
+        if sizes:
+            print_table(
+                [r for r in records if r["bench"] == "round_overhead"],
+                [
+                    "n_sites",
+                    "d",
+                    "rounds",
+                    "overhead_s_median",
+                    "overhead_s_max",
+                    "secagg_upload_bytes_per_site",
+                    "run_wall_s",
+                ],
+                "Round overhead excluding local training (loopback mTLS, 3 site processes)",
+            )
+        if args.utility_only or not (args.quick or args.skip_utility):
+            records += utility_runs(args.utility_runs, Path(scratch))
     if args.json is not None:
         write_json(args.json, records)
     return 0
