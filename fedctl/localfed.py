@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -99,22 +100,36 @@ class LocalFederation:
         time_column: str,
         event_column: str,
         policy: Mapping[str, Any] | None = None,
+        data: Mapping[str, Any] | None = None,
     ) -> None:
-        """Fill the provisioned starter site.toml with its data and policy sections."""
+        """Fill the provisioned starter site.toml: its [site], [coordinator] and [tls] as
+        provisioned, its [data] and [policy] replaced by this hospital's. `data` adds [data]
+        keys for an export spelled its own way (`delimiter`, `na_values`, `time_unit`,
+        `event_values`, `censored_values`, `id_column`, and `values` as
+        {feature: {consortium value: [local spellings]}})."""
         kit = self.site_kit(hospital)
-        lines = [
-            ln for ln in (kit / "site.toml").read_text().splitlines() if not ln.startswith("#")
+        starter = tomllib.loads((kit / "site.toml").read_text())
+        extra = dict(data or {})
+        values: Mapping[str, Mapping[str, list[str]]] = extra.pop("values", {})
+        tables: list[tuple[str, Mapping[str, Any]]] = [
+            ("site", {**starter["site"], "state_dir": str(kit / "state")}),
+            ("coordinator", starter["coordinator"]),
+            ("tls", starter["tls"]),
+            (
+                "data",
+                {
+                    "csv": str(csv),
+                    "time_column": time_column,
+                    "event_column": event_column,
+                    "split_salt": os.urandom(16).hex(),
+                    **extra,
+                },
+            ),
+            ("data.columns", columns),
         ]
-        text = "\n".join(lines).replace(
-            "[site]\n", f"[site]\nstate_dir = {json.dumps(str(kit / 'state'))}\n", 1
-        )
-        text += "\n\n[data]\n"
-        text += f"csv = {json.dumps(str(csv))}\n"
-        text += f"time_column = {json.dumps(time_column)}\n"
-        text += f"event_column = {json.dumps(event_column)}\n"
-        text += f"split_salt = {json.dumps(os.urandom(16).hex())}\n"
-        text += "\n[data.columns]\n"
-        text += "".join(f"{json.dumps(k)} = {json.dumps(v)}\n" for k, v in columns.items())
+        tables += [
+            (f"data.values.{json.dumps(name)}", spellings) for name, spellings in values.items()
+        ]
         merged = {
             "max_epsilon_per_run": 3.0,
             "lifetime_epsilon": 10.0,
@@ -126,8 +141,14 @@ class LocalFederation:
             "min_session_sites": 2,
             **(policy or {}),
         }
-        text += "\n[policy]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in merged.items())
-        (kit / "site.toml").write_text(text)
+        tables.append(("policy", merged))
+        (kit / "site.toml").write_text(
+            "\n".join(
+                f"[{name}]\n"
+                + "".join(f"{json.dumps(k)} = {json.dumps(v)}\n" for k, v in table.items())
+                for name, table in tables
+            )
+        )
 
     # ------------------------------------------------------------------ processes
     def _spawn(self, name: str, args: list[str], env: Mapping[str, str] | None) -> None:

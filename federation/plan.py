@@ -20,6 +20,9 @@ from survival.spec import ModelSpec
 from survival.timegrid import TimeGrid
 
 SITE_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{1,39}$"
+PURPOSE_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,79}$"
+DEFAULT_PURPOSE = "research.survival-model"
+"""The processing purpose a plan declares when it names none (sites list `allowed_purposes`)."""
 
 
 class PlanError(ValueError):
@@ -102,8 +105,22 @@ class RunPlan(_Strict):
         ),
     )
     sites: list[str] | None = Field(default=None, description="restrict the run to these site ids")
-    holdout_fraction: float = Field(default=0.2, gt=0.0, lt=0.9)
+    time_unit: Literal["days", "weeks", "months", "years"] = Field(
+        default="days",
+        description=(
+            "unit of the time grid's cuts; each site converts its follow-up from its own"
+            " data.time_unit"
+        ),
+    )
     seed: int = Field(default=0, ge=0, lt=2**31)
+    purpose: str = Field(
+        default=DEFAULT_PURPOSE,
+        pattern=PURPOSE_PATTERN,
+        description=(
+            "the processing purpose (GDPR Art. 5(1)(b)); a site refuses a purpose its"
+            " policy.allowed_purposes does not list, and excludes rows without consent for it"
+        ),
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> RunPlan:
@@ -134,8 +151,14 @@ class RunPlan(_Strict):
         return FeatureSchema(features=self.features)
 
     def canonical_json(self) -> str:
-        """The exact text sites sign off on and audit (sorted keys, no whitespace)."""
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """The exact text sites sign off on and audit (sorted keys, no whitespace).
+
+        The default `purpose` is left out, so a plan that names none hashes as it did before
+        plans had a purpose (a pinned plan keeps its hash across the upgrade)."""
+        body = self.model_dump(mode="json")
+        if body.get("purpose") == DEFAULT_PURPOSE:
+            del body["purpose"]
+        return json.dumps(body, sort_keys=True, separators=(",", ":"))
 
     def sha256(self) -> str:
         """The hash a site pins when it accepts the plan: every session context and audit entry

@@ -126,34 +126,70 @@ def coordinator_config_text(
     )
 
 
+STARTER_CSV = "data/cohort.csv"
+"""Where the starter site.toml expects the hospital's export, relative to the kit folder."""
+
+
 def site_config_text(consortium: str, site_id: str, coordinator_address: str) -> str:
-    """The site's starter `site.toml`: identity, coordinator and TLS filled in, `[data]` and
-    `[policy]` as commented examples, because only the hospital knows its columns and limits."""
+    """The site's starter `site.toml`, valid as written once the export is at `data/cohort.csv`.
+
+    Identity, coordinator and TLS are filled in; `[data]` names the CSV and its outcome columns;
+    `[policy]` holds exactly `SitePolicy`'s defaults, so the file shows what is in force. The
+    data-mapping keys are commented examples that are valid when uncommented (tests check both
+    forms), because only the hospital knows its export's spellings (docs/site-config.md).
+    """
     return (
         f"# Concordia site agent {site_id!r}, consortium {consortium!r} (written by fedctl"
         " provision).\n"
+        "# Every key: docs/site-config.md. Any key can be overridden by an environment variable\n"
+        "# CONCORDIA_<SECTION>_<KEY> (e.g. CONCORDIA_DATA_CSV); relative paths are taken from\n"
+        "# this kit folder. Before joining a run, check how the agent reads the data:\n"
+        "#   python -m site_agent check --config site.toml --plan plan.toml\n"
         "[site]\n"
         f"id = {_toml_str(site_id)}\n"
+        'state_dir = "state"        # ledger, audit log, caches: keep it, back it up\n'
         "\n"
         "[coordinator]\n"
         f"address = {_toml_str(coordinator_address)}\n"
         "\n" + _tls_table(CLIENT_CERT, CLIENT_KEY) + "\n"
-        "# Local data: a CSV and the mapping from consortium feature names to local columns.\n"
-        "# [data]\n"
-        '# csv = "/data/cohort.csv"\n'
-        "# [data.columns]\n"
-        '# time = "followup_days"\n'
-        '# event = "died"\n'
-        '# age = "age_years"\n'
+        "# Local data: put the cohort export at data/cohort.csv (or change csv), name its\n"
+        "# outcome columns, and map what the export spells differently from the consortium.\n"
+        "[data]\n"
+        f"csv = {_toml_str(STARTER_CSV)}\n"
+        'time_column = "time"       # follow-up time\n'
+        'event_column = "event"     # the outcome: see event_values / censored_values\n'
+        "holdout_fraction = 0.2     # rows kept for evaluation; fixed for the ledger's life\n"
+        "# The held-out split's secret key, split_salt, is created in state/split_salt when not\n"
+        "# set here; never change it, holdout_fraction or id_column once a run has used them.\n"
+        '# id_column = "patient_id"         # a stable patient key for the held-out split\n'
+        '# delimiter = ";"                  # absent: sniffed from the header (, ; tab |)\n'
+        '# encoding = "latin-1"             # default "utf-8-sig" (reads plain UTF-8 too)\n'
+        '# na_values = ["NA", "."]          # "not recorded" (default: NA N/A NaN NULL . ? …)\n'
+        '# time_unit = "months"             # days (default), weeks, months or years\n'
+        '# event_values = ["2"]             # event happened (default ["1"]); R: 2 = dead\n'
+        '# censored_values = ["1"]          # censored (default ["0"]); R: 1 = censored\n'
+        "# A value in neither list excludes the row (counted); it is never guessed.\n"
         "\n"
-        "# Local policy: a plan outside it is refused, with the reason shown to the operator.\n"
-        "# [policy]\n"
-        '# allowed_features = ["age", "sex"]\n'
-        "# max_epsilon_per_run = 3.0\n"
-        "# lifetime_epsilon_budget = 10.0\n"
-        "# max_delta = 1e-5\n"
-        "# min_cohort_size = 200\n"
-        '# allowed_model_kinds = ["logistic_hazard", "discrete_cox"]\n'
+        "# [data.columns]                   # consortium feature name = local column name\n"
+        '# age = "age_years"\n'
+        '# sex = "gender"\n'
+        "\n"
+        "# [data.values.sex]                # consortium value = [local spellings]\n"
+        '# F = ["F", "f", "2"]\n'
+        '# M = ["M", "m", "1"]\n'
+        "\n"
+        "# Local policy: a plan outside it is refused, and the operator is told why. These are\n"
+        "# the defaults; tighten them to the hospital's rules.\n"
+        "[policy]\n"
+        '# allowed_features = ["age", "sex"]  # absent: any feature of the consortium schema\n'
+        "max_epsilon_per_run = 3.0  # the most ε one run may spend here\n"
+        "lifetime_epsilon = 10.0    # over all runs, ever\n"
+        "max_delta = 1e-5\n"
+        "min_cohort_size = 100      # fewest training rows (after exclusions and the hold-out)\n"
+        'allowed_model_kinds = ["linear", "mlp"]\n'
+        "min_session_sites = 3      # fewest sites in any secure-aggregation session joined\n"
+        "max_colluding_sites = 0    # sites assumed to collude with the coordinator\n"
+        'small_cell_threshold = 5   # counts below it are shown as "<5" in data reports\n'
     )
 
 

@@ -20,9 +20,19 @@ if TYPE_CHECKING:
     from site_agent.agent import SiteAgent
 
 
+COMMANDS = ("check",)
+"""Site-local commands (`python -m site_agent check …`); without one, the agent runs."""
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the agent until SIGTERM or Ctrl-C; a bad config, kit, split or fault spec is one line
-    on stderr and exit code 2 (an operator fixes the file from the message alone)."""
+    on stderr and exit code 2 (an operator fixes the file from the message alone).
+
+    `python -m site_agent check --config site.toml [--plan plan.toml]` checks the data instead
+    (site_agent/check.py): nothing is sent anywhere and no state is written."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in COMMANDS:
+        return _command(argv[0], argv[1:])
     parser = argparse.ArgumentParser(prog="concordia-site-agent")
     parser.add_argument("--config", type=Path, required=True, help="site.toml from the startup kit")
     parser.add_argument("--log-level", default="INFO")
@@ -57,6 +67,15 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(_run_until_terminated(agent))
     logging.getLogger("concordia.site").info("site agent stopped")
     return 0
+
+
+def _command(name: str, argv: list[str]) -> int:
+    """One site-local command; its own arguments, exit codes and output."""
+    from site_agent import check
+
+    parser = argparse.ArgumentParser(prog=f"python -m site_agent {name}")
+    check.register(parser)
+    return check.run(parser.parse_args(argv))
 
 
 async def _run_until_terminated(agent: SiteAgent) -> None:

@@ -9,6 +9,8 @@ operator must be able to fix the file from the message alone. docs/site-config.m
 
 from __future__ import annotations
 
+import codecs
+import json
 import os
 import re
 import secrets
@@ -37,6 +39,7 @@ from federation.configfile import (
     validation_message,
 )
 from federation.plan import SITE_ID_PATTERN
+from site_agent.mapping import DEFAULT_NA_VALUES, EventCoding, MappingError, TimeUnit, ValueMap
 
 __all__ = [
     "ENV_PREFIX",
@@ -78,6 +81,9 @@ class SitePolicy(_Section):
     min_session_sites: int = Field(default=3, ge=2, le=1000)
     """The fewest sites in any secure-aggregation session this site joins. With 2, each of the
     two learns the other's release from the published aggregate (sum minus its own)."""
+    small_cell_threshold: int = Field(default=5, ge=1, le=1000)
+    """Counts below this are shown as "<k" in data-quality reports, and a local value seen fewer
+    times is never named (a rare value can identify a patient)."""
     max_colluding_sites: int = Field(default=0, ge=0, le=1000)
     """Sites this hospital assumes may collude with the coordinator: every session's threshold
     must exceed (n + this)/2, and a plan assuming fewer is refused."""
@@ -119,13 +125,58 @@ class DataConfig(_Section):
     id_column: str | None = None
     """Stable patient key for the held-out split; None: a hash of the row's content."""
     holdout_fraction: float = Field(default=0.2, gt=0.0, lt=0.9)
+    """The site's own, fixed for its ledger's life (a plan cannot change it: a different split
+    between runs would void the parallel composition of the training and held-out ε)."""
     split_salt: str = Field(min_length=16, repr=False)
     """Secret key of the held-out split (HMAC); fixed for the life of the privacy ledger."""
+    delimiter: str | None = Field(default=None, min_length=1, max_length=1)
+    """The CSV's field separator; None: sniffed from the header among , ; tab |."""
+    encoding: str = "utf-8-sig"
+    """Text encoding of the export (utf-8-sig also reads plain UTF-8)."""
+    na_values: list[str] = Field(default_factory=lambda: list(DEFAULT_NA_VALUES))
+    """Cell spellings that mean "not recorded" (an empty cell always does)."""
+    time_unit: TimeUnit = "days"
+    """Unit of the time column; converted to the plan's time_unit."""
+    event_values: list[str] = Field(default_factory=lambda: ["1"], min_length=1)
+    """Values of the event column meaning the event happened (compared by value: 1.0 is 1)."""
+    censored_values: list[str] = Field(default_factory=lambda: ["0"], min_length=1)
+    """Values meaning censored; any other value excludes the row, counted, never a guess."""
+    values: dict[str, dict[str, list[str]]] = Field(default_factory=dict)
+    """Per feature: consortium value -> the local spellings of it ([data.values.<feature>])."""
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, encoding: str) -> str:
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            raise ValueError(f"unknown text encoding {encoding!r}") from None
+        return encoding
+
+    @model_validator(mode="after")
+    def _codings_are_consistent(self) -> DataConfig:
+        try:
+            EventCoding(tuple(self.event_values), tuple(self.censored_values))
+            for feature, spellings in self.values.items():
+                ValueMap.build(feature, spellings)
+        except MappingError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    @property
+    def event_coding(self) -> EventCoding:
+        """How the event column reads."""
+        return EventCoding(tuple(self.event_values), tuple(self.censored_values))
+
+    def value_map(self, feature: str) -> ValueMap | None:
+        """The site's spellings of `feature`'s values, if it declared any."""
+        spellings = self.values.get(feature)
+        return None if spellings is None else ValueMap.build(feature, spellings)
 
     @model_validator(mode="before")
     @classmethod
     def _time_event_in_columns(cls, data: Any) -> Any:
-        """The starter site.toml maps `time`/`event` in [data.columns]; accept that spelling."""
+        """`time`/`event` may also be mapped in [data.columns] (older kits did); accept it."""
         if not isinstance(data, dict) or not isinstance(data.get("columns"), dict):
             return data
         data = dict(data)
@@ -182,8 +233,14 @@ class SiteConfig(_Section):
 
 
 # Known keys per TOML section, and how an environment string becomes a value for each.
-_LIST_FIELDS = {("policy", "allowed_features"), ("policy", "allowed_model_kinds")}
-_OPTIONAL_FIELDS = {("data", "id_column")}
+_LIST_FIELDS = {
+    ("policy", "allowed_features"),
+    ("policy", "allowed_model_kinds"),
+    ("data", "na_values"),
+    ("data", "event_values"),
+    ("data", "censored_values"),
+}
+_OPTIONAL_FIELDS = {("data", "id_column"), ("data", "delimiter")}
 _PATH_FIELDS = {
     ("site", "state_dir"),
     ("tls", "ca"),
@@ -207,8 +264,18 @@ def _env_value(section: str, field: str, text: str) -> object:
     """How an environment string becomes the value of `[section] field`."""
     if (section, field) in _LIST_FIELDS:
         return [item.strip() for item in text.split(",") if item.strip()]
+    if (section, field) == ("data", "delimiter"):
+        return text or None  # a tab is a valid delimiter: only "" means unset
     if (section, field) in _OPTIONAL_FIELDS and not text.strip():
         return None
+    if (section, field) == ("data", "values"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(
+                f"data.values (from {env_name(section, field)}): expected JSON such as"
+                f' {{"sex": {{"F": ["f", "2"]}}}}: {exc.msg}'
+            ) from None
     if (section, field) == ("data", "columns"):
         mapping: dict[str, str] = {}
         for item in (part.strip() for part in text.split(",")):

@@ -19,18 +19,29 @@ import json
 import math
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from site_agent.config import DataConfig
-from survival.schema import FeatureSchema
+from site_agent.mapping import EventCoding, canonical, is_missing, sniff_delimiter, time_factor
+from site_agent.quality import DataQuality, FeatureQuality, followup_summary, quality_warnings
+from survival.schema import CategoricalFeature, Feature, FeatureSchema
 
 _SPLIT_DOMAIN = b"concordia/holdout-split/v1\x00"
+SNIFF_BYTES = 65_536
 
 
 class DataError(ValueError):
-    """The local data cannot be used at all (missing file or column): a configuration problem."""
+    """The local data cannot be used at all (missing file or column): a configuration problem.
+
+    `str(error)` is the full detail for the site's own log (it may name the local file);
+    `public` is what may leave the site in a task error: the cause and the setting to fix,
+    never a local path or a cell value.
+    """
+
+    def __init__(self, detail: str, public: str | None = None) -> None:
+        super().__init__(detail)
+        self.public = public if public is not None else detail
 
 
 @dataclass
@@ -49,6 +60,8 @@ class LocalDataset:
     """Data rows read from the CSV (valid or not)."""
     excluded: dict[str, int]
     """Reason -> rows excluded for it; a row failing several checks counts under each."""
+    quality: DataQuality | None = None
+    """The data-quality report of this read (`site_agent check`, the plan-offer log)."""
 
     @property
     def n_valid(self) -> int:
@@ -109,14 +122,17 @@ def row_key(header: list[str], row: list[str], id_index: int | None) -> bytes:
     return b"row\x00" + hashlib.sha256(json.dumps(pairs).encode()).digest()
 
 
-def _read_csv(path: Path) -> tuple[list[str], list[list[str]], int]:
-    """(header, well-formed rows, malformed row count); blank lines are not rows."""
+def _read_csv(config: DataConfig) -> tuple[list[str], list[list[str]], int, str]:
+    """(header, well-formed rows, malformed row count, delimiter); blank lines are not rows."""
+    path = config.csv
     try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.reader(handle)
+        with path.open(newline="", encoding=config.encoding) as handle:
+            delimiter = config.delimiter or sniff_delimiter(handle.read(SNIFF_BYTES)) or ","
+            handle.seek(0)
+            reader = csv.reader(handle, delimiter=delimiter)
             header = next(reader, None)
             if header is None:
-                raise DataError(f"{path}: the CSV is empty (no header row)")
+                raise DataError(f"{path}: the CSV is empty (no header row)", "data.csv is empty")
             header = [name.strip() for name in header]
             rows: list[list[str]] = []
             malformed = 0
@@ -128,33 +144,49 @@ def _read_csv(path: Path) -> tuple[list[str], list[list[str]], int]:
                     continue
                 rows.append(row)
     except OSError as exc:
-        raise DataError(f"cannot read data.csv {path}: {exc.strerror}") from None
+        raise DataError(
+            f"cannot read data.csv {path}: {exc.strerror}", f"cannot read data.csv: {exc.strerror}"
+        ) from None
     except UnicodeDecodeError:
-        raise DataError(f"data.csv {path}: not UTF-8 text") from None
+        raise DataError(
+            f"data.csv {path}: not {config.encoding} text; set data.encoding",
+            f"data.csv is not {config.encoding} text; set data.encoding",
+        ) from None
     except csv.Error as exc:
-        raise DataError(f"data.csv {path}: not a readable CSV: {exc}") from None
-    return header, rows, malformed
+        raise DataError(
+            f"data.csv {path}: not a readable CSV: {exc}", f"data.csv is not a readable CSV: {exc}"
+        ) from None
+    return header, rows, malformed, delimiter
 
 
-def _column_index(header: list[str], local: str, what: str, path: Path) -> int:
+def _column_index(
+    header: list[str], local: str, what: str, config: DataConfig, delimiter: str
+) -> int:
     positions = [i for i, name in enumerate(header) if name == local]
     if not positions:
-        raise DataError(f"data.csv {path}: column {local!r} ({what}) is missing")
+        how = "data.delimiter" if config.delimiter else "sniffed; set data.delimiter if wrong"
+        hint = (
+            f"; the header was read as {len(header)} column(s) with delimiter {delimiter!r} ({how})"
+        )
+        message = f"column {local!r} ({what}) is missing{hint}"
+        raise DataError(f"data.csv {config.csv}: {message}", f"data.csv: {message}")
     if len(positions) > 1:
-        raise DataError(f"data.csv {path}: column {local!r} ({what}) appears more than once")
+        message = f"column {local!r} ({what}) appears more than once"
+        raise DataError(f"data.csv {config.csv}: {message}", f"data.csv: {message}")
     return positions[0]
 
 
-def _parse_time(values: list[str], reasons: Counter[str]) -> tuple[np.ndarray, np.ndarray]:
+def _parse_time(
+    values: list[str], na: tuple[str, ...], factor: float, reasons: Counter[str]
+) -> tuple[np.ndarray, np.ndarray]:
     out = np.full(len(values), np.nan)
     ok = np.zeros(len(values), dtype=bool)
     for i, text in enumerate(values):
-        text = text.strip()
-        if not text:
+        if is_missing(text, na):
             reasons["time: missing"] += 1
             continue
         try:
-            value = float(text)
+            value = float(text.strip())
         except ValueError:
             reasons["time: not a number"] += 1
             continue
@@ -163,66 +195,114 @@ def _parse_time(values: list[str], reasons: Counter[str]) -> tuple[np.ndarray, n
         elif value < 0:
             reasons["time: negative"] += 1
         else:
+            out[i], ok[i] = value * factor, True
+    return out, ok
+
+
+def _parse_event(
+    values: list[str], na: tuple[str, ...], coding: EventCoding, reasons: Counter[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    out = np.zeros(len(values), dtype=np.int64)
+    ok = np.zeros(len(values), dtype=bool)
+    for i, text in enumerate(values):
+        if is_missing(text, na):
+            reasons["event: missing"] += 1
+            continue
+        value = coding.decode(text)
+        if value is None:
+            reasons["event: value in neither data.event_values nor data.censored_values"] += 1
+        else:
             out[i], ok[i] = value, True
     return out, ok
 
 
-def _parse_event(values: list[str], reasons: Counter[str]) -> tuple[np.ndarray, np.ndarray]:
-    out = np.zeros(len(values), dtype=np.int64)
-    ok = np.zeros(len(values), dtype=bool)
-    for i, text in enumerate(values):
-        text = text.strip()
-        if not text:
-            reasons["event: missing"] += 1
-            continue
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
-        if value in (0.0, 1.0):
-            out[i], ok[i] = int(value), True
-        else:
-            reasons["event: not 0/1"] += 1
-    return out, ok
-
-
-def load_local_data(config: DataConfig, schema: FeatureSchema) -> LocalDataset:
-    """Read and validate the CSV for one plan's feature schema; raises DataError only for
-    configuration problems (file, header, missing or duplicated columns)."""
-    path = config.csv
-    header, rows, malformed = _read_csv(path)
-    time_index = _column_index(header, config.time_column, "data.time_column", path)
-    event_index = _column_index(header, config.event_column, "data.event_column", path)
-    id_index = (
-        None
-        if config.id_column is None
-        else _column_index(header, config.id_column, "data.id_column", path)
+def _feature_cells(
+    feature: Feature, cells: list[str], config: DataConfig
+) -> tuple[list[str], Counter[str]]:
+    """The consortium's spelling of each cell ("" for missing), and the non-missing values of a
+    categorical feature that match no declared level (by count)."""
+    na = tuple(config.na_values)
+    value_map = config.value_map(feature.name)
+    levels = (
+        {canonical(level): level for level in feature.levels}
+        if isinstance(feature, CategoricalFeature)
+        else None
     )
+    out: list[str] = []
+    unknown: Counter[str] = Counter()
+    for cell in cells:
+        if is_missing(cell, na):
+            out.append("")
+            continue
+        value = value_map.apply(cell) if value_map is not None else cell.strip()
+        if levels is not None:
+            if value in levels.values():
+                pass
+            elif canonical(value) in levels:  # numeric levels compare by value: "1.0" is "1"
+                value = levels[canonical(value)]
+            else:
+                unknown[value] += 1
+        out.append(value)
+    return out, unknown
+
+
+def load_local_data(
+    config: DataConfig,
+    schema: FeatureSchema,
+    *,
+    time_unit: str = "days",
+    horizon: float | None = None,
+    small_cell: int = 5,
+) -> LocalDataset:
+    """Read and validate the CSV for one plan's feature schema (times in the plan's
+    `time_unit`); raises DataError only for configuration problems (file, header, missing or
+    duplicated columns). `horizon` (the plan's last cut) enables the unit-mismatch warning."""
+    header, rows, malformed, delimiter = _read_csv(config)
+
+    def index(local: str, what: str) -> int:
+        return _column_index(header, local, what, config, delimiter)
+
+    time_index = index(config.time_column, "data.time_column")
+    event_index = index(config.event_column, "data.event_column")
+    id_index = None if config.id_column is None else index(config.id_column, "data.id_column")
     columns: dict[str, list[str]] = {}
+    local_columns: dict[str, str | None] = {}
+    unknown: dict[str, Counter[str]] = {}
     for feature in schema.features:
         local = config.local_column(feature.name)
         if local not in header and not feature.required and feature.name not in config.columns:
-            continue  # an optional feature this site does not record: imputed as missing
+            local_columns[feature.name] = None  # not recorded here: imputed as missing
+            continue
         what = f"feature {feature.name!r}" + (
             f" via data.columns.{feature.name}" if feature.name in config.columns else ""
         )
-        index = _column_index(header, local, what, path)
-        columns[feature.name] = [row[index] for row in rows]
+        position = index(local, what)
+        local_columns[feature.name] = local
+        cells, unknown[feature.name] = _feature_cells(
+            feature, [row[position] for row in rows], config
+        )
+        columns[feature.name] = cells
 
+    na = tuple(config.na_values)
     reasons: Counter[str] = Counter()
     if malformed:
         reasons["malformed row (wrong number of fields)"] = malformed
-    time, time_ok = _parse_time([row[time_index] for row in rows], reasons)
-    event, event_ok = _parse_event([row[event_index] for row in rows], reasons)
+    factor = time_factor(config.time_unit, time_unit)
+    time, time_ok = _parse_time([row[time_index] for row in rows], na, factor, reasons)
+    event, event_ok = _parse_event(
+        [row[event_index] for row in rows], na, config.event_coding, reasons
+    )
     if id_index is not None:
-        missing_id = np.array([not row[id_index].strip() for row in rows], dtype=bool)
+        missing_id = np.array([is_missing(row[id_index], na) for row in rows], dtype=bool)
         if missing_id.any():
             reasons["id: missing"] += int(missing_id.sum())
     else:
         missing_id = np.zeros(len(rows), dtype=bool)
+    clipped: dict[str, int] = {}
     if columns:
         validation = schema.validate_rows(columns)
         reasons.update(validation.reasons)
+        clipped = validation.clipped
         features_ok = validation.valid
     else:  # every feature optional and absent: only the outcome decides
         features_ok = np.ones(len(rows), dtype=bool)
@@ -230,6 +310,8 @@ def load_local_data(config: DataConfig, schema: FeatureSchema) -> LocalDataset:
 
     if columns:
         raw = schema.raw_matrix(columns, valid)
+    elif not schema.features:  # `site_agent check` without a plan: the outcome only
+        raw = np.zeros((int(valid.sum()), 0))
     else:
         absent: dict[str, list[str]] = {"\x00rows": ["" for _ in rows]}
         raw = schema.raw_matrix(absent, valid)
@@ -243,11 +325,83 @@ def load_local_data(config: DataConfig, schema: FeatureSchema) -> LocalDataset:
         dtype=bool,
         count=int(valid.sum()),
     )
-    return LocalDataset(
+    dataset = LocalDataset(
         raw=np.ascontiguousarray(raw, dtype=np.float64),
         time=time[valid].astype(np.float64),
         event=event[valid],
         holdout=holdout,
         n_rows=len(rows) + malformed,
         excluded=dict(reasons),
+    )
+    dataset.quality = _quality(
+        schema, dataset, columns, local_columns, unknown, clipped, valid, time_unit
+    )
+    if horizon is not None:
+        dataset.quality.beyond_horizon = int((dataset.time > horizon).sum())
+    dataset.quality.warnings = quality_warnings(dataset.quality, horizon, small_cell)
+    return dataset
+
+
+def exclusion_summary(data: LocalDataset, small_cell: int) -> str:
+    """Rows read and excluded by reason, counts only (below `small_cell` as "<k"): what a
+    refused site tells the operator."""
+    excluded = ", ".join(
+        f"{reason}: {f'<{small_cell}' if 0 < n < small_cell else n}"
+        for reason, n in sorted(data.excluded.items())
+    )
+    return f"{data.n_rows} rows read, {data.n_valid} valid" + (
+        f"; excluded {excluded}" if excluded else ""
+    )
+
+
+def _quality(
+    schema: FeatureSchema,
+    dataset: LocalDataset,
+    columns: dict[str, list[str]],
+    local_columns: dict[str, str | None],
+    unknown: dict[str, Counter[str]],
+    clipped: dict[str, int],
+    valid: np.ndarray,
+    time_unit: str,
+) -> DataQuality:
+    """Counts per feature (missing, imputed, clipped, levels) over the rows read and kept."""
+    features = []
+    for feature in schema.features:
+        cells = columns.get(feature.name)
+        if cells is None:
+            missing = imputed = dataset.n_valid
+        else:
+            missing = sum(1 for c in cells if c == "")
+            imputed = (
+                0
+                if feature.required
+                else sum(1 for c, keep in zip(cells, valid, strict=True) if keep and c == "")
+            )
+        levels = None
+        if isinstance(feature, CategoricalFeature):
+            counts = Counter(c for c in cells or [] if c != "")
+            levels = {level: counts.get(level, 0) for level in feature.levels}
+        features.append(
+            FeatureQuality(
+                name=feature.name,
+                kind=feature.kind,
+                column=local_columns.get(feature.name),
+                missing=missing,
+                imputed=imputed,
+                clipped=clipped.get(feature.name, 0),
+                levels=levels,
+                unknown_levels=dict(unknown.get(feature.name, {})),
+            )
+        )
+    return DataQuality(
+        rows_read=dataset.n_rows,
+        rows_valid=dataset.n_valid,
+        excluded=dict(dataset.excluded),
+        features=features,
+        events=int(dataset.event.sum()),
+        followup=followup_summary(dataset.time),
+        time_unit=time_unit,
+        beyond_horizon=0,
+        train_rows=dataset.n_train,
+        holdout_rows=dataset.n_holdout,
     )

@@ -43,11 +43,12 @@ from site_agent import verify
 from site_agent.accounting import Entry
 from site_agent.cache import ReleaseCache, SessionStore
 from site_agent.config import SiteConfig
-from site_agent.data import LocalDataset, load_local_data
+from site_agent.data import DataError, LocalDataset, exclusion_summary, load_local_data
 from site_agent.errors import TaskFailed
 from site_agent.ledger import BudgetExceeded, PrivacyLedger
 from site_agent.model import predict
 from site_agent.policy import check_plan
+from site_agent.quality import data_refusals
 from site_agent.releases import consortium_censoring, gaussian_noise, metrics_vector
 from site_agent.secagg_adapter import SecaggAdapter
 from site_agent.train import RunTraining
@@ -128,9 +129,10 @@ class TaskHandlers:
                     {"run_id": task.run_id, "kind": _audit_kind(task.kind), "reason": exc.message},
                 )
         except Exception as exc:  # never let one bad task kill the agent
+            # The detail (it may hold a local path or a value) stays in the site log.
             log.exception("task %s failed", _audit_kind(task.kind))
             result.error.code = K.TASK_ERROR_INTERNAL
-            result.error.message = f"{type(exc).__name__}: {exc}"[:500]
+            result.error.message = f"internal error ({type(exc).__name__}); see the site log"
         run = self.runs.get(task.run_id)
         if run is not None:
             delta = run.plan.privacy.delta
@@ -178,7 +180,11 @@ class TaskHandlers:
         if not saved.exists():
             raise TaskFailed(K.TASK_ERROR_INVALID_TASK, f"this site never accepted run {run_id}")
         plan = RunPlan.model_validate_json(saved.read_text())
-        run = RunContext(plan, load_local_data(self.config.data, plan.feature_schema))
+        try:
+            run = RunContext(plan, self._load(plan))
+        except DataError as exc:
+            log.warning("cannot read the data of run %s: %s", run_id, exc)
+            raise TaskFailed(K.TASK_ERROR_DATA, exc.public) from None
         self.runs[run_id] = run
         return run
 
@@ -195,14 +201,24 @@ class TaskHandlers:
             self.site_id, "plan_seen", {"run_id": task.run_id, "plan_sha256": plan.sha256()}
         )
         try:
-            data = load_local_data(self.config.data, plan.feature_schema)
-        except ValueError as exc:
-            raise TaskFailed(K.TASK_ERROR_DATA, str(exc)) from None
+            data = self._load(plan)
+        except DataError as exc:
+            log.warning("refused plan of run %s: %s", task.run_id, exc)  # full detail stays here
+            raise TaskFailed(K.TASK_ERROR_DATA, exc.public) from None
         cohort = int((~data.holdout).sum())
         spent = self.ledger.epsilon_lifetime(self.config.policy.max_delta)
         reason = check_plan(plan, self.config.policy, cohort, spent)
+        refusals = data_refusals(data.quality) if data.quality is not None else []
+        if refusals:
+            reason = "; ".join([*refusals, *([reason] if reason else [])])
         if reason is not None:
+            small = self.config.policy.small_cell_threshold
+            reason += f" ({exclusion_summary(data, small)})"
+            log.warning("refused plan of run %s: %s", task.run_id, reason)
             raise TaskFailed(K.TASK_ERROR_POLICY_REFUSED, reason)
+        warnings = data.quality.warnings if data.quality is not None else []
+        for warning in warnings:
+            log.warning("run %s, data: %s", task.run_id, warning)
         self.runs[task.run_id] = RunContext(plan, data)
         write_private_file_atomic(
             self.plans_dir / f"{task.run_id}.json", plan.model_dump_json().encode()
@@ -216,7 +232,18 @@ class TaskHandlers:
                 "rows": data.n_rows,
                 "excluded": data.excluded,
                 "training_rows": cohort,
+                "warnings": warnings,
             },
+        )
+
+    def _load(self, plan: RunPlan) -> LocalDataset:
+        """The cohort as this plan reads it (its features, time unit and horizon)."""
+        return load_local_data(
+            self.config.data,
+            plan.feature_schema,
+            time_unit=plan.time_unit,
+            horizon=plan.time_grid.horizon,
+            small_cell=self.config.policy.small_cell_threshold,
         )
 
     def _run_finished(self, task: federation_pb2.Task) -> None:

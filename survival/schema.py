@@ -34,7 +34,12 @@ class _Frozen(BaseModel):
 
 
 class NumericFeature(_Frozen):
-    """A numeric column with public clinical bounds; if optional, imputed with a fixed value."""
+    """A numeric column with public clinical bounds; if optional, imputed with a fixed value.
+
+    A value outside the bounds is clipped to them and counted (`out_of_bounds = "clip"`, the
+    default: a creatinine of 0.09999 under a bound of 0.1 is a rounding, and in some cohorts the
+    extreme values are the sickest patients) or the row is excluded (`"exclude"`).
+    """
 
     kind: Literal["numeric"] = "numeric"
     name: str = Field(min_length=1, max_length=100)
@@ -42,6 +47,7 @@ class NumericFeature(_Frozen):
     max: float
     required: bool = True
     impute: float | None = None
+    out_of_bounds: Literal["clip", "exclude"] = "clip"
 
     @model_validator(mode="after")
     def _check(self) -> NumericFeature:
@@ -107,6 +113,8 @@ class RowValidation:
 
     valid: np.ndarray  # bool, one per row
     reasons: dict[str, int] = field(default_factory=dict)
+    clipped: dict[str, int] = field(default_factory=dict)
+    """Feature -> values clipped to its bounds (the rows stay valid)."""
 
     @property
     def n_valid(self) -> int:
@@ -172,13 +180,15 @@ class FeatureSchema(_Frozen):
     def validate_rows(self, columns: Columns) -> RowValidation:
         """Mark each row valid or not and count the reasons; bad data never raises.
 
-        A row is invalid when a required value is missing, a numeric value does not parse or lies
-        outside its bounds, or a categorical value is not a declared level. A missing column counts
-        as every value missing.
+        A row is invalid when a required value is missing, a numeric value does not parse (or lies
+        outside its bounds under `out_of_bounds = "exclude"`), or a categorical value is not a
+        declared level. Out-of-bounds values of a clipping feature are counted in `clipped`. A
+        missing column counts as every value missing.
         """
         n = _n_rows(columns)
         valid = np.ones(n, dtype=bool)
         reasons: Counter[str] = Counter()
+        clipped: Counter[str] = Counter()
 
         def fail(mask: np.ndarray, reason: str) -> None:
             count = int(mask.sum())
@@ -196,7 +206,10 @@ class FeatureSchema(_Frozen):
                 parsed, missing, unparseable = _parse_numeric(values)
                 fail(unparseable, f"{feature.name}: not a number")
                 out = ~missing & ~unparseable & ((parsed < feature.min) | (parsed > feature.max))
-                fail(out, f"{feature.name}: out of bounds {feature.bounds_text()}")
+                if feature.out_of_bounds == "exclude":
+                    fail(out, f"{feature.name}: out of bounds {feature.bounds_text()}")
+                elif out.any():
+                    clipped[feature.name] += int(out.sum())
             else:
                 missing = np.fromiter((_is_missing(v) for v in values), bool, count=n)
                 allowed = set(feature.levels)
@@ -211,7 +224,7 @@ class FeatureSchema(_Frozen):
                 fail(unknown, f"{feature.name}: unknown level")
             if feature.required:
                 fail(missing, f"{feature.name}: missing")
-        return RowValidation(valid=valid, reasons=dict(reasons))
+        return RowValidation(valid=valid, reasons=dict(reasons), clipped=dict(clipped))
 
     def raw_matrix(self, columns: Columns, valid: np.ndarray | None = None) -> np.ndarray:
         """The float64 design matrix of the `valid` rows (all rows if None), before standardisation.

@@ -120,8 +120,12 @@ def test_starter_configs_point_at_the_kit(kits: Path) -> None:
     site = tomllib.loads((kits / "sites/hospital-a/site.toml").read_text())
     assert site["coordinator"]["address"] == "coord.example.org:7443"
     assert site["site"]["id"] == "hospital-a"
+    # [data] names the export's place in the kit; [policy] shows the defaults in force; the
+    # data mapping is commented examples (tests/unit/site_agent/test_starter_kit.py loads both)
+    assert site["data"]["csv"] == "data/cohort.csv"
+    assert site["policy"]["max_epsilon_per_run"] == 3.0
     text = (kits / "sites/hospital-a/site.toml").read_text()
-    assert "# [data]" in text and "# [policy]" in text
+    assert "# [data.columns]" in text and "# event_values = " in text
     coordinator = tomllib.loads((kits / "coordinator/coordinator.toml").read_text())
     # it listens on the consortium's coordinator hosts, not on every interface
     assert coordinator["server"]["listen"] == [
@@ -213,12 +217,12 @@ def test_issue_site_kit_from_existing_ca(kits: Path, tmp_path: Path) -> None:
     )
     assert _mode(kit / "client.key") == 0o600
     # Rotation: refused without force; with force a new certificate, the edited config kept.
-    (kit / "site.toml").write_text((kit / "site.toml").read_text() + "\n[policy]\nx = 1\n")
+    (kit / "site.toml").write_text((kit / "site.toml").read_text() + "\n# edited here\n")
     with pytest.raises(ProvisionError, match="already exists"):
         issue_site_kit(ca, "hospital-c", kit, coordinator_address="h:1", consortium="t")
     issue_site_kit(ca, "hospital-c", kit, coordinator_address="h:1", consortium="t", force=True)
     assert (kit / "client.pem").read_bytes() != pem
-    assert "[policy]" in (kit / "site.toml").read_text()
+    assert "# edited here" in (kit / "site.toml").read_text()
 
 
 def test_validity_days_flag_overrides_the_file(
@@ -322,7 +326,7 @@ def test_renew_replaces_the_certificate_keeps_the_config_and_supersedes_the_old_
     fresh: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     kit = fresh / "sites/hospital-a"
-    (kit / "site.toml").write_text((kit / "site.toml").read_text() + "\n[policy]\nx = 1\n")
+    (kit / "site.toml").write_text((kit / "site.toml").read_text() + "\n# edited here\n")
     old = _cert(kit / "client.pem")
     old_victor = _cert(fresh / "operators/victor/client.pem")
     args = ["provision", "renew", "hospital-a", "--out", str(fresh), "--output", "json"]
@@ -332,7 +336,7 @@ def test_renew_replaces_the_certificate_keeps_the_config_and_supersedes_the_old_
     assert summary["action"] == "renew" and summary["roster_version"] == 2
     assert summary["superseded"] == certificate_fingerprint(old)
     assert summary["fingerprint"] == certificate_fingerprint(new)
-    assert "[policy]" in (kit / "site.toml").read_text()
+    assert "# edited here" in (kit / "site.toml").read_text()
     identity = Identity("site", "hospital-a")
     roster = _same_roster_everywhere(fresh)
     assert roster.check(identity, new) is None

@@ -16,12 +16,13 @@ SALT = "s" * 32
 
 
 def kit(tmp_path: Path, data: str, policy: str = "") -> Path:
-    """A kit folder with dummy TLS files, a CSV and the provisioned site.toml plus sections."""
+    """A kit folder with dummy TLS files, a CSV and the provisioned site.toml's [site],
+    [coordinator] and [tls], with these [data] and [policy] sections instead of the starter's."""
     for name in ("ca.pem", "client.pem", "client.key", "cohort.csv"):
         (tmp_path / name).write_text("x")
     text = site_config_text("test", "hosp-a", "coord.example:7443")
     path = tmp_path / "site.toml"
-    path.write_text(text + "\n" + data + "\n" + policy)
+    path.write_text(text[: text.index("\n[data]\n")] + "\n" + data + "\n" + policy)
     return path
 
 
@@ -29,23 +30,21 @@ MINIMAL = f'[data]\ncsv = "cohort.csv"\nsplit_salt = "{SALT}"\n'
 
 
 def test_provisioned_starter_with_its_commented_examples_filled_in(tmp_path: Path) -> None:
-    """Uncommenting the starter's [data]/[policy] examples (except the model kinds, which use
-    names the ModelSpec does not have) gives a valid config."""
+    """Uncommenting the starter's [data]/[policy] examples gives a valid config
+    (tests/unit/site_agent/test_starter_kit.py checks the starter as written, too)."""
     starter = site_config_text("test", "hosp-a", "coord.example:7443")
     lines = []
     for line in starter.splitlines():
         if line.startswith("# [") or (line.startswith("# ") and " = " in line):
-            if "allowed_model_kinds" in line:
-                continue
             line = line[2:]
         lines.append(line)
     for name in ("ca.pem", "client.pem", "client.key"):
         (tmp_path / name).write_text("x")
-    csv = tmp_path / "cohort.csv"
+    csv = tmp_path / "data" / "cohort.csv"
+    csv.parent.mkdir()
     csv.write_text("x")
-    text = "\n".join(lines).replace('"/data/cohort.csv"', f'"{csv}"')
     path = tmp_path / "site.toml"
-    path.write_text(text)
+    path.write_text("\n".join(lines))
 
     config = load_site_config(path, env={})
 
@@ -53,17 +52,26 @@ def test_provisioned_starter_with_its_commented_examples_filled_in(tmp_path: Pat
     assert config.coordinator_address == "coord.example:7443"
     assert config.tls.cert == tmp_path / "client.pem"
     assert config.state_dir == tmp_path / "state"
-    assert config.data.csv == csv
-    # [data.columns] time/event name the outcome columns; the rest map features.
+    assert config.data.csv == csv  # the starter's data/cohort.csv, relative to the kit
+    assert config.data.time_column == "time"
+    assert config.data.event_column == "event"
+    assert config.data.columns == {"age": "age_years", "sex": "gender"}
+    assert config.data.local_column("age") == "age_years"
+    assert config.data.local_column("kappa") == "kappa"
+    assert config.policy.lifetime_epsilon == 10.0
+    assert config.policy.min_cohort_size == 100
+    assert config.policy.allowed_features == ["age", "sex"]
+    assert config.policy.allowed_model_kinds == ["linear", "mlp"]
+
+
+def test_time_and_event_may_still_be_mapped_in_data_columns(tmp_path: Path) -> None:
+    """Kits written before the starter named time_column/event_column mapped them in
+    [data.columns]; that spelling still loads."""
+    data = MINIMAL + '[data.columns]\ntime = "followup_days"\nevent = "died"\nage = "age_years"\n'
+    config = load_site_config(kit(tmp_path, data), env={})
     assert config.data.time_column == "followup_days"
     assert config.data.event_column == "died"
     assert config.data.columns == {"age": "age_years"}
-    assert config.data.local_column("age") == "age_years"
-    assert config.data.local_column("sex") == "sex"
-    # lifetime_epsilon_budget is the starter's (and the wire's) name for lifetime_epsilon
-    assert config.policy.lifetime_epsilon == 10.0
-    assert config.policy.min_cohort_size == 200
-    assert config.policy.allowed_features == ["age", "sex"]
 
 
 def test_defaults_and_relative_paths(tmp_path: Path) -> None:

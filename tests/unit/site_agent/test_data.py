@@ -89,7 +89,7 @@ def test_bad_rows_are_excluded_and_counted_by_reason(tmp_path: Path) -> None:
         "time: missing": 1,
         "time: not a number": 2,
         "time: negative": 2,
-        "event: not 0/1": 2,
+        "event: value in neither data.event_values nor data.censored_values": 2,
         "event: missing": 1,
         "id: missing": 1,
         "age: not a number": 1,

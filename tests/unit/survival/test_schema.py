@@ -40,6 +40,28 @@ def test_encoded_names() -> None:
     ]
 
 
+EXCLUDING = FeatureSchema(
+    features=[
+        NumericFeature(name="age", min=40, max=110, out_of_bounds="exclude"),
+        NumericFeature(
+            name="creatinine", min=0.2, max=15, required=False, impute=1.0, out_of_bounds="exclude"
+        ),
+        CategoricalFeature(name="sex", levels=["F", "M"]),
+        CategoricalFeature(name="stage", levels=["1", "2", "3"], required=False),
+    ]
+)
+
+
+def test_out_of_bounds_values_are_clipped_and_counted_by_default() -> None:
+    columns = {"age": [39.9, 120, 60], "creatinine": [0.09999, 20.0, None], "sex": ["F"] * 3}
+    result = SCHEMA.validate_rows(columns)
+    assert result.valid.all() and result.reasons == {}
+    assert result.clipped == {"age": 2, "creatinine": 2}
+    matrix = SCHEMA.raw_matrix(columns, result.valid)
+    np.testing.assert_array_equal(matrix[:, 0], [40.0, 110.0, 60.0])
+    np.testing.assert_array_equal(matrix[:, 1], [0.2, 15.0, 1.0])
+
+
 def test_bad_rows_counted_by_reason() -> None:
     columns = {
         "age": [50, "x", 120, None, 60.5, 39.9, "70"],
@@ -47,7 +69,7 @@ def test_bad_rows_counted_by_reason() -> None:
         "sex": ["F", "M", "M", "F", "Q", "F", "M"],
         "stage": [None, 1, 2.0, "3", "3", "4", ""],
     }
-    result = SCHEMA.validate_rows(columns)
+    result = EXCLUDING.validate_rows(columns)
     assert result.valid.tolist() == [True, False, False, False, False, False, False]
     assert result.reasons == {
         "age: not a number": 1,
@@ -76,9 +98,9 @@ def test_imputation_and_indicators() -> None:
         "sex": ["M", "F", "F"],
         "stage": ["", "1", 3],
     }
-    result = SCHEMA.validate_rows(columns)
+    result = EXCLUDING.validate_rows(columns)
     assert result.valid.tolist() == [True, False, True]
-    matrix = SCHEMA.raw_matrix(columns, result.valid)
+    matrix = EXCLUDING.raw_matrix(columns, result.valid)
     assert matrix.dtype == np.float64
     np.testing.assert_array_equal(
         matrix,
