@@ -36,6 +36,7 @@ from site_agent.handlers import TaskHandlers, kind_label
 from site_agent.ledger import PrivacyLedger
 from site_agent.policy import policy_summary
 from site_agent.roster import SiteRoster
+from site_agent.sealing import StateSealer, load_state_key
 from site_agent.secagg_adapter import SecaggAdapter
 
 log = logging.getLogger("concordia.site")
@@ -67,8 +68,10 @@ class SiteAgent:
         self.ledger = PrivacyLedger(
             db, clock=time.time, split_fingerprint=split_fingerprint(config.data)
         )
-        self.cache = ReleaseCache(db)
-        self.sessions = SessionStore(db)
+        # Releases and session secrets are encrypted at rest (site_agent/sealing.py).
+        sealer = StateSealer(load_state_key(state_dir))
+        self.cache = ReleaseCache(db, sealer)
+        self.sessions = SessionStore(db, sealer)
         self.audit = AuditLog(state_dir / "audit.sqlite", clock=time.time)
         self.kit = TlsKit.from_files(
             Path(config.tls.ca), Path(config.tls.cert), Path(config.tls.key)

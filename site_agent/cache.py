@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from site_agent.ledger import SqliteComponent
+from site_agent.sealing import StateSealer
 
 _CACHE_SCHEMA = (
     """CREATE TABLE IF NOT EXISTS release_cache (
@@ -78,10 +79,15 @@ class CachedRelease:
 
 
 class ReleaseCache(SqliteComponent):
-    """One prepared (already charged) release per (run, purpose, round), bound to one session."""
+    """One prepared (already charged) release per (run, purpose, round), bound to one session.
 
-    def __init__(self, conn_or_path: sqlite3.Connection | str | Path) -> None:
+    With a `sealer` the vectors are encrypted at rest (site_agent/sealing.py)."""
+
+    def __init__(
+        self, conn_or_path: sqlite3.Connection | str | Path, sealer: StateSealer | None = None
+    ) -> None:
         super().__init__(conn_or_path, _CACHE_SCHEMA)
+        self._sealer = sealer
         with self._transaction() as conn:
             present = {row[1] for row in conn.execute("PRAGMA table_info(release_cache)")}
             for column, declaration in _CACHE_COLUMNS.items():
@@ -105,6 +111,8 @@ class ReleaseCache(SqliteComponent):
             raise ValueError(f"release meta is not JSON-serialisable: {exc}") from None
         data = array.astype("<u4").tobytes()
         digest = hashlib.sha256(data).hexdigest()
+        if self._sealer is not None:
+            data = self._sealer.seal(data, _release_row(run_id, purpose, round))
         with self._transaction() as conn:
             conn.execute(
                 "INSERT INTO release_cache"
@@ -126,7 +134,12 @@ class ReleaseCache(SqliteComponent):
             ).fetchone()
         if row is None:
             return None
-        vector = np.frombuffer(row[0], dtype="<u4").astype(np.uint32) if row[0] else None
+        vector = None
+        if row[0]:
+            data = bytes(row[0])
+            if self._sealer is not None:
+                data = self._sealer.open(data, _release_row(run_id, purpose, round))
+            vector = np.frombuffer(data, dtype="<u4").astype(np.uint32)
         return CachedRelease(
             vector=vector,
             meta=json.loads(row[1]),
@@ -192,21 +205,28 @@ class ReleaseCache(SqliteComponent):
 
 class SessionStore(SqliteComponent):
     """Serialised secagg ClientSession bytes per (run_id, purpose, round, attempt), so a
-    restarted agent resumes its sessions, and the log of every session key ever advertised."""
+    restarted agent resumes its sessions, and the log of every session key ever advertised.
+    With a `sealer` the states (private keys, shares) are encrypted at rest."""
 
-    def __init__(self, conn_or_path: sqlite3.Connection | str | Path) -> None:
+    def __init__(
+        self, conn_or_path: sqlite3.Connection | str | Path, sealer: StateSealer | None = None
+    ) -> None:
         super().__init__(conn_or_path, _SESSION_SCHEMA)
+        self._sealer = sealer
 
     def save(self, key: SessionKey, data: bytes) -> None:
         """Persist a session's client state after every stage, so a restarted agent answers the
         next stage with the same keys instead of starting (and advertising) anew."""
         run_id, purpose, round, attempt = key
+        blob = bytes(data)
+        if self._sealer is not None:
+            blob = self._sealer.seal(blob, _session_row(key))
         with self._transaction() as conn:
             conn.execute(
                 "INSERT INTO secagg_sessions (run_id, purpose, round, attempt, data)"
                 " VALUES (?, ?, ?, ?, ?) ON CONFLICT (run_id, purpose, round, attempt)"
                 " DO UPDATE SET data = excluded.data",
-                (run_id, purpose, int(round), int(attempt), bytes(data)),
+                (run_id, purpose, int(round), int(attempt), blob),
             )
 
     def load(self, key: SessionKey) -> bytes | None:
@@ -218,7 +238,10 @@ class SessionStore(SqliteComponent):
                 " WHERE run_id = ? AND purpose = ? AND round = ? AND attempt = ?",
                 (run_id, purpose, int(round), int(attempt)),
             ).fetchone()
-        return None if row is None else bytes(row[0])
+        if row is None:
+            return None
+        blob = bytes(row[0])
+        return blob if self._sealer is None else self._sealer.open(blob, _session_row(key))
 
     def claim(self, session: str) -> bool:
         """Record that `session` was advertised here; False if it ever was before (forever:
@@ -235,3 +258,13 @@ class SessionStore(SqliteComponent):
         the session log stays."""
         with self._transaction() as conn:
             conn.execute("DELETE FROM secagg_sessions WHERE run_id = ?", (run_id,))
+
+
+def _release_row(run_id: str, purpose: str, round: int) -> str:
+    """The associated data of a sealed release: it opens only in its own row."""
+    return f"release_cache/{run_id}/{purpose}/{int(round)}"
+
+
+def _session_row(key: SessionKey) -> str:
+    run_id, purpose, round, attempt = key
+    return f"secagg_sessions/{run_id}/{purpose}/{int(round)}/{int(attempt)}"
