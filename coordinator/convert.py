@@ -57,6 +57,7 @@ TASK_ERROR_FROM_WIRE: dict[int, str] = {
     federation_pb2.TASK_ERROR_DATA: "data",
     federation_pb2.TASK_ERROR_SECAGG_VERIFICATION: "secagg_verification",
     federation_pb2.TASK_ERROR_INTERNAL: "internal",
+    federation_pb2.TASK_ERROR_APPROVAL_PENDING: "approval_pending",
 }
 MAX_ERROR_MESSAGE = 500
 
@@ -191,7 +192,7 @@ def run_status(engine: RunEngine, row: RunRow | None, sites: list[SiteRow]) -> a
         status.sites.add(
             site_id=site,
             decision=DECISION_TO_WIRE[progress.decision(site)],
-            reason=progress.refusals.get(site, ""),
+            reason=progress.refusals.get(site, progress.awaiting.get(site, "")),
             alive=site in alive,
             epsilon_spent=progress.privacy.get(site, {}).get("epsilon_run", 0.0),
             last_seen_unix_ms=int(seen.get(site, 0.0) * 1000),
@@ -212,6 +213,8 @@ def site_decision(progress: RunProgress, site: str, out: admin_pb2.SiteInfo) -> 
     out.decision = DECISION_TO_WIRE[decision]
     if decision == "refused":
         out.reason = progress.refusals[site]
+    elif site in progress.awaiting:
+        out.reason = progress.awaiting[site]
 
 
 def model_card(engine: RunEngine, round_: int) -> dict[str, Any]:

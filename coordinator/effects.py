@@ -128,6 +128,7 @@ class RunProgress:
     candidates: tuple[str, ...]
     accepted: tuple[str, ...]
     refusals: Mapping[str, str]
+    awaiting: Mapping[str, str]  # candidates whose policy waits for a person's approval
     privacy: Mapping[str, Mapping[str, float]]
     sites_alive: tuple[str, ...]
     history: tuple[RoundRecord, ...]

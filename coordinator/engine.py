@@ -47,7 +47,6 @@ from federation.releases import ConsortiumStats, Purpose
 from federation.sessions import minimum_session_size
 from federation.tasks import LOCAL_TASK_KIND, TaskKind
 
-OFFER_TIMEOUT_S = 120.0
 FINISH_TIMEOUT_S = 60.0
 
 
@@ -71,6 +70,7 @@ class RunEngine:
         self.candidates: list[str] = []
         self.accepted: list[str] = []
         self.refusals: dict[str, str] = {}
+        self.awaiting: dict[str, str] = {}  # site -> why its answer to the offer waits
         self.acked: list[str] = []
         self.session_sites: dict[int, str] = {}
         self.tasks: dict[str, PendingTask] = {}
@@ -100,7 +100,7 @@ class RunEngine:
 
         def offer() -> None:
             engine.candidates = sorted(s for s in candidates if wanted is None or s in wanted)
-            engine.step_deadline = now + OFFER_TIMEOUT_S
+            engine.step_deadline = now + plan.secagg.offer_timeout_s
             for site in engine.candidates:
                 engine._assign(site, TaskKind.PLAN_OFFER, engine.step_deadline)
             engine._advance(now)
@@ -138,6 +138,13 @@ class RunEngine:
                 f"site {site}: result for task {result.task_id[:12]} is not outstanding", "stale"
             )
         task.check(site, result, now)
+        if task.kind is TaskKind.PLAN_OFFER and result.error_code == "approval_pending":
+            # The site's policy waits for a person's approval: the offer stays outstanding (the
+            # site answers it again once decided) until the offer deadline closes the phase.
+            def wait() -> None:
+                self.awaiting[site] = result.error_message or "awaiting approval at the site"
+
+            return self._collect(wait)
         if task.kind.is_secagg and result.error_code is None:
             if self._session is None:
                 raise ResultRejected(f"site {site}: no secure-aggregation session for it", "stale")
@@ -192,6 +199,7 @@ class RunEngine:
             candidates=tuple(self.candidates),
             accepted=tuple(self.accepted),
             refusals=dict(self.refusals),
+            awaiting=dict(self.awaiting),
             privacy={site: dict(p) for site, p in self.privacy.items()},
             sites_alive=tuple(self._sites_alive()),
             history=tuple(self.history),

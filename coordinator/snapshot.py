@@ -45,6 +45,7 @@ def dump(engine: RunEngine) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         "candidates": engine.candidates,
         "accepted": engine.accepted,
         "refusals": engine.refusals,
+        "awaiting": engine.awaiting,
         "acked": engine.acked,
         "session_sites": {str(k): v for k, v in engine.session_sites.items()},
         "tasks": [task_to_json(t) for t in engine.tasks.values()],
@@ -87,6 +88,7 @@ def load(
     engine.candidates = list(state["candidates"])
     engine.accepted = list(state["accepted"])
     engine.refusals = dict(state["refusals"])
+    engine.awaiting = dict(state.get("awaiting", {}))  # absent in snapshots of older versions
     engine.acked = list(state["acked"])
     engine.session_sites = {int(k): v for k, v in state["session_sites"].items()}
     engine.tasks = {t["site"]: task_from_json(t) for t in state["tasks"]}

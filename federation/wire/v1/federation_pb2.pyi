@@ -47,6 +47,7 @@ class TaskErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TASK_ERROR_DATA: _ClassVar[TaskErrorCode]
     TASK_ERROR_SECAGG_VERIFICATION: _ClassVar[TaskErrorCode]
     TASK_ERROR_INTERNAL: _ClassVar[TaskErrorCode]
+    TASK_ERROR_APPROVAL_PENDING: _ClassVar[TaskErrorCode]
 TASK_KIND_UNSPECIFIED: TaskKind
 TASK_KIND_IDLE: TaskKind
 TASK_KIND_PLAN_OFFER: TaskKind
@@ -76,6 +77,7 @@ TASK_ERROR_INVALID_TASK: TaskErrorCode
 TASK_ERROR_DATA: TaskErrorCode
 TASK_ERROR_SECAGG_VERIFICATION: TaskErrorCode
 TASK_ERROR_INTERNAL: TaskErrorCode
+TASK_ERROR_APPROVAL_PENDING: TaskErrorCode
 
 class PolicySummary(_message.Message):
     __slots__ = ("allowed_features", "max_epsilon_per_run", "lifetime_epsilon_budget", "lifetime_epsilon_spent", "max_delta", "min_cohort_size", "allowed_model_kinds")

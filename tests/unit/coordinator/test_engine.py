@@ -438,3 +438,34 @@ def test_stop_ends_the_run_and_tells_the_sites() -> None:
     assert engine.progress().status is RunStatus.STOPPED
     assert all(engine.task_for(s).kind is TaskKind.RUN_FINISHED for s in ("site-0", "site-1"))
     assert engine.stop("again", 6.0) == []
+
+
+def test_a_site_awaiting_approval_keeps_its_offer_and_the_run_goes_on_without_it() -> None:
+    plan = _plan(rounds=1)
+    names = ["site-0", "site-1", "site-2"]
+    ids = (f"task-{i}" for i in itertools.count())
+    engine, _ = RunEngine.start("run-1", plan, names, 1000.0, ids=lambda: next(ids))
+    offer = engine.task_for("site-2")
+    assert offer is not None and offer.kind is TaskKind.PLAN_OFFER
+    pending = SiteResult(
+        task_id=offer.task_id,
+        kind=TaskKind.PLAN_OFFER,
+        error_code="approval_pending",
+        error_message="awaiting approval at the site (plan 06dcf014aff3)",
+    )
+    engine.on_result("site-2", pending, 1001.0)
+    assert engine.task_for("site-2") == offer  # still outstanding: it will answer again
+    progress = engine.progress()
+    assert progress.decision("site-2") == "pending"
+    assert progress.awaiting == {"site-2": "awaiting approval at the site (plan 06dcf014aff3)"}
+    restored, _ = snapshot.restore(*snapshot.dump(engine), 1002.0)  # survives a restart
+    assert restored.progress().awaiting == progress.awaiting
+    for name in ("site-0", "site-1"):
+        task = engine.task_for(name)
+        assert task is not None
+        engine.on_result(name, SiteResult(task_id=task.task_id, kind=task.kind), 1003.0)
+    assert engine.progress().phase is Phase.OFFER  # waits for the pending site until the deadline
+    engine.tick(1000.0 + plan.secagg.offer_timeout_s + 1)
+    after = engine.progress()
+    assert after.phase is Phase.STATS and after.accepted == ("site-0", "site-1")
+    assert engine.task_for("site-2") is None
