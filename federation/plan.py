@@ -81,6 +81,12 @@ class SecAggPlan(_Strict):
     clip_norm: float = Field(default=10.0, gt=0.0)
     coord_bound: float = Field(default=2.0, gt=0.0)
     scale_bits: int = Field(default=18, ge=4, le=28)
+    offer_timeout_s: float = Field(
+        default=120.0,
+        gt=0.0,
+        le=7 * 86400.0,
+        description="how long the plan offer waits for answers (and for sites awaiting approval)",
+    )
     train_timeout_s: float = Field(default=300.0, gt=0.0)
     stage_timeout_s: float = Field(default=30.0, gt=0.0)
     max_attempts: int = Field(default=3, ge=1, le=20)

@@ -190,6 +190,10 @@ def site_config_text(consortium: str, site_id: str, coordinator_address: str) ->
         "min_session_sites = 3      # fewest sites in any secure-aggregation session joined\n"
         "max_colluding_sites = 0    # sites assumed to collude with the coordinator\n"
         'small_cell_threshold = 5   # counts below it are shown as "<5" in data reports\n'
+        'approval = "auto"          # "manual": a person approves each plan (site_agent approve)\n'
+        'allowed_purposes = ["research.survival-model"]\n'
+        'lawful_basis = {"research.survival-model" = "GDPR Art. 6(1)(e), 9(2)(j)"}\n'
+        "retention_days = 365       # caches, session state and expired run state\n"
     )
 
 

@@ -20,8 +20,17 @@ if TYPE_CHECKING:
     from site_agent.agent import SiteAgent
 
 
-COMMANDS = ("check",)
-"""Site-local commands (`python -m site_agent check …`); without one, the agent runs."""
+COMMANDS = {
+    "check": "site_agent.check",
+    "approvals": "site_agent.approval_cli",
+    "approve": "site_agent.approval_cli",
+    "reject": "site_agent.approval_cli",
+    "erase": "site_agent.gdpr_cli",
+    "subject-report": "site_agent.gdpr_cli",
+    "records": "site_agent.gdpr_cli",
+}
+"""Site-local commands (`python -m site_agent check …`) and the module that implements each
+(`register(parser, name)` and `run(args)`); without one, the agent runs."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,11 +80,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _command(name: str, argv: list[str]) -> int:
     """One site-local command; its own arguments, exit codes and output."""
-    from site_agent import check
+    import importlib
 
+    module = importlib.import_module(COMMANDS[name])
     parser = argparse.ArgumentParser(prog=f"python -m site_agent {name}")
-    check.register(parser)
-    return check.run(parser.parse_args(argv))
+    module.register(parser, name)
+    result: int = module.run(parser.parse_args(argv))
+    return result
 
 
 async def _run_until_terminated(agent: SiteAgent) -> None:

@@ -15,6 +15,7 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -35,16 +36,21 @@ from site_agent.data import split_fingerprint
 from site_agent.handlers import TaskHandlers, kind_label
 from site_agent.ledger import PrivacyLedger
 from site_agent.policy import policy_summary
+from site_agent.pseudonyms import pseudonym_key
+from site_agent.records import ProcessingRecords
+from site_agent.retention import PurgeCounts, purge_expired
 from site_agent.roster import SiteRoster
 from site_agent.sealing import StateSealer, load_state_key
 from site_agent.secagg_adapter import SecaggAdapter
 
 log = logging.getLogger("concordia.site")
 
+APPROVAL_POLL_S = 5.0
 POLL_WAIT_MS = 20_000
 MAX_BACKOFF_S = 30.0
 HEARTBEAT_FILE = "heartbeat.json"
 HEARTBEAT_INTERVAL_S = 10.0
+RETENTION_INTERVAL_S = 86_400.0
 
 
 def long_poll_wait_ms(suggested_ms: int) -> int:
@@ -59,9 +65,17 @@ class SiteAgent:
     task handlers over it, and the connection loop. `run_forever()` until cancelled; `handle(task)`
     answers one task without a connection (tests drive the agent that way)."""
 
-    def __init__(self, config: SiteConfig, *, faults: Faults | None = None) -> None:
-        """`faults`: the end-to-end tests' crash points and update recorder; none in production."""
+    def __init__(
+        self,
+        config: SiteConfig,
+        *,
+        faults: Faults | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """`faults`: the end-to-end tests' crash points and update recorder; none in production.
+        `clock`: Unix seconds for records of processing and retention (tests inject one)."""
         self.config = config
+        self.clock = clock
         self.site_id = config.site_id
         state_dir = ensure_private_dir(config.state_dir)  # 0700: ledger, secrets, audit
         db = state_dir / "site.sqlite"
@@ -73,6 +87,7 @@ class SiteAgent:
         self.cache = ReleaseCache(db, sealer)
         self.sessions = SessionStore(db, sealer)
         self.audit = AuditLog(state_dir / "audit.sqlite", clock=time.time)
+        self.records = ProcessingRecords(db)  # records of processing, erasure list (GDPR)
         self.kit = TlsKit.from_files(
             Path(config.tls.ca), Path(config.tls.cert), Path(config.tls.key)
         )
@@ -105,6 +120,9 @@ class SiteAgent:
             secagg=self.secagg,
             plans_dir=ensure_private_dir(state_dir / "plans"),
             faults=faults if faults is not None else Faults(),
+            records=self.records,
+            pseudonym_key=pseudonym_key(state_dir),
+            clock=clock,
         )
         self.heartbeat_path = state_dir / HEARTBEAT_FILE
         self.poll_wait_ms = POLL_WAIT_MS
@@ -117,12 +135,44 @@ class SiteAgent:
 
     # ------------------------------------------------------------------ the loop
     async def run_forever(self) -> None:
-        """Serve the coordinator until cancelled (SIGTERM, Ctrl-C), with the heartbeat beside."""
+        """Serve the coordinator until cancelled (SIGTERM, Ctrl-C), with the heartbeat and the
+        daily retention purge beside (the first purge runs now, on start)."""
         heartbeat = asyncio.create_task(self._heartbeat_forever())
+        retention = asyncio.create_task(self._retention_forever())
         try:
             await self._connect_forever()
         finally:
             heartbeat.cancel()
+            retention.cancel()
+
+    def purge_expired(self) -> PurgeCounts:
+        """Purge run state idle beyond `policy.retention_days` (site_agent/retention.py); audited
+        as `retention_purge` with the counts, also when there was nothing to purge."""
+        counts, runs = purge_expired(
+            now=self.clock(),
+            retention_days=self.config.policy.retention_days,
+            records=self.records,
+            ledger=self.ledger,
+            cache=self.cache,
+            sessions=self.sessions,
+            plans_dir=self.handlers.plans_dir,
+            active=self.handlers.runs,  # type: ignore[arg-type]
+        )
+        detail = {
+            **counts.to_json(),
+            "run_ids": runs,
+            "retention_days": self.config.policy.retention_days,
+        }
+        self.audit.append(self.site_id, "retention_purge", detail)
+        return counts
+
+    async def _retention_forever(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self.purge_expired)
+            except Exception:  # a failed purge is retried tomorrow; it must not stop the agent
+                log.exception("retention purge failed")
+            await asyncio.sleep(RETENTION_INTERVAL_S)
 
     async def _heartbeat_forever(self) -> None:
         """Liveness for the container health check: the event loop writes state_dir/heartbeat.json
@@ -178,6 +228,7 @@ class SiteAgent:
             )
         )
         log.info("connected to coordinator %s", response.coordinator_id)
+        self.handlers.coordinator_id = response.coordinator_id or None
         self.poll_wait_ms = long_poll_wait_ms(response.poll_wait_ms)
         self._take_roster(response.roster)
 
@@ -228,3 +279,7 @@ class SiteAgent:
                     log.warning("coordinator rejected our result: %s", exc.details())
                     continue
                 raise
+            if result.error.code == federation_pb2.TASK_ERROR_APPROVAL_PENDING:
+                # The offer stays open until a person decides; ask again in a while, not in a
+                # tight loop (the coordinator hands the same offer back at once).
+                await asyncio.sleep(APPROVAL_POLL_S)

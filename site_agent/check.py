@@ -8,29 +8,40 @@ lifetime budget. Exit 0: valid (and accepted); 1: refused, or (without a plan) d
 could use; 2: bad input (config, data, plan). It sends nothing and writes no state, except the
 split salt, which loading site.toml creates once when none is configured (the hold-out split
 needs it).
+
+The data audit (site_agent/data_audit.py) is part of `check` only: it reads the header and a
+bounded sample of *every* column to classify it (direct identifier, quasi-identifier, special
+category, other) and says which the plan uses (`data_audit`); for the plan's quasi-identifiers it
+reports k-anonymity and l-diversity of the event (`k_anonymity`). A direct identifier mapped as a
+feature is bad input (exit 2, naming the column and why). No cell value is ever printed. A run
+never reads unmapped columns.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import secrets
 import sys
 from pathlib import Path
 from typing import Any
 
 from federation.configfile import ConfigError
-from federation.plan import PlanError, RunPlan, parse_plan
+from federation.plan import DEFAULT_PURPOSE, PlanError, RunPlan, parse_plan
 from site_agent.config import SiteConfig, load_site_config
-from site_agent.data import DataError, LocalDataset, load_local_data
+from site_agent.data import DataError, LocalDataset, RowGate, load_local_data
+from site_agent.data_audit import audit_columns, k_anonymity
 from site_agent.policy import check_plan
+from site_agent.pseudonyms import pseudonym_key
 from site_agent.quality import data_refusals
 from survival.schema import FeatureSchema
 
 EXIT_OK, EXIT_REFUSED, EXIT_BAD_INPUT = 0, 1, 2
 
 
-def register(parser: argparse.ArgumentParser) -> None:
+def register(parser: argparse.ArgumentParser, name: str = "check") -> None:
     """The `check` subcommand's arguments."""
+    del name
     parser.add_argument("--config", type=Path, required=True, help="site.toml")
     parser.add_argument("--plan", type=Path, help="a run plan (TOML) to check against")
     parser.add_argument("--output", choices=("text", "json"), default="text")
@@ -44,6 +55,11 @@ def run(args: argparse.Namespace) -> int:
         report = build_report(config, plan)
     except (ConfigError, PlanError, DataError) as exc:
         print(f"site_agent check: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    identifiers = identifier_features(report["data_audit"])
+    if identifiers:
+        for line in identifiers:
+            print(f"site_agent check: {line}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if args.output == "json":
         print(json.dumps(report, indent=2, sort_keys=True))
@@ -68,6 +84,7 @@ def build_report(config: SiteConfig, plan: RunPlan | None) -> dict[str, Any]:
     """The JSON report (documented keys: rows_read, rows_valid, excluded, features, events,
     plan, warnings, …). Without a plan, every feature the site maps is read as optional."""
     policy = config.policy
+    gate = _gate(config, plan)
     if plan is not None:
         data = load_local_data(
             config.data,
@@ -75,14 +92,80 @@ def build_report(config: SiteConfig, plan: RunPlan | None) -> dict[str, Any]:
             time_unit=plan.time_unit,
             horizon=plan.time_grid.horizon,
             small_cell=policy.small_cell_threshold,
+            gate=gate,
         )
     else:
-        data = load_local_data(config.data, _mapped_schema(config))
+        data = load_local_data(config.data, _mapped_schema(config), gate=gate)
     assert data.quality is not None
     report = data.quality.to_json(policy.small_cell_threshold)
+    report["data_audit"] = audit_columns(config.data, _uses(config, plan))
+    for name, why in data.identifier_features.items():  # as the agent sees it at the offer
+        column = config.data.local_column(name)
+        entry = report["data_audit"].get(column)
+        if entry is not None and entry["class"] != "direct_identifier":
+            entry.update({"class": "direct_identifier", "why": why})
+    report["k_anonymity"] = None
+    if plan is not None:
+        quasi = [
+            f.name
+            for f in plan.features
+            if report["data_audit"].get(config.data.local_column(f.name), {}).get("class")
+            == "quasi_identifier"
+        ]
+        report["k_anonymity"] = k_anonymity(plan.feature_schema, data.raw, data.event, quasi)
+        k = report["k_anonymity"]["k"]
+        if k is not None and k < policy.small_cell_threshold:
+            report["warnings"].append(
+                f"k-anonymity over the plan's quasi-identifiers {quasi} is {k}, below"
+                f" policy.small_cell_threshold {policy.small_cell_threshold}: a released"
+                " aggregate is protected by differential privacy, not by k"
+            )
     report["refusals"] = data_refusals(data.quality)
     report["plan"] = None if plan is None else _plan_decision(config, plan, data)
     return report
+
+
+def _gate(config: SiteConfig, plan: RunPlan | None) -> RowGate:
+    """The run's row gate, read without creating state: the erasure list if the site has one,
+    and the pseudonym key if it exists (else a throwaway one: registry entries by id still
+    match, and no stored pseudonym can exist without the key)."""
+    from site_agent.records import ProcessingRecords
+
+    key = pseudonym_key(config.state_dir, create=False) or secrets.token_hex(32).encode()
+    erased: frozenset[str] = frozenset()
+    db = config.state_dir / "site.sqlite"
+    if db.exists():
+        records = ProcessingRecords(db)
+        try:
+            erased = records.erased()
+        finally:
+            records.close()
+    return RowGate(plan.purpose if plan is not None else DEFAULT_PURPOSE, key, erased)
+
+
+def _uses(config: SiteConfig, plan: RunPlan | None) -> dict[str, str]:
+    """Local column → what the run uses it for (the plan's features, or without a plan the
+    features the site maps)."""
+    data = config.data
+    names = [f.name for f in plan.features] if plan is not None else list(data.columns)
+    uses = {data.time_column: "time", data.event_column: "event"}
+    if data.id_column is not None:
+        uses[data.id_column] = "patient id (pseudonymised at load)"
+    if data.consent_column is not None:
+        uses[data.consent_column] = "consent"
+    uses.update({data.local_column(name): f"feature {name}" for name in names})  # wins: checked
+    return uses
+
+
+def identifier_features(audit: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per direct identifier mapped as a feature: the column and why (never values)."""
+    return [
+        f"column {column!r} ({entry['used_by_plan']}) is a direct identifier: {entry['why']};"
+        " a direct identifier is never a model feature (remove it from [data.columns] or the plan)"
+        for column, entry in audit.items()
+        if entry["class"] == "direct_identifier"
+        and str(entry["used_by_plan"] or "").startswith("feature ")
+    ]
 
 
 def _mapped_schema(config: SiteConfig) -> FeatureSchema:
@@ -161,6 +244,19 @@ def format_text(report: dict[str, Any]) -> str:
     if report["plan"] is None and report["refusals"]:
         lines.append("the data cannot be used:")
         lines += [f"  - {reason}" for reason in report["refusals"]]
+    audit = report.get("data_audit") or {}
+    if audit:
+        lines.append("data audit (class of every column; values never shown):")
+        for column, entry in audit.items():
+            use = f", used as {entry['used_by_plan']}" if entry["used_by_plan"] else ", not read"
+            lines.append(f"  {column}: {entry['class'].replace('_', ' ')} ({entry['why']}){use}")
+    anonymity = report.get("k_anonymity")
+    if anonymity is not None:
+        lines.append(
+            f"k-anonymity over {anonymity['quasi_identifiers'] or 'no quasi-identifier'}:"
+            f" k = {anonymity['k']}, l = {anonymity['l']} (event) in {anonymity['classes']}"
+            " classes"
+        )
     if report["warnings"]:
         lines.append("warnings:")
         lines += [f"  ! {warning}" for warning in report["warnings"]]

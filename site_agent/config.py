@@ -38,7 +38,7 @@ from federation.configfile import (
     resolve_paths,
     validation_message,
 )
-from federation.plan import SITE_ID_PATTERN
+from federation.plan import DEFAULT_PURPOSE, PURPOSE_PATTERN, SITE_ID_PATTERN
 from site_agent.mapping import DEFAULT_NA_VALUES, EventCoding, MappingError, TimeUnit, ValueMap
 
 __all__ = [
@@ -81,12 +81,42 @@ class SitePolicy(_Section):
     min_session_sites: int = Field(default=3, ge=2, le=1000)
     """The fewest sites in any secure-aggregation session this site joins. With 2, each of the
     two learns the other's release from the published aggregate (sum minus its own)."""
+    approval: Literal["auto", "manual"] = "auto"
+    """manual: a plan that passes every check still waits until a person approves it
+    (`python -m site_agent approve`); the site joins no session of it before."""
     small_cell_threshold: int = Field(default=5, ge=1, le=1000)
     """Counts below this are shown as "<k" in data-quality reports, and a local value seen fewer
     times is never named (a rare value can identify a patient)."""
     max_colluding_sites: int = Field(default=0, ge=0, le=1000)
     """Sites this hospital assumes may collude with the coordinator: every session's threshold
     must exceed (n + this)/2, and a plan assuming fewer is refused."""
+    allowed_purposes: list[str] = Field(default_factory=lambda: [DEFAULT_PURPOSE], min_length=1)
+    """Processing purposes this site takes part in (a plan's `purpose` outside it is refused)."""
+    lawful_basis: dict[str, str] = Field(
+        default_factory=lambda: {DEFAULT_PURPOSE: "GDPR Art. 6(1)(e), 9(2)(j)"}
+    )
+    """Per allowed purpose, the lawful basis the site records for it (records of processing)."""
+    retention_days: int = Field(default=365, ge=1, le=36500)
+    """Run state (release vectors, session states, saved plans) idle longer than this is purged;
+    the records of processing and the audit log are kept (docs/gdpr.md)."""
+
+    @field_validator("allowed_purposes")
+    @classmethod
+    def _purpose_names(cls, purposes: list[str]) -> list[str]:
+        for purpose in purposes:
+            if not re.fullmatch(PURPOSE_PATTERN, purpose):
+                raise ValueError(f"{purpose!r} is not a purpose name (like {DEFAULT_PURPOSE!r})")
+        return purposes
+
+    @model_validator(mode="after")
+    def _every_purpose_has_a_basis(self) -> SitePolicy:
+        missing = [p for p in self.allowed_purposes if not self.lawful_basis.get(p, "").strip()]
+        if missing:
+            raise ValueError(
+                f"lawful_basis names no basis for allowed purpose(s) {missing}: add e.g."
+                f' lawful_basis = {{"{missing[0]}" = "GDPR Art. 6(1)(e), 9(2)(j)"}}'
+            )
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -123,7 +153,18 @@ class DataConfig(_Section):
     time_column: str = Field(default="time", min_length=1)
     event_column: str = Field(default="event", min_length=1)
     id_column: str | None = None
-    """Stable patient key for the held-out split; None: a hash of the row's content."""
+    """The patient id column (`patient_id_column`; `id_column` is its older name): the stable key
+    of the held-out split, pseudonymised at load (HMAC-SHA256 under the site's secret) and never
+    kept raw. None: the split key is a hash of the row's content (and erasure is impossible)."""
+    consent_column: str | None = None
+    """A column recording consent; a row whose value is not in `consent_values` is excluded."""
+    consent_values: list[str] = Field(
+        default_factory=lambda: ["yes", "y", "true", "1"], min_length=1
+    )
+    """Values of `consent_column` that mean consent was given (case-insensitive)."""
+    consent_registry: Path | None = None
+    """A CSV of consent decisions (patient, purpose, status granted|withdrawn, date); the latest
+    entry per patient and purpose wins; a patient without a granted entry is excluded."""
     holdout_fraction: float = Field(default=0.2, gt=0.0, lt=0.9)
     """The site's own, fixed for its ledger's life (a plan cannot change it: a different split
     between runs would void the parallel composition of the training and held-out ε)."""
@@ -172,6 +213,31 @@ class DataConfig(_Section):
         """The site's spellings of `feature`'s values, if it declared any."""
         spellings = self.values.get(feature)
         return None if spellings is None else ValueMap.build(feature, spellings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_name_for_the_id(cls, data: Any) -> Any:
+        """`patient_id_column` is the documented name, `id_column` the older one."""
+        if not isinstance(data, dict) or "patient_id_column" not in data:
+            return data
+        if "id_column" in data:
+            raise ValueError("set patient_id_column or id_column (its older name), not both")
+        data = dict(data)
+        data["id_column"] = data.pop("patient_id_column")
+        return data
+
+    @model_validator(mode="after")
+    def _one_consent_source(self) -> DataConfig:
+        if self.consent_column is not None and self.consent_registry is not None:
+            raise ValueError("set consent_column or consent_registry, not both")
+        if self.consent_registry is not None and self.id_column is None:
+            raise ValueError("consent_registry needs patient_id_column (entries name a patient)")
+        return self
+
+    @property
+    def patient_id_column(self) -> str | None:
+        """The patient id column (stored under its older name `id_column`)."""
+        return self.id_column
 
     @model_validator(mode="before")
     @classmethod
@@ -239,20 +305,29 @@ _LIST_FIELDS = {
     ("data", "na_values"),
     ("data", "event_values"),
     ("data", "censored_values"),
+    ("data", "consent_values"),
+    ("policy", "allowed_purposes"),
 }
-_OPTIONAL_FIELDS = {("data", "id_column"), ("data", "delimiter")}
+_OPTIONAL_FIELDS = {
+    ("data", "id_column"),
+    ("data", "patient_id_column"),
+    ("data", "delimiter"),
+    ("data", "consent_column"),
+    ("data", "consent_registry"),
+}
 _PATH_FIELDS = {
     ("site", "state_dir"),
     ("tls", "ca"),
     ("tls", "cert"),
     ("tls", "key"),
     ("data", "csv"),
+    ("data", "consent_registry"),
 }
 _SECTIONS: dict[str, tuple[str, ...]] = {
     "site": ("id", "state_dir"),
     "coordinator": ("address",),
     "tls": ("ca", "cert", "key"),
-    "data": tuple(DataConfig.model_fields),
+    "data": (*DataConfig.model_fields, "patient_id_column"),
     "policy": (*SitePolicy.model_fields, "lifetime_epsilon_budget"),
 }
 # Where each TOML location lands in the SiteConfig model (for error messages, the other way).
@@ -268,6 +343,14 @@ def _env_value(section: str, field: str, text: str) -> object:
         return text or None  # a tab is a valid delimiter: only "" means unset
     if (section, field) in _OPTIONAL_FIELDS and not text.strip():
         return None
+    if (section, field) == ("policy", "lawful_basis"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(
+                f"policy.lawful_basis (from {env_name(section, field)}): expected JSON such as"
+                f' {{"{DEFAULT_PURPOSE}": "GDPR Art. 6(1)(e), 9(2)(j)"}}: {exc.msg}'
+            ) from None
     if (section, field) == ("data", "values"):
         try:
             return json.loads(text)
@@ -333,12 +416,15 @@ def _derived_salt(state_dir: Path) -> str:
 
 
 def _check_files(config: SiteConfig, source: str) -> None:
-    for where, path in (
+    files: list[tuple[str, Path]] = [
         ("tls.ca", config.tls.ca),
         ("tls.cert", config.tls.cert),
         ("tls.key", config.tls.key),
         ("data.csv", config.data.csv),
-    ):
+    ]
+    if config.data.consent_registry is not None:
+        files.append(("data.consent_registry", config.data.consent_registry))
+    for where, path in files:
         if not path.is_file():
             raise ConfigError(f"{source}: {where}: no such file {path}")
     if config.state_dir.exists() and not config.state_dir.is_dir():

@@ -8,6 +8,15 @@ column, or a hash of the whole row) goes through HMAC-SHA256 keyed by the site's
 `split_salt`, and the row is held out when that maps below `holdout_fraction`. A patient therefore
 lands in the same partition in every run, which is what lets the privacy ledger compose the
 training and evaluation partitions in parallel (docs/site-config.md).
+
+Minimisation (GDPR Art. 5(1)(c), 25): the reader keeps, of each CSV row, only the cells of the
+columns the plan maps plus time and event; the patient id is turned into its pseudonym as the row
+is read (site_agent.pseudonyms) and the raw id is dropped with the row, and a consent column is
+read only to decide the row. Without a patient id column the split key is a hash of the whole row,
+computed as the row is read and dropped with it. Erased patients and rows without a lawful basis
+for the plan's purpose (`RowGate`) are dropped first, before anything else of the row is kept.
+The patient id keys the split exactly as before (`row_key`), so pseudonymisation moves no patient
+between partitions and leaves the ledger's split fingerprint unchanged.
 """
 
 from __future__ import annotations
@@ -18,12 +27,17 @@ import hmac
 import json
 import math
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from federation.plan import DEFAULT_PURPOSE
 from site_agent.config import DataConfig
+from site_agent.consent import ConsentError, ConsentRegistry, read_registry
+from site_agent.data_audit import SAMPLE_ROWS, direct_identifier
 from site_agent.mapping import EventCoding, canonical, is_missing, sniff_delimiter, time_factor
+from site_agent.pseudonyms import pseudonymise
 from site_agent.quality import DataQuality, FeatureQuality, followup_summary, quality_warnings
 from survival.schema import CategoricalFeature, Feature, FeatureSchema
 
@@ -62,6 +76,11 @@ class LocalDataset:
     """Reason -> rows excluded for it; a row failing several checks counts under each."""
     quality: DataQuality | None = None
     """The data-quality report of this read (`site_agent check`, the plan-offer log)."""
+    pseudonyms: list[str] | None = None
+    """The valid rows' patient pseudonyms, in row order (None without a patient id column or a
+    pseudonym key): the run's membership record is made from them; no raw id is ever kept."""
+    identifier_features: dict[str, str] = field(default_factory=dict)
+    """Plan feature -> why its mapped column looks like a direct identifier (refused at offer)."""
 
     @property
     def n_valid(self) -> int:
@@ -122,27 +141,104 @@ def row_key(header: list[str], row: list[str], id_index: int | None) -> bytes:
     return b"row\x00" + hashlib.sha256(json.dumps(pairs).encode()).digest()
 
 
-def _read_csv(config: DataConfig) -> tuple[list[str], list[list[str]], int, str]:
-    """(header, well-formed rows, malformed row count, delimiter); blank lines are not rows."""
+@dataclass(frozen=True)
+class RowGate:
+    """Who may be read for one purpose, decided on each row before anything else of it is kept:
+    the erased pseudonyms, and (with `data.consent_column` or `data.consent_registry`) consent
+    for `purpose`. `pseudonym_key` None: ids are not pseudonymised (unit tests of the parser)."""
+
+    purpose: str = DEFAULT_PURPOSE
+    pseudonym_key: bytes | None = None
+    erased: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class _Selection:
+    """The header positions a read keeps (in this order) and the ones it only decides with."""
+
+    keep: list[int]
+    id_index: int | None
+    consent_index: int | None
+
+
+@dataclass
+class _Read:
+    header: list[str]
+    keep: list[int]
+    cells: list[list[str]]
+    """Per admitted row, the cells of `_Selection.keep` only."""
+    holdout: list[bool]
+    pseudonyms: list[str | None]
+    missing_id: list[bool]
+    malformed: int
+    gated: Counter[str]
+
+
+def _consent_reason(purpose: str) -> str:
+    return f"consent: none for purpose {purpose}"
+
+
+def _registry(config: DataConfig, gate: RowGate) -> ConsentRegistry | None:
+    if config.consent_registry is None:
+        return None
+    if gate.pseudonym_key is None:
+        raise ValueError("a consent registry needs the site's pseudonym key (RowGate)")
+    try:
+        return read_registry(config.consent_registry, gate.pseudonym_key)
+    except ConsentError as exc:
+        raise DataError(str(exc)) from None
+
+
+def _read_csv(
+    config: DataConfig, select: Callable[[list[str], str], _Selection], gate: RowGate
+) -> _Read:
+    """Stream the CSV, keeping of each admitted row only the selected cells (blank lines are
+    not rows); the split key, pseudonym and consent are decided per row and the row dropped."""
     path = config.csv
+    registry = _registry(config, gate)
+    na = tuple(config.na_values)
+    consent_values = {v.strip().lower() for v in config.consent_values}
+    refused = _consent_reason(gate.purpose)
     try:
         with path.open(newline="", encoding=config.encoding) as handle:
             delimiter = config.delimiter or sniff_delimiter(handle.read(SNIFF_BYTES)) or ","
             handle.seek(0)
             reader = csv.reader(handle, delimiter=delimiter)
-            header = next(reader, None)
-            if header is None:
+            first = next(reader, None)
+            if first is None:
                 raise DataError(f"{path}: the CSV is empty (no header row)", "data.csv is empty")
-            header = [name.strip() for name in header]
-            rows: list[list[str]] = []
-            malformed = 0
+            header = [name.strip() for name in first]
+            chosen = select(header, delimiter)
+            out = _Read(header, chosen.keep, [], [], [], [], 0, Counter())
+            id_index, consent_index = chosen.id_index, chosen.consent_index
             for row in reader:
                 if not row or all(not cell.strip() for cell in row):
                     continue
                 if len(row) != len(header):
-                    malformed += 1
+                    out.malformed += 1
                     continue
-                rows.append(row)
+                missing = id_index is not None and is_missing(row[id_index], na)
+                pseudonym = None
+                if id_index is not None and not missing and gate.pseudonym_key is not None:
+                    pseudonym = pseudonymise(gate.pseudonym_key, row[id_index])
+                if pseudonym is not None and pseudonym in gate.erased:
+                    out.gated["erased"] += 1
+                    continue
+                if consent_index is not None and (
+                    row[consent_index].strip().lower() not in consent_values
+                ):
+                    out.gated[refused] += 1
+                    continue
+                if registry is not None and (
+                    pseudonym is None or not registry.granted(pseudonym, gate.purpose)
+                ):
+                    out.gated[refused] += 1
+                    continue
+                key = row_key(header, row, id_index)  # the raw id: in memory, this row only
+                out.holdout.append(holdout_score(config.split_salt, key) < config.holdout_fraction)
+                out.pseudonyms.append(pseudonym)
+                out.missing_id.append(missing)
+                out.cells.append([row[i] for i in chosen.keep])
     except OSError as exc:
         raise DataError(
             f"cannot read data.csv {path}: {exc.strerror}", f"cannot read data.csv: {exc.strerror}"
@@ -156,7 +252,7 @@ def _read_csv(config: DataConfig) -> tuple[list[str], list[list[str]], int, str]
         raise DataError(
             f"data.csv {path}: not a readable CSV: {exc}", f"data.csv is not a readable CSV: {exc}"
         ) from None
-    return header, rows, malformed, delimiter
+    return out
 
 
 def _column_index(
@@ -253,51 +349,78 @@ def load_local_data(
     time_unit: str = "days",
     horizon: float | None = None,
     small_cell: int = 5,
+    gate: RowGate | None = None,
 ) -> LocalDataset:
     """Read and validate the CSV for one plan's feature schema (times in the plan's
     `time_unit`); raises DataError only for configuration problems (file, header, missing or
-    duplicated columns). `horizon` (the plan's last cut) enables the unit-mismatch warning."""
-    header, rows, malformed, delimiter = _read_csv(config)
+    duplicated columns, a bad consent registry). `horizon` (the plan's last cut) enables the
+    unit-mismatch warning; `gate` drops erased patients and rows without consent first."""
+    gate = RowGate() if gate is None else gate
+    features: dict[str, int | None] = {}
 
-    def index(local: str, what: str) -> int:
-        return _column_index(header, local, what, config, delimiter)
+    def select(header: list[str], delimiter: str) -> _Selection:
+        def index(local: str, what: str) -> int:
+            return _column_index(header, local, what, config, delimiter)
 
-    time_index = index(config.time_column, "data.time_column")
-    event_index = index(config.event_column, "data.event_column")
-    id_index = None if config.id_column is None else index(config.id_column, "data.id_column")
+        time_index = index(config.time_column, "data.time_column")
+        event_index = index(config.event_column, "data.event_column")
+        id_index = (
+            None
+            if config.id_column is None
+            else index(config.id_column, "data.patient_id_column (data.id_column)")
+        )
+        consent_index = (
+            None
+            if config.consent_column is None
+            else index(config.consent_column, "data.consent_column")
+        )
+        for feature in schema.features:
+            local = config.local_column(feature.name)
+            if local not in header and not feature.required and feature.name not in config.columns:
+                features[feature.name] = None  # not recorded here: imputed as missing
+                continue
+            what = f"feature {feature.name!r}" + (
+                f" via data.columns.{feature.name}" if feature.name in config.columns else ""
+            )
+            features[feature.name] = index(local, what)
+        mapped = (i for i in features.values() if i is not None)
+        keep = list(dict.fromkeys([time_index, event_index, *mapped]))
+        return _Selection(keep, id_index, consent_index)
+
+    read = _read_csv(config, select, gate)
+    header, rows = read.header, read.cells
+    at = {position: k for k, position in enumerate(read.keep)}
+    time_at = at[header.index(config.time_column)]
+    event_at = at[header.index(config.event_column)]
     columns: dict[str, list[str]] = {}
     local_columns: dict[str, str | None] = {}
     unknown: dict[str, Counter[str]] = {}
+    identifiers: dict[str, str] = {}
     for feature in schema.features:
-        local = config.local_column(feature.name)
-        if local not in header and not feature.required and feature.name not in config.columns:
-            local_columns[feature.name] = None  # not recorded here: imputed as missing
+        position = features[feature.name]
+        if position is None:
+            local_columns[feature.name] = None
             continue
-        what = f"feature {feature.name!r}" + (
-            f" via data.columns.{feature.name}" if feature.name in config.columns else ""
-        )
-        position = index(local, what)
-        local_columns[feature.name] = local
-        cells, unknown[feature.name] = _feature_cells(
-            feature, [row[position] for row in rows], config
-        )
+        local_columns[feature.name] = header[position]
+        raw_cells = [row[at[position]] for row in rows]
+        why = direct_identifier(header[position], raw_cells[:SAMPLE_ROWS], config.na_values)
+        if why is not None:
+            identifiers[feature.name] = why
+        cells, unknown[feature.name] = _feature_cells(feature, raw_cells, config)
         columns[feature.name] = cells
 
     na = tuple(config.na_values)
-    reasons: Counter[str] = Counter()
-    if malformed:
-        reasons["malformed row (wrong number of fields)"] = malformed
+    reasons: Counter[str] = Counter(read.gated)  # erased and no lawful basis: first
+    if read.malformed:
+        reasons["malformed row (wrong number of fields)"] = read.malformed
     factor = time_factor(config.time_unit, time_unit)
-    time, time_ok = _parse_time([row[time_index] for row in rows], na, factor, reasons)
+    time, time_ok = _parse_time([row[time_at] for row in rows], na, factor, reasons)
     event, event_ok = _parse_event(
-        [row[event_index] for row in rows], na, config.event_coding, reasons
+        [row[event_at] for row in rows], na, config.event_coding, reasons
     )
-    if id_index is not None:
-        missing_id = np.array([is_missing(row[id_index], na) for row in rows], dtype=bool)
-        if missing_id.any():
-            reasons["id: missing"] += int(missing_id.sum())
-    else:
-        missing_id = np.zeros(len(rows), dtype=bool)
+    missing_id = np.array(read.missing_id, dtype=bool)
+    if missing_id.any():
+        reasons["id: missing"] += int(missing_id.sum())
     clipped: dict[str, int] = {}
     if columns:
         validation = schema.validate_rows(columns)
@@ -315,23 +438,19 @@ def load_local_data(
     else:
         absent: dict[str, list[str]] = {"\x00rows": ["" for _ in rows]}
         raw = schema.raw_matrix(absent, valid)
-    holdout = np.fromiter(
-        (
-            holdout_score(config.split_salt, row_key(header, row, id_index))
-            < config.holdout_fraction
-            for row, keep in zip(rows, valid, strict=True)
-            if keep
-        ),
-        dtype=bool,
-        count=int(valid.sum()),
-    )
+    holdout = np.array(read.holdout, dtype=bool)[valid]
+    pseudonyms = None
+    if config.id_column is not None and gate.pseudonym_key is not None:
+        pseudonyms = [p for p, ok in zip(read.pseudonyms, valid, strict=True) if ok and p]
     dataset = LocalDataset(
         raw=np.ascontiguousarray(raw, dtype=np.float64),
         time=time[valid].astype(np.float64),
         event=event[valid],
         holdout=holdout,
-        n_rows=len(rows) + malformed,
+        n_rows=len(rows) + read.malformed + sum(read.gated.values()),
         excluded=dict(reasons),
+        pseudonyms=pseudonyms,
+        identifier_features=identifiers,
     )
     dataset.quality = _quality(
         schema, dataset, columns, local_columns, unknown, clipped, valid, time_unit

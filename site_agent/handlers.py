@@ -17,6 +17,8 @@ in a worker thread; the adversarial harness calls it directly). The rules it kee
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -41,14 +43,16 @@ from federation.wire.v1 import federation_pb2
 from secagg.quantize import quantize
 from site_agent import verify
 from site_agent.accounting import Entry
+from site_agent.approvals import ApprovalStore
 from site_agent.cache import ReleaseCache, SessionStore
 from site_agent.config import SiteConfig
-from site_agent.data import DataError, LocalDataset, exclusion_summary, load_local_data
+from site_agent.data import DataError, LocalDataset, RowGate, exclusion_summary, load_local_data
 from site_agent.errors import TaskFailed
 from site_agent.ledger import BudgetExceeded, PrivacyLedger
 from site_agent.model import predict
 from site_agent.policy import check_plan
 from site_agent.quality import data_refusals
+from site_agent.records import ProcessingRecords
 from site_agent.releases import consortium_censoring, gaussian_noise, metrics_vector
 from site_agent.secagg_adapter import SecaggAdapter
 from site_agent.train import RunTraining
@@ -98,9 +102,24 @@ class TaskHandlers:
         secagg: SecaggAdapter,
         plans_dir: Path,
         faults: Faults,
+        records: ProcessingRecords,
+        pseudonym_key: bytes | None,
+        clock: Callable[[], float] = time.time,
+        approvals: ApprovalStore | None = None,
     ) -> None:
         self.config = config
+        self.approvals = (
+            approvals
+            if approvals is not None
+            else ApprovalStore(Path(config.state_dir) / "site.sqlite")
+        )
         self.site_id = config.site_id
+        self.records = records
+        self.pseudonym_key = pseudonym_key
+        self.clock = clock
+        self.coordinator_id: str | None = None
+        """The coordinator's id from its last Hello (SiteAgent sets it): the records of
+        processing name it as where the run's results went."""
         self.ledger = ledger
         self.cache = cache
         self.sessions = sessions
@@ -200,6 +219,14 @@ class TaskHandlers:
         self.audit.append(
             self.site_id, "plan_seen", {"run_id": task.run_id, "plan_sha256": plan.sha256()}
         )
+        policy = self.config.policy
+        if plan.purpose not in policy.allowed_purposes:  # refused before any data is read
+            refused = (
+                f"plan.purpose {plan.purpose!r} is not in policy.allowed_purposes"
+                f" {list(policy.allowed_purposes)}"
+            )
+            log.warning("refused plan of run %s: %s", task.run_id, refused)
+            raise TaskFailed(K.TASK_ERROR_POLICY_REFUSED, refused)
         try:
             data = self._load(plan)
         except DataError as exc:
@@ -209,6 +236,11 @@ class TaskHandlers:
         spent = self.ledger.epsilon_lifetime(self.config.policy.max_delta)
         reason = check_plan(plan, self.config.policy, cohort, spent)
         refusals = data_refusals(data.quality) if data.quality is not None else []
+        refusals += [
+            f"plan feature {name!r} is mapped to a direct identifier ({why});"
+            " a direct identifier is never a model feature"
+            for name, why in data.identifier_features.items()
+        ]
         if refusals:
             reason = "; ".join([*refusals, *([reason] if reason else [])])
         if reason is not None:
@@ -217,11 +249,22 @@ class TaskHandlers:
             log.warning("refused plan of run %s: %s", task.run_id, reason)
             raise TaskFailed(K.TASK_ERROR_POLICY_REFUSED, reason)
         warnings = data.quality.warnings if data.quality is not None else []
+        approved_by = self._approval(task, plan)
         for warning in warnings:
             log.warning("run %s, data: %s", task.run_id, warning)
         self.runs[task.run_id] = RunContext(plan, data)
         write_private_file_atomic(
             self.plans_dir / f"{task.run_id}.json", plan.model_dump_json().encode()
+        )
+        self.records.record_run(
+            task.run_id,
+            plan,
+            lawful_basis=policy.lawful_basis[plan.purpose],
+            cohort_size=data.n_valid,
+            training_rows=cohort,
+            pseudonyms=data.pseudonyms,
+            coordinator=self.coordinator_id,
+            now=self.clock(),
         )
         self.audit.append(
             self.site_id,
@@ -233,8 +276,41 @@ class TaskHandlers:
                 "excluded": data.excluded,
                 "training_rows": cohort,
                 "warnings": warnings,
+                "approved_by": approved_by,
             },
         )
+
+    def _approval(self, task: federation_pb2.Task, plan: RunPlan) -> str | None:
+        """Under `policy.approval = "manual"`: who approved this plan, or a refusal (rejected)
+        or an "approval pending" answer (the offer stays open until someone decides)."""
+        if self.config.policy.approval == "auto":
+            return None
+        sha = plan.sha256()
+        decided = self.approvals.get(sha)
+        if decided is not None and decided.status == "approved":
+            return decided.decided_by
+        if decided is not None and decided.status == "rejected":
+            why = f": {decided.reason}" if decided.reason else ""
+            raise TaskFailed(
+                K.TASK_ERROR_POLICY_REFUSED,
+                f"plan rejected at the site by {decided.decided_by}{why}",
+            )
+        if self.approvals.request(plan):
+            self.audit.append(
+                self.site_id, "plan_pending", {"run_id": task.run_id, "plan_sha256": sha}
+            )
+            log.warning(
+                "run %s: plan %r awaits approval: python -m site_agent approve --config"
+                " site.toml --plan-sha256 %s --by NAME",
+                task.run_id,
+                plan.name,
+                sha,
+            )
+        pending = TaskFailed(
+            K.TASK_ERROR_APPROVAL_PENDING, f"awaiting approval at the site (plan {sha[:12]})"
+        )
+        pending.audited = True  # once, above: the offer is asked again until someone decides
+        raise pending
 
     def _load(self, plan: RunPlan) -> LocalDataset:
         """The cohort as this plan reads it (its features, time unit and horizon)."""
@@ -244,7 +320,20 @@ class TaskHandlers:
             time_unit=plan.time_unit,
             horizon=plan.time_grid.horizon,
             small_cell=self.config.policy.small_cell_threshold,
+            gate=RowGate(plan.purpose, self.pseudonym_key, self.records.erased()),
         )
+
+    def _check_not_erased(self, task: federation_pb2.Task, run: RunContext) -> None:
+        """No release of a run whose loaded cohort holds a patient erased since: erasure
+        excludes the patient from every later release (the next run's load leaves them out)."""
+        members = run.data.pseudonyms or []
+        erased = self.records.erased()
+        if erased and not erased.isdisjoint(members):
+            raise TaskFailed(
+                K.TASK_ERROR_POLICY_REFUSED,
+                f"a patient of run {task.run_id}'s cohort was erased at this site since the plan"
+                " was accepted; this site releases nothing more for this run",
+            )
 
     def _run_finished(self, task: federation_pb2.Task) -> None:
         """Forget the run's session secrets and release vectors (hashes and bindings stay, so the
@@ -259,6 +348,7 @@ class TaskHandlers:
             },
         )
         self.sessions.drop_run(task.run_id)
+        self.records.finished(task.run_id, K.RunState.Name(task.run_finished.state), self.clock())
         forgotten = self.cache.forget_vectors(task.run_id)
         if forgotten:
             self.audit.append(
@@ -382,6 +472,7 @@ class TaskHandlers:
     ) -> None:
         """Record the release in the ledger before it is computed for release (a refusal is a
         budget error and nothing is made); audit what was charged."""
+        self._check_not_erased(task, run)
         privacy = run.plan.privacy
         try:
             charge = self.ledger.charge(
@@ -399,6 +490,7 @@ class TaskHandlers:
             )
         except BudgetExceeded as exc:
             raise TaskFailed(K.TASK_ERROR_BUDGET_EXHAUSTED, str(exc)) from None
+        self.records.spent(task.run_id, charge.epsilon_run, self.clock())
         self.audit.append(
             self.site_id,
             "release_charged",

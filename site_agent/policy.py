@@ -22,6 +22,11 @@ def check_plan(
     whereas the ledger's accountant composes more tightly (and enforces the exact cap per release).
     """
     reasons: list[str] = []
+    if plan.purpose not in policy.allowed_purposes:
+        reasons.append(
+            f"plan.purpose {plan.purpose!r} is not in policy.allowed_purposes"
+            f" {list(policy.allowed_purposes)}"
+        )
     if policy.allowed_features is not None:
         allowed = set(policy.allowed_features)
         refused = [f.name for f in plan.features if f.name not in allowed]
