@@ -27,15 +27,9 @@ from federation.consortium import (
 )
 from federation.identity import IdentityError
 from federation.pki import PkiError
-from federation.provisioning import (
-    ProvisionError,
-    RosterChange,
-    add_site,
-    provision,
-    renew,
-    revoke,
-)
+from federation.provisioning import ProvisionError, provision
 from federation.roster import RosterError
+from federation.roster_changes import RosterChange, add_site, renew, revoke
 
 VERBS = ("add-site", "renew", "revoke")
 USAGE = """fedctl provision CONSORTIUM.toml --out DIR [--force] [--validity-days N]

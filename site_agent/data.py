@@ -25,7 +25,6 @@ import csv
 import hashlib
 import hmac
 import json
-import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,9 +35,16 @@ from federation.plan import DEFAULT_PURPOSE
 from site_agent.config import DataConfig
 from site_agent.consent import ConsentError, ConsentRegistry, read_registry
 from site_agent.data_audit import SAMPLE_ROWS, direct_identifier
-from site_agent.mapping import EventCoding, canonical, is_missing, sniff_delimiter, time_factor
+from site_agent.mapping import (
+    canonical,
+    is_missing,
+    parse_events,
+    parse_times,
+    sniff_delimiter,
+    time_factor,
+)
 from site_agent.pseudonyms import pseudonymise
-from site_agent.quality import DataQuality, FeatureQuality, followup_summary, quality_warnings
+from site_agent.quality import DataQuality, build_quality, quality_warnings
 from survival.schema import CategoricalFeature, Feature, FeatureSchema
 
 _SPLIT_DOMAIN = b"concordia/holdout-split/v1\x00"
@@ -272,46 +278,6 @@ def _column_index(
     return positions[0]
 
 
-def _parse_time(
-    values: list[str], na: tuple[str, ...], factor: float, reasons: Counter[str]
-) -> tuple[np.ndarray, np.ndarray]:
-    out = np.full(len(values), np.nan)
-    ok = np.zeros(len(values), dtype=bool)
-    for i, text in enumerate(values):
-        if is_missing(text, na):
-            reasons["time: missing"] += 1
-            continue
-        try:
-            value = float(text.strip())
-        except ValueError:
-            reasons["time: not a number"] += 1
-            continue
-        if not math.isfinite(value):
-            reasons["time: not a number"] += 1
-        elif value < 0:
-            reasons["time: negative"] += 1
-        else:
-            out[i], ok[i] = value * factor, True
-    return out, ok
-
-
-def _parse_event(
-    values: list[str], na: tuple[str, ...], coding: EventCoding, reasons: Counter[str]
-) -> tuple[np.ndarray, np.ndarray]:
-    out = np.zeros(len(values), dtype=np.int64)
-    ok = np.zeros(len(values), dtype=bool)
-    for i, text in enumerate(values):
-        if is_missing(text, na):
-            reasons["event: missing"] += 1
-            continue
-        value = coding.decode(text)
-        if value is None:
-            reasons["event: value in neither data.event_values nor data.censored_values"] += 1
-        else:
-            out[i], ok[i] = value, True
-    return out, ok
-
-
 def _feature_cells(
     feature: Feature, cells: list[str], config: DataConfig
 ) -> tuple[list[str], Counter[str]]:
@@ -414,8 +380,8 @@ def load_local_data(
     if read.malformed:
         reasons["malformed row (wrong number of fields)"] = read.malformed
     factor = time_factor(config.time_unit, time_unit)
-    time, time_ok = _parse_time([row[time_at] for row in rows], na, factor, reasons)
-    event, event_ok = _parse_event(
+    time, time_ok = parse_times([row[time_at] for row in rows], na, factor, reasons)
+    event, event_ok = parse_events(
         [row[event_at] for row in rows], na, config.event_coding, reasons
     )
     missing_id = np.array(read.missing_id, dtype=bool)
@@ -452,7 +418,7 @@ def load_local_data(
         pseudonyms=pseudonyms,
         identifier_features=identifiers,
     )
-    dataset.quality = _quality(
+    dataset.quality = build_quality(
         schema, dataset, columns, local_columns, unknown, clipped, valid, time_unit
     )
     if horizon is not None:
@@ -470,57 +436,4 @@ def exclusion_summary(data: LocalDataset, small_cell: int) -> str:
     )
     return f"{data.n_rows} rows read, {data.n_valid} valid" + (
         f"; excluded {excluded}" if excluded else ""
-    )
-
-
-def _quality(
-    schema: FeatureSchema,
-    dataset: LocalDataset,
-    columns: dict[str, list[str]],
-    local_columns: dict[str, str | None],
-    unknown: dict[str, Counter[str]],
-    clipped: dict[str, int],
-    valid: np.ndarray,
-    time_unit: str,
-) -> DataQuality:
-    """Counts per feature (missing, imputed, clipped, levels) over the rows read and kept."""
-    features = []
-    for feature in schema.features:
-        cells = columns.get(feature.name)
-        if cells is None:
-            missing = imputed = dataset.n_valid
-        else:
-            missing = sum(1 for c in cells if c == "")
-            imputed = (
-                0
-                if feature.required
-                else sum(1 for c, keep in zip(cells, valid, strict=True) if keep and c == "")
-            )
-        levels = None
-        if isinstance(feature, CategoricalFeature):
-            counts = Counter(c for c in cells or [] if c != "")
-            levels = {level: counts.get(level, 0) for level in feature.levels}
-        features.append(
-            FeatureQuality(
-                name=feature.name,
-                kind=feature.kind,
-                column=local_columns.get(feature.name),
-                missing=missing,
-                imputed=imputed,
-                clipped=clipped.get(feature.name, 0),
-                levels=levels,
-                unknown_levels=dict(unknown.get(feature.name, {})),
-            )
-        )
-    return DataQuality(
-        rows_read=dataset.n_rows,
-        rows_valid=dataset.n_valid,
-        excluded=dict(dataset.excluded),
-        features=features,
-        events=int(dataset.event.sum()),
-        followup=followup_summary(dataset.time),
-        time_unit=time_unit,
-        beyond_horizon=0,
-        train_rows=dataset.n_train,
-        holdout_rows=dataset.n_holdout,
     )

@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -27,8 +26,6 @@ import numpy as np
 
 from federation.audit import AuditLog
 from federation.faults import Faults
-from federation.fsmodes import write_private_file_atomic
-from federation.plan import RunPlan
 from federation.releases import (
     MAX_SITES,
     MetricsLayout,
@@ -46,12 +43,10 @@ from site_agent.accounting import Entry
 from site_agent.approvals import ApprovalStore
 from site_agent.cache import ReleaseCache, SessionStore
 from site_agent.config import SiteConfig
-from site_agent.data import DataError, LocalDataset, RowGate, exclusion_summary, load_local_data
 from site_agent.errors import TaskFailed
 from site_agent.ledger import BudgetExceeded, PrivacyLedger
 from site_agent.model import predict
-from site_agent.policy import check_plan
-from site_agent.quality import data_refusals
+from site_agent.offer import PlanOffers, RunContext
 from site_agent.records import ProcessingRecords
 from site_agent.releases import consortium_censoring, gaussian_noise, metrics_vector
 from site_agent.secagg_adapter import SecaggAdapter
@@ -59,17 +54,6 @@ from site_agent.train import RunTraining
 
 log = logging.getLogger("concordia.site")
 K = federation_pb2
-
-
-@dataclass
-class RunContext:
-    """What the site holds in memory for one accepted run, rebuilt from `state_dir/plans` after
-    a restart: the plan, the validated local data for its schema, and (from the first training
-    round on) the run's training, so that σ is calibrated once per run."""
-
-    plan: RunPlan
-    data: LocalDataset
-    training: RunTraining | None = None
 
 
 def kind_label(value: int) -> str:
@@ -88,7 +72,7 @@ def _audit_kind(value: int) -> str:
         return str(int(value))
 
 
-class TaskHandlers:
+class TaskHandlers(PlanOffers):
     """Answers every task kind for one site, over the site's ledger, release cache and audit log."""
 
     def __init__(
@@ -188,172 +172,6 @@ class TaskHandlers:
         else:
             raise TaskFailed(K.TASK_ERROR_INVALID_TASK, f"unknown task kind {task.kind}")
         return b""
-
-    def _run(self, run_id: str) -> RunContext:
-        """The accepted run, from memory or from its saved plan; a run this site never accepted
-        is refused (the coordinator cannot start one for it)."""
-        run = self.runs.get(run_id)
-        if run is not None:
-            return run
-        saved = self.plans_dir / f"{run_id}.json"
-        if not saved.exists():
-            raise TaskFailed(K.TASK_ERROR_INVALID_TASK, f"this site never accepted run {run_id}")
-        plan = RunPlan.model_validate_json(saved.read_text())
-        try:
-            run = RunContext(plan, self._load(plan))
-        except DataError as exc:
-            log.warning("cannot read the data of run %s: %s", run_id, exc)
-            raise TaskFailed(K.TASK_ERROR_DATA, exc.public) from None
-        self.runs[run_id] = run
-        return run
-
-    # ------------------------------------------------------------------ plan and run end
-    def _plan_offer(self, task: federation_pb2.Task) -> None:
-        """Accept the plan if it is intact and fits the local policy and data; else refuse with
-        every reason (the operator fixes the plan in one go)."""
-        verify.check_plan_text(task.plan_offer)
-        try:
-            plan = RunPlan.model_validate_json(task.plan_offer.plan_json)
-        except ValueError as exc:
-            raise TaskFailed(K.TASK_ERROR_INVALID_TASK, f"malformed plan: {exc}"[:400]) from None
-        self.audit.append(
-            self.site_id, "plan_seen", {"run_id": task.run_id, "plan_sha256": plan.sha256()}
-        )
-        policy = self.config.policy
-        if plan.purpose not in policy.allowed_purposes:  # refused before any data is read
-            refused = (
-                f"plan.purpose {plan.purpose!r} is not in policy.allowed_purposes"
-                f" {list(policy.allowed_purposes)}"
-            )
-            log.warning("refused plan of run %s: %s", task.run_id, refused)
-            raise TaskFailed(K.TASK_ERROR_POLICY_REFUSED, refused)
-        try:
-            data = self._load(plan)
-        except DataError as exc:
-            log.warning("refused plan of run %s: %s", task.run_id, exc)  # full detail stays here
-            raise TaskFailed(K.TASK_ERROR_DATA, exc.public) from None
-        cohort = int((~data.holdout).sum())
-        spent = self.ledger.epsilon_lifetime(self.config.policy.max_delta)
-        reason = check_plan(plan, self.config.policy, cohort, spent)
-        refusals = data_refusals(data.quality) if data.quality is not None else []
-        refusals += [
-            f"plan feature {name!r} is mapped to a direct identifier ({why});"
-            " a direct identifier is never a model feature"
-            for name, why in data.identifier_features.items()
-        ]
-        if refusals:
-            reason = "; ".join([*refusals, *([reason] if reason else [])])
-        if reason is not None:
-            small = self.config.policy.small_cell_threshold
-            reason += f" ({exclusion_summary(data, small)})"
-            log.warning("refused plan of run %s: %s", task.run_id, reason)
-            raise TaskFailed(K.TASK_ERROR_POLICY_REFUSED, reason)
-        warnings = data.quality.warnings if data.quality is not None else []
-        approved_by = self._approval(task, plan)
-        for warning in warnings:
-            log.warning("run %s, data: %s", task.run_id, warning)
-        self.runs[task.run_id] = RunContext(plan, data)
-        write_private_file_atomic(
-            self.plans_dir / f"{task.run_id}.json", plan.model_dump_json().encode()
-        )
-        self.records.record_run(
-            task.run_id,
-            plan,
-            lawful_basis=policy.lawful_basis[plan.purpose],
-            cohort_size=data.n_valid,
-            training_rows=cohort,
-            pseudonyms=data.pseudonyms,
-            coordinator=self.coordinator_id,
-            now=self.clock(),
-        )
-        self.audit.append(
-            self.site_id,
-            "plan_accepted",
-            {
-                "run_id": task.run_id,
-                "plan_sha256": plan.sha256(),
-                "rows": data.n_rows,
-                "excluded": data.excluded,
-                "training_rows": cohort,
-                "warnings": warnings,
-                "approved_by": approved_by,
-            },
-        )
-
-    def _approval(self, task: federation_pb2.Task, plan: RunPlan) -> str | None:
-        """Under `policy.approval = "manual"`: who approved this plan, or a refusal (rejected)
-        or an "approval pending" answer (the offer stays open until someone decides)."""
-        if self.config.policy.approval == "auto":
-            return None
-        sha = plan.sha256()
-        decided = self.approvals.get(sha)
-        if decided is not None and decided.status == "approved":
-            return decided.decided_by
-        if decided is not None and decided.status == "rejected":
-            why = f": {decided.reason}" if decided.reason else ""
-            raise TaskFailed(
-                K.TASK_ERROR_POLICY_REFUSED,
-                f"plan rejected at the site by {decided.decided_by}{why}",
-            )
-        if self.approvals.request(plan):
-            self.audit.append(
-                self.site_id, "plan_pending", {"run_id": task.run_id, "plan_sha256": sha}
-            )
-            log.warning(
-                "run %s: plan %r awaits approval: python -m site_agent approve --config"
-                " site.toml --plan-sha256 %s --by NAME",
-                task.run_id,
-                plan.name,
-                sha,
-            )
-        pending = TaskFailed(
-            K.TASK_ERROR_APPROVAL_PENDING, f"awaiting approval at the site (plan {sha[:12]})"
-        )
-        pending.audited = True  # once, above: the offer is asked again until someone decides
-        raise pending
-
-    def _load(self, plan: RunPlan) -> LocalDataset:
-        """The cohort as this plan reads it (its features, time unit and horizon)."""
-        return load_local_data(
-            self.config.data,
-            plan.feature_schema,
-            time_unit=plan.time_unit,
-            horizon=plan.time_grid.horizon,
-            small_cell=self.config.policy.small_cell_threshold,
-            gate=RowGate(plan.purpose, self.pseudonym_key, self.records.erased()),
-        )
-
-    def _check_not_erased(self, task: federation_pb2.Task, run: RunContext) -> None:
-        """No release of a run whose loaded cohort holds a patient erased since: erasure
-        excludes the patient from every later release (the next run's load leaves them out)."""
-        members = run.data.pseudonyms or []
-        erased = self.records.erased()
-        if erased and not erased.isdisjoint(members):
-            raise TaskFailed(
-                K.TASK_ERROR_POLICY_REFUSED,
-                f"a patient of run {task.run_id}'s cohort was erased at this site since the plan"
-                " was accepted; this site releases nothing more for this run",
-            )
-
-    def _run_finished(self, task: federation_pb2.Task) -> None:
-        """Forget the run's session secrets and release vectors (hashes and bindings stay, so the
-        one-release-one-session rule outlives the run), and audit the end."""
-        self.audit.append(
-            self.site_id,
-            "run_finished",
-            {
-                "run_id": task.run_id,
-                "state": K.RunState.Name(task.run_finished.state),
-                "message": task.run_finished.message,
-            },
-        )
-        self.sessions.drop_run(task.run_id)
-        self.records.finished(task.run_id, K.RunState.Name(task.run_finished.state), self.clock())
-        forgotten = self.cache.forget_vectors(task.run_id)
-        if forgotten:
-            self.audit.append(
-                self.site_id, "releases_deleted", {"run_id": task.run_id, "releases": forgotten}
-            )
 
     # ------------------------------------------------------------------ the three releases
     def _federated_stats(self, task: federation_pb2.Task, run: RunContext) -> None:

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import csv
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
+
+import numpy as np
 
 TimeUnit = Literal["days", "weeks", "months", "years"]
 DAYS_PER_UNIT: dict[str, float] = {
@@ -117,3 +120,47 @@ def is_missing(text: str, na_values: Sequence[str]) -> bool:
     """A cell this site writes for "not recorded"."""
     stripped = text.strip()
     return stripped == "" or stripped in na_values
+
+
+def parse_times(
+    values: list[str], na: tuple[str, ...], factor: float, reasons: Counter[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Follow-up times × `factor` (to the plan's unit), and which parsed; a missing, unreadable
+    or negative time is counted by reason, never a guess."""
+    out = np.full(len(values), np.nan)
+    ok = np.zeros(len(values), dtype=bool)
+    for i, text in enumerate(values):
+        if is_missing(text, na):
+            reasons["time: missing"] += 1
+            continue
+        try:
+            value = float(text.strip())
+        except ValueError:
+            reasons["time: not a number"] += 1
+            continue
+        if not math.isfinite(value):
+            reasons["time: not a number"] += 1
+        elif value < 0:
+            reasons["time: negative"] += 1
+        else:
+            out[i], ok[i] = value * factor, True
+    return out, ok
+
+
+def parse_events(
+    values: list[str], na: tuple[str, ...], coding: EventCoding, reasons: Counter[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """1 (event) / 0 (censored) per row under the site's coding, and which decoded; any other
+    value is counted, never guessed."""
+    out = np.zeros(len(values), dtype=np.int64)
+    ok = np.zeros(len(values), dtype=bool)
+    for i, text in enumerate(values):
+        if is_missing(text, na):
+            reasons["event: missing"] += 1
+            continue
+        value = coding.decode(text)
+        if value is None:
+            reasons["event: value in neither data.event_values nor data.censored_values"] += 1
+        else:
+            out[i], ok[i] = value, True
+    return out, ok

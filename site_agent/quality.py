@@ -8,10 +8,13 @@ value; counts below the site's small-cell threshold are shown as `<k` wherever t
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
+
+from survival.schema import CategoricalFeature, FeatureSchema
 
 IMPUTED_WARNING_SHARE = 0.5
 ALMOST_ALL_EVENTS = 0.95
@@ -197,3 +200,72 @@ def quality_warnings(report: DataQuality, horizon: float | None, small_cell: int
                 f" {values_table(feature.name)}"
             )
     return warnings
+
+
+class Cohort(Protocol):
+    """What the report needs of a loaded cohort (site_agent.data.LocalDataset)."""
+
+    n_rows: int
+    excluded: dict[str, int]
+    time: np.ndarray
+    event: np.ndarray
+
+    @property
+    def n_valid(self) -> int: ...
+    @property
+    def n_train(self) -> int: ...
+    @property
+    def n_holdout(self) -> int: ...
+
+
+def build_quality(
+    schema: FeatureSchema,
+    dataset: Cohort,
+    columns: dict[str, list[str]],
+    local_columns: dict[str, str | None],
+    unknown: dict[str, Counter[str]],
+    clipped: dict[str, int],
+    valid: np.ndarray,
+    time_unit: str,
+) -> DataQuality:
+    """Counts per feature (missing, imputed, clipped, levels) over the rows read and kept."""
+    features = []
+    for feature in schema.features:
+        cells = columns.get(feature.name)
+        if cells is None:
+            missing = imputed = dataset.n_valid
+        else:
+            missing = sum(1 for c in cells if c == "")
+            imputed = (
+                0
+                if feature.required
+                else sum(1 for c, keep in zip(cells, valid, strict=True) if keep and c == "")
+            )
+        levels = None
+        if isinstance(feature, CategoricalFeature):
+            counts = Counter(c for c in cells or [] if c != "")
+            levels = {level: counts.get(level, 0) for level in feature.levels}
+        features.append(
+            FeatureQuality(
+                name=feature.name,
+                kind=feature.kind,
+                column=local_columns.get(feature.name),
+                missing=missing,
+                imputed=imputed,
+                clipped=clipped.get(feature.name, 0),
+                levels=levels,
+                unknown_levels=dict(unknown.get(feature.name, {})),
+            )
+        )
+    return DataQuality(
+        rows_read=dataset.n_rows,
+        rows_valid=dataset.n_valid,
+        excluded=dict(dataset.excluded),
+        features=features,
+        events=int(dataset.event.sum()),
+        followup=followup_summary(dataset.time),
+        time_unit=time_unit,
+        beyond_horizon=0,
+        train_rows=dataset.n_train,
+        holdout_rows=dataset.n_holdout,
+    )

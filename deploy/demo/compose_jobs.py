@@ -180,7 +180,7 @@ def issue_site_kit(site: str) -> int:
     """Rotate one site's certificate: a new key and certificate from the same CA; the kit's
     site.toml is kept and the roster (re-signed into every kit, the coordinator's included) lists
     the new certificate, the old one as superseded. Restart that site's agent afterwards."""
-    from federation.provisioning import renew
+    from federation.roster_changes import renew
 
     days = int(os.environ.get("CONCORDIA_DEMO_VALIDITY_DAYS", "365"))
     change = renew(KITS, site, kind="site", validity_days=days)

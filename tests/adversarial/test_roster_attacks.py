@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from federation.provisioning import revoke
 from federation.releases import Purpose
 from federation.roster import ROSTER_FILE
+from federation.roster_changes import revoke
 from site_agent.roster import SiteRoster
 from tests.adversarial.harness import (
     CheatingCoordinator,

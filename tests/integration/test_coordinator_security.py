@@ -16,8 +16,9 @@ import pytest
 from fedctl.localfed import LocalFederation
 from federation.consortium import parse_consortium
 from federation.identity import Identity
-from federation.provisioning import add_site, load_ca, provision, revoke
+from federation.provisioning import load_ca, provision
 from federation.roster import load_signed_roster
+from federation.roster_changes import add_site, revoke
 from federation.tls import TlsKit, TransportSettings, secure_channel
 from federation.wire.v1 import admin_pb2, admin_pb2_grpc, federation_pb2, federation_pb2_grpc
 

@@ -17,8 +17,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from fedctl.cli import run as fedctl
 from federation.identity import Identity, identity_from_certificate, verify_peer_certificate
-from federation.provisioning import ProvisionError, add_site, issue_site_kit, load_ca, revoke
+from federation.provisioning import ProvisionError, issue_site_kit, load_ca
 from federation.roster import Roster, certificate_fingerprint, load_signed_roster
+from federation.roster_changes import add_site, revoke
 from federation.tls import TlsKit
 
 pytestmark = pytest.mark.unit
