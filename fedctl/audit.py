@@ -16,14 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from fedctl.errors import EXIT_FAILED, EXIT_OK, CliError
-from federation.audit import (
-    AuditEntry,
-    AuditError,
-    AuditHead,
-    AuditLog,
-    head_file_path,
-    read_head_file,
-)
+from federation.audit import AuditLog
+from federation.audit_chain import AuditEntry
+from federation.audit_head import AuditError, AuditHead, head_file_path, read_head_file
 
 
 def register(sub: Any) -> None:

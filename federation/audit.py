@@ -19,26 +19,34 @@ can rewrite history.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import math
-import re
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from federation.fsmodes import prepare_private_sqlite, write_private_file_atomic
+from federation.audit_chain import (
+    GENESIS_HASH,
+    AuditEntry,
+    AuditVerification,
+    against_expected,
+    canonical_json,
+    entry_hash,
+    row_to_entry,
+    walk,
+)
+from federation.audit_head import (
+    HASH_PATTERN,
+    AuditError,
+    AuditHead,
+    head_file_path,
+    write_head_file,
+)
+from federation.fsmodes import prepare_private_sqlite
 
-GENESIS_HASH = "0" * 64
-HEAD_FILE_SUFFIX = ".head"
-"""The head file sits beside its database: `audit.sqlite` → `audit.sqlite.head`."""
-
-_HASH_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 log = logging.getLogger("concordia.audit")
 
 Clock = Callable[[], float]
@@ -60,126 +68,6 @@ _SCHEMA = (
         hash TEXT    NOT NULL
     )""",
 )
-
-
-class AuditError(Exception):
-    """The audit database cannot be used (not an audit database, bad entry input)."""
-
-
-@dataclass(frozen=True)
-class AuditEntry:
-    """One audit record as stored."""
-
-    seq: int
-    ts: float
-    actor: str
-    action: str
-    detail: dict[str, Any]
-    prev_hash: str
-    hash: str
-
-    def to_json_dict(self) -> dict[str, Any]:
-        """Plain dict for `--output json` and the Admin API."""
-        return {
-            "seq": self.seq,
-            "ts": self.ts,
-            "actor": self.actor,
-            "action": self.action,
-            "detail": self.detail,
-            "prev_hash": self.prev_hash,
-            "hash": self.hash,
-        }
-
-
-@dataclass(frozen=True)
-class AuditVerification:
-    """Result of walking the chain: ok, entries checked, the head hash, the first problem.
-
-    `expected_head_seq` is the seq at which an expected head (`verify(expect_head=…)`) was found
-    in the chain (entries after it were appended since that head was recorded), else None.
-    """
-
-    ok: bool
-    checked: int
-    head_seq: int
-    head_hash: str
-    problem: str | None
-    expected_head_seq: int | None = None
-
-
-@dataclass(frozen=True)
-class AuditHead:
-    """A chain head as written to a head file: the last entry's seq, hash and timestamp."""
-
-    seq: int
-    hash: str
-    ts: float | None = None
-
-    def to_json_dict(self) -> dict[str, Any]:
-        """The head as the head file and `fedctl audit verify --output json` spell it, so a copy
-        kept elsewhere can be compared field by field."""
-        return {"seq": self.seq, "hash": self.hash, "ts": self.ts}
-
-
-def head_file_path(database: str | Path) -> Path:
-    """Where the head file of the audit database at `database` lives."""
-    return Path(str(database) + HEAD_FILE_SUFFIX)
-
-
-def write_head_file(path: str | Path, head: AuditHead) -> None:
-    """Replace the head file atomically (mode 0600) with `{"seq", "hash", "ts"}` JSON."""
-    text = json.dumps(head.to_json_dict(), sort_keys=True) + "\n"
-    write_private_file_atomic(path, text.encode("ascii"))
-
-
-def read_head_file(path: str | Path) -> AuditHead:
-    """Read a head file (or a shipped copy of one); AuditError if missing or malformed."""
-    try:
-        raw = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise AuditError(f"head file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise AuditError(f"cannot read head file {path}: {exc}") from None
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        raise AuditError(f"head file {path} is not JSON") from None
-    if not isinstance(data, dict):
-        raise AuditError(f"head file {path} is not a JSON object")
-    seq, digest, ts = data.get("seq"), data.get("hash"), data.get("ts")
-    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
-        raise AuditError(f"head file {path}: seq must be an integer >= 0")
-    if not isinstance(digest, str) or not _HASH_PATTERN.match(digest):
-        raise AuditError(f"head file {path}: hash must be 64 lowercase hex digits")
-    if ts is not None and (
-        isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts)
-    ):
-        raise AuditError(f"head file {path}: ts must be a number")
-    return AuditHead(seq, digest, None if ts is None else float(ts))
-
-
-def canonical_json(value: Any) -> str:
-    """Deterministic JSON (sorted keys, no spaces, no NaN) so the hash is reproducible."""
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    )
-
-
-def entry_hash(
-    seq: int, ts: float, actor: str, action: str, detail: Mapping[str, Any], prev_hash: str
-) -> str:
-    """SHA-256 (hex) chaining an entry to its predecessor."""
-    body = canonical_json(
-        {
-            "seq": seq,
-            "ts": ts,
-            "actor": actor,
-            "action": action,
-            "detail": detail,
-            "prev_hash": prev_hash,
-        }
-    )
-    return hashlib.sha256(prev_hash.encode("ascii") + b"\n" + body.encode("utf-8")).hexdigest()
 
 
 class AuditLog:
@@ -356,7 +244,7 @@ class AuditLog:
                 " WHERE seq > ? ORDER BY seq LIMIT ?",
                 (after, limit),
             ).fetchall()
-        return [_row_to_entry(r) for r in rows]
+        return [row_to_entry(r) for r in rows]
 
     def verify(
         self, expect_head: str | None = None, expect_min_seq: int | None = None
@@ -369,7 +257,7 @@ class AuditLog:
         chain must have at least `expect_min_seq` entries. That is what detects a cut tail with
         a consistently updated head row, and an emptied or replaced database.
         """
-        if expect_head is not None and not _HASH_PATTERN.match(expect_head):
+        if expect_head is not None and not HASH_PATTERN.match(expect_head):
             raise AuditError("expected head must be 64 lowercase hex digits")
         if expect_min_seq is not None and expect_min_seq < 0:
             raise AuditError(f"expected minimum seq must be >= 0, got {expect_min_seq}")
@@ -380,7 +268,7 @@ class AuditLog:
             cursor = self._conn.execute(
                 "SELECT seq, ts, actor, action, detail, prev_hash, hash FROM audit_log ORDER BY seq"
             )
-            checked, expected_prev, problem, found = _walk(cursor, expect_head)
+            checked, expected_prev, problem, found = walk(cursor, expect_head)
         head_seq, head_hash = (
             (0, GENESIS_HASH) if head_row is None else (int(head_row[0]), str(head_row[1]))
         )
@@ -391,7 +279,7 @@ class AuditLog:
                 " the head was altered"
             )
         if problem is None:
-            problem = _against_expected(checked, expected_prev, expect_head, expect_min_seq, found)
+            problem = against_expected(checked, expected_prev, expect_head, expect_min_seq, found)
         return AuditVerification(
             ok=problem is None,
             checked=checked,
@@ -400,103 +288,6 @@ class AuditLog:
             problem=problem,
             expected_head_seq=found if problem is None else None,
         )
-
-
-def _against_expected(
-    checked: int,
-    last_hash: str,
-    expect_head: str | None,
-    expect_min_seq: int | None,
-    found: int | None,
-) -> str | None:
-    """The problem, if an intact chain does not match a head recorded elsewhere."""
-    if expect_head is None and expect_min_seq is None:
-        return None
-    minimum = expect_min_seq or 0
-    shortened = checked < minimum or (checked == 0 and expect_head not in (None, GENESIS_HASH))
-    if shortened:
-        expected = f"seq {minimum}" if minimum else f"hash {str(expect_head)[:12]}…"
-        return (
-            "an empty or shortened chain does not match an expected head: the chain has"
-            f" {checked} entries, the expected head is {expected}; entries were removed from"
-            " the end or the log was emptied or replaced"
-        )
-    if expect_head is not None and found is None:
-        return (
-            f"the expected head {expect_head[:12]}… is not in the chain (its head is seq"
-            f" {checked}, hash {last_hash[:12]}…): the log was replaced or rewritten, or cut"
-            " back to before the expected head"
-        )
-    return None
-
-
-def _walk(rows: Iterable[Any], want: str | None = None) -> tuple[int, str, str | None, int | None]:
-    """Check seq continuity, prev-hash links and every hash (recomputed from content, the last
-    entry's too); returns (checked, last hash, problem, seq whose hash is `want` or None)."""
-    expected_seq = 1
-    prev_hash = GENESIS_HASH
-    checked = 0
-    found = 0 if want == GENESIS_HASH else None
-    for row in rows:
-        try:
-            seq = int(row[0])
-        except (TypeError, ValueError):
-            return checked, prev_hash, f"seq {expected_seq}: seq is not an integer", found
-        if seq != expected_seq:
-            return (
-                checked,
-                prev_hash,
-                f"seq {expected_seq} is missing (next entry is seq {seq})",
-                found,
-            )
-        try:
-            entry = _row_to_entry(row)
-            recomputed = entry_hash(
-                seq, entry.ts, entry.actor, entry.action, entry.detail, prev_hash
-            )
-        except (AuditError, TypeError, ValueError) as exc:
-            return checked, prev_hash, f"seq {seq}: {exc}", found
-        if entry.prev_hash != prev_hash:
-            return (
-                checked,
-                prev_hash,
-                (
-                    f"seq {seq} does not link to seq {seq - 1} (prev_hash mismatch):"
-                    " an entry was reordered, replaced or removed"
-                ),
-                found,
-            )
-        if recomputed != entry.hash:
-            return (
-                checked,
-                prev_hash,
-                f"seq {seq} was edited (its hash does not match its content)",
-                found,
-            )
-        prev_hash = entry.hash
-        checked += 1
-        expected_seq += 1
-        if want is not None and entry.hash == want:
-            found = seq
-    return checked, prev_hash, None, found
-
-
-def _row_to_entry(row: tuple[Any, ...]) -> AuditEntry:
-    try:
-        detail = json.loads(row[4])
-    except (TypeError, ValueError) as exc:
-        raise AuditError(f"detail is not valid JSON: {exc}") from exc
-    if not isinstance(detail, dict):
-        raise AuditError("detail is not a JSON object")
-    return AuditEntry(
-        seq=int(row[0]),
-        ts=float(row[1]),
-        actor=str(row[2]),
-        action=str(row[3]),
-        detail=detail,
-        prev_hash=str(row[5]),
-        hash=str(row[6]),
-    )
 
 
 def _database_file(conn: sqlite3.Connection) -> str | None:

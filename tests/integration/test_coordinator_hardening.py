@@ -25,7 +25,7 @@ from coordinator.config import ConfigError
 from coordinator.server import bind_listen_addresses
 from fedctl.cli import run as fedctl
 from fedctl.localfed import LocalFederation, free_port
-from federation.audit import read_head_file
+from federation.audit_head import read_head_file
 from federation.tls import (
     TlsKit,
     TransportSettings,

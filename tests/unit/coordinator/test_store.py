@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from coordinator.store import CoordinatorStore
-from federation.audit import AuditError
+from federation.audit_head import AuditError
 
 pytestmark = pytest.mark.unit
 

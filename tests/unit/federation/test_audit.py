@@ -13,15 +13,9 @@ from pathlib import Path
 import pytest
 
 from fedctl.cli import run as fedctl
-from federation.audit import (
-    GENESIS_HASH,
-    AuditError,
-    AuditHead,
-    AuditLog,
-    entry_hash,
-    head_file_path,
-    read_head_file,
-)
+from federation.audit import AuditLog
+from federation.audit_chain import GENESIS_HASH, entry_hash
+from federation.audit_head import AuditError, AuditHead, head_file_path, read_head_file
 
 pytestmark = pytest.mark.unit
 
