@@ -32,7 +32,6 @@ from federation.version import __version__
 from federation.wire.v1 import federation_pb2, federation_pb2_grpc
 from site_agent.cache import ReleaseCache, SessionStore
 from site_agent.config import SiteConfig
-from site_agent.data import split_fingerprint
 from site_agent.handlers import TaskHandlers, kind_label
 from site_agent.ledger import PrivacyLedger
 from site_agent.policy import policy_summary
@@ -42,6 +41,7 @@ from site_agent.retention import PurgeCounts, purge_expired
 from site_agent.roster import SiteRoster
 from site_agent.sealing import StateSealer, load_state_key
 from site_agent.secagg_adapter import SecaggAdapter
+from site_agent.split import split_fingerprint
 
 log = logging.getLogger("concordia.site")
 

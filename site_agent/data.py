@@ -22,9 +22,6 @@ between partitions and leaves the ledger's split fingerprint unchanged.
 from __future__ import annotations
 
 import csv
-import hashlib
-import hmac
-import json
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,9 +42,9 @@ from site_agent.mapping import (
 )
 from site_agent.pseudonyms import pseudonymise
 from site_agent.quality import DataQuality, build_quality, quality_warnings
+from site_agent.split import holdout_score, row_key
 from survival.schema import CategoricalFeature, Feature, FeatureSchema
 
-_SPLIT_DOMAIN = b"concordia/holdout-split/v1\x00"
 SNIFF_BYTES = 65_536
 
 
@@ -108,43 +105,6 @@ class LocalDataset:
         way the handlers read rows, so a release never mixes the two partitions."""
         mask = self.holdout if holdout else ~self.holdout
         return self.raw[mask], self.time[mask], self.event[mask]
-
-
-def split_fingerprint(config: DataConfig) -> str:
-    """SHA-256 over the parameters that decide which partition a row falls in.
-
-    The privacy ledger stores it with its first release and refuses a different one later: a
-    changed split would put a patient in both partitions and void parallel composition.
-    """
-    body = json.dumps(
-        {
-            "domain": _SPLIT_DOMAIN.decode().rstrip("\x00"),
-            "salt": config.split_salt,
-            "holdout_fraction": config.holdout_fraction,
-            "id_column": config.id_column,
-        },
-        sort_keys=True,
-    )
-    return hashlib.sha256(body.encode()).hexdigest()
-
-
-def holdout_score(salt: str, key: bytes) -> float:
-    """HMAC-SHA256(salt, key) mapped to a uniform number in [0, 1): keyed, so the partition is
-    fixed per patient yet unpredictable to anyone without the site's salt."""
-    digest = hmac.new(salt.encode(), _SPLIT_DOMAIN + key, hashlib.sha256).digest()
-    return int.from_bytes(digest[:8], "big") / 2.0**64
-
-
-def row_key(header: list[str], row: list[str], id_index: int | None) -> bytes:
-    """The id value, or SHA-256 of the row's (column, value) pairs in column-name order.
-
-    Without an id column the key survives reordering the CSV's columns, but not editing the row
-    or adding a column: use an id column for a split that is stable across exports.
-    """
-    if id_index is not None:
-        return b"id\x00" + row[id_index].strip().encode()
-    pairs = sorted(zip(header, row, strict=True))
-    return b"row\x00" + hashlib.sha256(json.dumps(pairs).encode()).digest()
 
 
 @dataclass(frozen=True)

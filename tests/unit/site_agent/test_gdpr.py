@@ -26,9 +26,10 @@ from federation.wire.v1 import federation_pb2 as pb
 from site_agent.__main__ import main
 from site_agent.agent import SiteAgent
 from site_agent.config import DataConfig, SiteConfig, load_site_config
-from site_agent.data import DataError, RowGate, load_local_data, split_fingerprint
+from site_agent.data import DataError, RowGate, load_local_data
 from site_agent.data_audit import classify
 from site_agent.pseudonyms import pseudonym_key, pseudonymise
+from site_agent.split import split_fingerprint
 from survival.spec import initial_parameters
 from tests.adversarial.harness import adversarial_plan, audit_actions
 

@@ -10,8 +10,8 @@ import pytest
 
 from site_agent.accounting import Entry, epsilon_of
 from site_agent.config import DataConfig
-from site_agent.data import split_fingerprint
 from site_agent.ledger import BudgetExceeded, PrivacyLedger, SplitChanged
+from site_agent.split import split_fingerprint
 
 pytestmark = pytest.mark.unit
 
