@@ -1,20 +1,26 @@
 """The site's privacy ledger: every release is charged here, in SQLite, *before* it leaves the site.
 
-A release is one `accounting.Entry` (σ, q, steps) tagged with the run, purpose, round, attempt and
-the data partition it was computed on. ε is never stored as a running total: it is recomputed by
-`accounting.epsilon_of` from the recorded entries, so the ledger survives restarts and composes
-across rounds and runs exactly as if one accountant had seen the whole history.
+A release is one `accounting.Entry` (σ, q, steps; for a Skellam release also its sensitivities)
+tagged with the run, purpose, round, attempt and the data partition it was computed on. ε is never
+stored as a running total: it is recomputed by `accounting.epsilon_of` from the recorded entries,
+so the ledger survives restarts and composes across rounds and runs exactly as if one accountant
+had seen the whole history.
 
 Parallel composition. The training partition (federated statistics and DP-SGD) and the held-out
 partition (evaluation metrics) are disjoint sets of patients chosen by a keyed hash of each
 patient's own key, independent of every data value (site_agent.data). Adding or removing one
 patient changes exactly one partition, so the site's ε is the MAX of the two partitions' ε, not
-their sum. That holds only while the split never changes: the ledger stores the split's
-fingerprint and `check_split` refuses a different one once anything has been released.
-docs/site-config.md states the argument and its limits in full.
+their sum. A release on partition 'both' (a small site that holds nothing out) was computed on
+every patient, so it is in both partitions' histories, and the max stays a valid bound. That
+holds only while the split never changes: the ledger stores the split's fingerprint and
+`check_split` refuses a different one once anything has been released. docs/site-config.md
+states the argument and its limits in full.
+
+Two views of ε (PrivacyLedger): under the site's trust assumption, and from its own noise alone.
 
 Concurrency: a charge is one IMMEDIATE transaction (read history, compute ε, insert), so two
-processes or connections charging at once are serialised and can never both pass a cap.
+processes or connections charging at once are serialised and can never both pass a cap. Older
+databases are migrated in place when opened (`_migrate`), in the schema transaction.
 """
 
 from __future__ import annotations
@@ -23,40 +29,98 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from federation.fsmodes import prepare_private_sqlite
-from site_agent.accounting import AccountantKind, Entry, epsilon_of
+from site_agent.accounting import ACCOUNTANT_KINDS, AccountantKind, Entry, Mechanism, epsilon_of
 
-Partition = Literal["train", "holdout"]
-PARTITIONS: tuple[Partition, ...] = ("train", "holdout")
+Partition = Literal["train", "holdout", "both"]
+#: The disjoint partitions ε is the max over; a 'both' release belongs to each one's history.
+PARTITIONS: tuple[Literal["train", "holdout"], ...] = ("train", "holdout")
+RELEASE_PARTITIONS: tuple[Partition, ...] = ("train", "holdout", "both")
+View = Literal["assumed", "own"]
+VIEWS: tuple[View, ...] = ("assumed", "own")
 
+_TABLE = "ledger_releases"
+_RELEASES_DDL = """CREATE TABLE IF NOT EXISTS {table} (
+        id                   INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts                   REAL    NOT NULL,
+        run_id               TEXT    NOT NULL,
+        purpose              TEXT    NOT NULL,
+        round                INTEGER NOT NULL,
+        attempt              INTEGER NOT NULL,
+        partition            TEXT    NOT NULL CHECK (partition IN ('train', 'holdout', 'both')),
+        noise_multiplier     REAL    NOT NULL,
+        sample_rate          REAL    NOT NULL,
+        steps                INTEGER NOT NULL,
+        delta                REAL    NOT NULL,
+        epsilon_run          REAL    NOT NULL,
+        epsilon_lifetime     REAL    NOT NULL,
+        accountant           TEXT    NOT NULL{added}
+    )"""
+#: Columns added after the first schema: ALTER TABLE ADD COLUMN on an existing database.
+_ADDED_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("mechanism", "TEXT NOT NULL DEFAULT 'gaussian' CHECK (mechanism IN ('gaussian', 'skellam'))"),
+    ("l2_sensitivity", "REAL"),
+    ("l1_sensitivity", "REAL"),
+    ("own_noise_multiplier", "REAL"),  # NULL: the site's own noise is all of noise_multiplier
+    ("epsilon_run_own", "REAL"),  # NULL only on rows charged before the two views existed
+    ("epsilon_lifetime_own", "REAL"),
+)
+_INDEX = f"CREATE INDEX IF NOT EXISTS ledger_releases_run ON {_TABLE} (run_id)"
 _SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS ledger_releases (
-        id               INTEGER PRIMARY KEY AUTOINCREMENT,
-        ts               REAL    NOT NULL,
-        run_id           TEXT    NOT NULL,
-        purpose          TEXT    NOT NULL,
-        round            INTEGER NOT NULL,
-        attempt          INTEGER NOT NULL,
-        partition        TEXT    NOT NULL CHECK (partition IN ('train', 'holdout')),
-        noise_multiplier REAL    NOT NULL,
-        sample_rate      REAL    NOT NULL,
-        steps            INTEGER NOT NULL,
-        delta            REAL    NOT NULL,
-        epsilon_run      REAL    NOT NULL,
-        epsilon_lifetime REAL    NOT NULL,
-        accountant       TEXT    NOT NULL
-    )""",
-    "CREATE INDEX IF NOT EXISTS ledger_releases_run ON ledger_releases (run_id)",
+    _RELEASES_DDL.format(
+        table=_TABLE,
+        added="".join(f",\n        {name} {decl}" for name, decl in _ADDED_COLUMNS),
+    ),
+    _INDEX,
     """CREATE TABLE IF NOT EXISTS ledger_meta (
         key   TEXT PRIMARY KEY,
         value TEXT NOT NULL
     )""",
 )
 _SPLIT_KEY = "split_fingerprint"
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a ledger written by an older version up to the current schema, keeping every row
+    (and the AUTOINCREMENT sequence, so release ids are never reused). Idempotent; runs inside
+    the schema transaction, so a crash leaves the old schema intact.
+
+    - missing columns are added (ALTER TABLE ADD COLUMN; old rows get the defaults: a Gaussian
+      release whose own noise is all of it, no own-view figures);
+    - a table whose CHECK admits only 'train' and 'holdout' is rebuilt with the wider CHECK
+      (SQLite cannot alter a CHECK): new table, copy, drop, rename, index.
+    """
+    present = {row[1] for row in conn.execute(f"PRAGMA table_info({_TABLE})")}
+    for name, decl in _ADDED_COLUMNS:
+        if name not in present:
+            conn.execute(f"ALTER TABLE {_TABLE} ADD COLUMN {name} {decl}")
+    (ddl,) = conn.execute(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (_TABLE,)
+    ).fetchone()
+    if "'both'" in ddl:
+        return
+    seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (_TABLE,)).fetchone()
+    # Every column the old table has (all of them known to the new one, or the copy fails and
+    # the ledger does not open: no column is ever dropped silently).
+    columns = ", ".join(row[1] for row in conn.execute(f"PRAGMA table_info({_TABLE})"))
+    rebuilt = f"{_TABLE}_rebuild"
+    conn.execute(f"DROP TABLE IF EXISTS {rebuilt}")
+    conn.execute(_SCHEMA[0].replace(_TABLE, rebuilt, 1))
+    conn.execute(f"INSERT INTO {rebuilt} ({columns}) SELECT {columns} FROM {_TABLE}")
+    conn.execute(f"DROP TABLE {_TABLE}")
+    conn.execute(f"ALTER TABLE {rebuilt} RENAME TO {_TABLE}")
+    conn.execute(_INDEX)
+    if (
+        seq is not None
+        and not conn.execute(
+            "UPDATE sqlite_sequence SET seq = MAX(seq, ?) WHERE name = ?", (seq[0], _TABLE)
+        ).rowcount
+    ):
+        conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)", (_TABLE, seq[0]))
 
 
 class BudgetExceeded(Exception):
@@ -70,11 +134,16 @@ class SplitChanged(Exception):
 
 @dataclass(frozen=True)
 class Charge:
-    """The site's ε (max over partitions) after the release was recorded."""
+    """The site's ε (max over partitions) after the release was recorded, in both views:
+    ``epsilon_run``/``epsilon_lifetime`` under the site's trust assumption (what callers always
+    saw), ``*_own`` from the site's own noise alone (equal unless a release set
+    own_noise_multiplier)."""
 
     epsilon_run: float
     epsilon_lifetime: float
     release_id: int
+    epsilon_run_own: float
+    epsilon_lifetime_own: float
 
 
 def open_state_db(path: str | Path) -> sqlite3.Connection:
@@ -95,7 +164,14 @@ class SqliteComponent:
     """Shared plumbing: own or borrow a connection, serialise threads, IMMEDIATE transactions,
     so the ledger, release cache and session store share one file and one locking rule."""
 
-    def __init__(self, conn_or_path: sqlite3.Connection | str | Path, schema: tuple[str, ...]):
+    def __init__(
+        self,
+        conn_or_path: sqlite3.Connection | str | Path,
+        schema: tuple[str, ...],
+        migrate: Callable[[sqlite3.Connection], None] | None = None,
+    ):
+        """``migrate`` runs after ``schema``, in the same transaction (an older database is
+        upgraded entirely or not at all)."""
         self._lock = threading.RLock()
         if isinstance(conn_or_path, sqlite3.Connection):
             self._conn, self._owned = conn_or_path, False
@@ -104,6 +180,8 @@ class SqliteComponent:
         with self._transaction():
             for statement in schema:
                 self._conn.execute(statement)
+            if migrate is not None:
+                migrate(self._conn)
 
     def close(self) -> None:
         """Close the connection if this object opened it."""
@@ -132,16 +210,74 @@ class SqliteComponent:
             yield self._conn
 
 
-def _max_epsilon(rows: list[tuple[str, Entry]], delta: float, kind: AccountantKind) -> float:
-    """ε of disjoint partitions composed in parallel: the largest partition ε."""
+@dataclass(frozen=True)
+class _Row:
+    """One recorded release as the accountant sees it: both views, and the accountant it names."""
+
+    run_id: str
+    partition: str
+    kind: AccountantKind
+    assumed: Entry
+    own: Entry
+
+    def entry(self, view: View) -> Entry:
+        return self.assumed if view == "assumed" else self.own
+
+
+_ROW_QUERY = (
+    "SELECT run_id, partition, accountant, noise_multiplier, sample_rate, steps, mechanism,"
+    " l2_sensitivity, l1_sensitivity, own_noise_multiplier FROM ledger_releases"
+)
+
+
+def _row(record: tuple[Any, ...]) -> _Row:
+    run_id, partition, kind, sigma, q, steps, mechanism, l2, l1, own = record
+    assumed = Entry(sigma, q, steps, mechanism, l2, l1)
+    own_entry = assumed if own is None else replace(assumed, noise_multiplier=own)
+    return _Row(run_id, partition, kind, assumed, own_entry)
+
+
+def _epsilon(rows: list[_Row], view: View, delta: float) -> float:
+    """ε of ``rows`` in one view.
+
+    Partitions compose in parallel: the largest partition ε, where a 'both' release was
+    computed on every row, so it is in each partition's history. Each history is composed with
+    the accountant its rows name (a run's rows all name its plan's, so the run is charged as it
+    was calibrated); rows naming several (runs of different plans) take the smallest of their
+    figures, which is sound since each accountant bounds the whole history on its own.
+    """
+    kinds = sorted({r.kind for r in rows})
+    if not kinds:
+        return 0.0
     return max(
-        epsilon_of([entry for part, entry in rows if part == partition], delta, kind)
-        for partition in PARTITIONS
+        min(
+            epsilon_of([r.entry(view) for r in rows if r.partition in (p, "both")], delta, kind)
+            for kind in kinds
+        )
+        for p in PARTITIONS
     )
 
 
+def _view(view: str) -> View:
+    if view not in VIEWS:
+        raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
+    return view
+
+
 class PrivacyLedger(SqliteComponent):
-    """Releases recorded before they leave; ε per run and over the site's lifetime."""
+    """Releases recorded before they leave; ε per run and over the site's lifetime, in two views.
+
+    The *assumed* view charges each release at ``noise_multiplier``: the noise the released sum
+    carries under the site's trust assumption (in distributed mode, enough honest sites add
+    their Skellam shares). The *own* view charges it at ``own_noise_multiplier``: the worst case
+    in which only the site's own noise protects its patients. Both are recorded on every charge;
+    the caps bind the view the caller names (its policy), so a site that trusts nobody can cap
+    its worst case. For a release with no own_noise_multiplier the two are the same.
+
+    ε is recomputed from the rows with the accountant each row names (``accountant`` here is
+    the default for a charge that names none; see `_epsilon`); a history with a Skellam release
+    is accounted in RDP whatever the accountant (site_agent.accounting), an upper bound too.
+    """
 
     def __init__(
         self,
@@ -151,9 +287,9 @@ class PrivacyLedger(SqliteComponent):
         *,
         split_fingerprint: str | None = None,
     ) -> None:
-        if accountant not in ("rdp", "prv"):
-            raise ValueError(f"accountant must be 'rdp' or 'prv', got {accountant!r}")
-        super().__init__(conn_or_path, _SCHEMA)
+        if accountant not in ACCOUNTANT_KINDS:
+            raise ValueError(f"accountant must be one of {ACCOUNTANT_KINDS}, got {accountant!r}")
+        super().__init__(conn_or_path, _SCHEMA, _migrate)
         self._clock = clock
         self._kind: AccountantKind = accountant
         if split_fingerprint is not None:
@@ -195,17 +331,29 @@ class PrivacyLedger(SqliteComponent):
         purpose: str,
         round: int,
         attempt: int,
-        partition: Literal["train", "holdout"],
+        partition: Partition,
         noise_multiplier: float,
         sample_rate: float,
         steps: int,
         delta: float,
         run_epsilon_cap: float,
         lifetime_epsilon_cap: float,
+        mechanism: Mechanism = "gaussian",
+        l2_sensitivity: float | None = None,
+        l1_sensitivity: float | None = None,
+        own_noise_multiplier: float | None = None,
+        budget_view: View = "assumed",
+        accountant: AccountantKind | None = None,
     ) -> Charge:
-        """Record one release if the site stays within both caps; else BudgetExceeded, no row."""
-        if partition not in PARTITIONS:
-            raise ValueError(f"partition must be 'train' or 'holdout', got {partition!r}")
+        """Record one release if the ``budget_view`` ε stays within both caps; else
+        BudgetExceeded and no row. ``partition`` 'both' is a release computed on all the site's
+        rows (nothing held out). ``own_noise_multiplier`` (≤ noise_multiplier; None = equal) is
+        the noise the site itself added, relative to the same sensitivity. ``accountant`` (the
+        run plan's; None = the ledger's) is recorded on the row and composes the run's ε."""
+        if partition not in RELEASE_PARTITIONS:
+            raise ValueError(f"partition must be one of {RELEASE_PARTITIONS}, got {partition!r}")
+        if budget_view not in VIEWS:
+            raise ValueError(f"budget_view must be one of {VIEWS}, got {budget_view!r}")
         if not run_id:
             raise ValueError("run_id must be non-empty")
         if not purpose:
@@ -213,76 +361,116 @@ class PrivacyLedger(SqliteComponent):
         for name, cap in (("run", run_epsilon_cap), ("lifetime", lifetime_epsilon_cap)):
             if not cap > 0:
                 raise ValueError(f"{name} ε cap must be > 0, got {cap}")
-        new = Entry(float(noise_multiplier), float(sample_rate), int(steps))
-        epsilon_of([], delta, self._kind)  # validates delta before taking the write lock
+        new = Entry(
+            float(noise_multiplier),
+            float(sample_rate),
+            int(steps),
+            mechanism,
+            None if l2_sensitivity is None else float(l2_sensitivity),
+            None if l1_sensitivity is None else float(l1_sensitivity),
+        )
+        own = None if own_noise_multiplier is None else float(own_noise_multiplier)
+        # The site's share is part of the total, so it cannot exceed it (beyond the rounding of
+        # σ = √μ/Δ2 that a site relying on its own noise alone gets back).
+        if own is not None and not (0 <= own <= new.noise_multiplier * (1 + 1e-9)):
+            raise ValueError(
+                f"own_noise_multiplier must be in [0, noise_multiplier={noise_multiplier}],"
+                f" got {own_noise_multiplier}"
+            )
+        kind = self._kind if accountant is None else accountant
+        if kind not in ACCOUNTANT_KINDS:
+            raise ValueError(f"accountant must be one of {ACCOUNTANT_KINDS}, got {kind!r}")
+        own_entry = new if own is None else replace(new, noise_multiplier=own)
+        pending = _Row(run_id, partition, kind, new, own_entry)
+        epsilon_of([], delta, kind)  # validates delta before taking the write lock
         with self._transaction() as conn:
-            rows = conn.execute(
-                "SELECT run_id, partition, noise_multiplier, sample_rate, steps"
-                " FROM ledger_releases ORDER BY id"
-            ).fetchall()
-            everything = [(p, Entry(s, q, n)) for _, p, s, q, n in rows]
-            this_run = [(p, Entry(s, q, n)) for r, p, s, q, n in rows if r == run_id]
-            eps_run = _max_epsilon([*this_run, (partition, new)], delta, self._kind)
-            eps_life = _max_epsilon([*everything, (partition, new)], delta, self._kind)
+            rows = [*map(_row, conn.execute(_ROW_QUERY + " ORDER BY id")), pending]
+            figures = {view: self._figures(rows, run_id, delta, view) for view in VIEWS}
+            eps_run, eps_life = figures[budget_view]
             if eps_run > run_epsilon_cap:
                 raise BudgetExceeded(
-                    f"run {run_id}: ε would reach {eps_run:.4g}, over the run limit"
-                    f" {run_epsilon_cap:g} (a {purpose} release on the {partition} partition)"
+                    f"run {run_id}: ε ({budget_view} view) would reach {eps_run:.4g}, over the"
+                    f" run limit {run_epsilon_cap:g} (a {purpose} release on the {partition}"
+                    " partition)"
                 )
             if eps_life > lifetime_epsilon_cap:
                 raise BudgetExceeded(
-                    f"lifetime ε would reach {eps_life:.4g}, over the site's lifetime limit"
-                    f" {lifetime_epsilon_cap:g} (a {purpose} release of run {run_id} on the"
-                    f" {partition} partition)"
+                    f"lifetime ε ({budget_view} view) would reach {eps_life:.4g}, over the site's"
+                    f" lifetime limit {lifetime_epsilon_cap:g} (a {purpose} release of run"
+                    f" {run_id} on the {partition} partition)"
                 )
+            values: dict[str, Any] = {
+                "ts": float(self._clock()),
+                "run_id": run_id,
+                "purpose": purpose,
+                "round": int(round),
+                "attempt": int(attempt),
+                "partition": partition,
+                "noise_multiplier": new.noise_multiplier,
+                "sample_rate": new.sample_rate,
+                "steps": new.steps,
+                "delta": float(delta),
+                "epsilon_run": figures["assumed"][0],
+                "epsilon_lifetime": figures["assumed"][1],
+                "accountant": kind,
+                "mechanism": new.mechanism,
+                "l2_sensitivity": new.l2_sensitivity,
+                "l1_sensitivity": new.l1_sensitivity,
+                "own_noise_multiplier": own,
+                "epsilon_run_own": figures["own"][0],
+                "epsilon_lifetime_own": figures["own"][1],
+            }
             cursor = conn.execute(
-                "INSERT INTO ledger_releases (ts, run_id, purpose, round, attempt, partition,"
-                " noise_multiplier, sample_rate, steps, delta, epsilon_run, epsilon_lifetime,"
-                " accountant) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    float(self._clock()),
-                    run_id,
-                    purpose,
-                    int(round),
-                    int(attempt),
-                    partition,
-                    new.noise_multiplier,
-                    new.sample_rate,
-                    new.steps,
-                    float(delta),
-                    eps_run,
-                    eps_life,
-                    self._kind,
-                ),
+                f"INSERT INTO ledger_releases ({', '.join(values)})"
+                f" VALUES ({', '.join('?' * len(values))})",
+                tuple(values.values()),
             )
             release_id = cursor.lastrowid
         assert release_id is not None
-        return Charge(epsilon_run=eps_run, epsilon_lifetime=eps_life, release_id=release_id)
+        return Charge(
+            epsilon_run=figures["assumed"][0],
+            epsilon_lifetime=figures["assumed"][1],
+            release_id=release_id,
+            epsilon_run_own=figures["own"][0],
+            epsilon_lifetime_own=figures["own"][1],
+        )
+
+    @staticmethod
+    def _figures(rows: list[_Row], run_id: str, delta: float, view: View) -> tuple[float, float]:
+        """(run ε, lifetime ε) of ``rows`` in one view."""
+        this_run = [r for r in rows if r.run_id == run_id]
+        return _epsilon(this_run, view, delta), _epsilon(rows, view, delta)
 
     # ------------------------------------------------------------------ reading
-    def _entries(self, run_id: str | None) -> list[tuple[str, Entry]]:
-        query = "SELECT partition, noise_multiplier, sample_rate, steps FROM ledger_releases"
-        args: tuple[Any, ...] = ()
+    def _rows(self, run_id: str | None) -> list[_Row]:
+        query, args = _ROW_QUERY, tuple[str, ...]()
         if run_id is not None:
             query, args = query + " WHERE run_id = ?", (run_id,)
         with self._reading() as conn:
-            rows = conn.execute(query + " ORDER BY id", args).fetchall()
-        return [(p, Entry(s, q, n)) for p, s, q, n in rows]
+            return [_row(r) for r in conn.execute(query + " ORDER BY id", args).fetchall()]
 
-    def epsilon_run(self, run_id: str, delta: float) -> float:
-        """ε this run has spent (max over the two partitions), as every task result reports it."""
-        return _max_epsilon(self._entries(run_id), delta, self._kind)
+    def epsilon_run(self, run_id: str, delta: float, view: View = "assumed") -> float:
+        """ε this run has spent (max over the two partitions), as every task result reports it;
+        ``view`` 'own' is the worst case (the site's own noise alone)."""
+        return _epsilon(self._rows(run_id), _view(view), delta)
 
-    def epsilon_lifetime(self, delta: float) -> float:
+    def epsilon_lifetime(self, delta: float, view: View = "assumed") -> float:
         """ε the site has spent over all runs ever (max over the two partitions): what Hello and
         the policy's lifetime check use."""
-        return _max_epsilon(self._entries(None), delta, self._kind)
+        return _epsilon(self._rows(None), _view(view), delta)
 
-    def history(self, run_id: str | None = None, partition: str | None = None) -> list[Entry]:
-        """The recorded entries, oldest first, optionally of one run and/or one partition."""
-        if partition is not None and partition not in PARTITIONS:
-            raise ValueError(f"partition must be 'train' or 'holdout', got {partition!r}")
-        return [e for p, e in self._entries(run_id) if partition is None or p == partition]
+    def history(
+        self, run_id: str | None = None, partition: str | None = None, view: View = "assumed"
+    ) -> list[Entry]:
+        """The recorded entries, oldest first, optionally of one run and/or one partition: a
+        partition's history includes the 'both' releases; ``partition='both'`` gives only those."""
+        if partition is not None and partition not in RELEASE_PARTITIONS:
+            raise ValueError(f"partition must be one of {RELEASE_PARTITIONS}, got {partition!r}")
+        return [
+            r.entry(_view(view))
+            for r in self._rows(run_id)
+            if partition in (None, r.partition) or (r.partition == "both" and partition != "both")
+        ]
 
     def releases(self, run_id: str | None = None) -> list[dict[str, Any]]:
         """Every recorded release as a plain dict (for audit and reports), oldest first."""
