@@ -15,6 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from coordinator.messages import ResultRejected
+from federation import distributed
+from federation.distributed import is_distributed
+from federation.noise import stats_noise_multiplier
 from federation.plan import RunPlan
 from federation.releases import (
     ConsortiumStats,
@@ -132,21 +135,26 @@ def n_parameters(plan: RunPlan) -> int:
 
 
 def update_layout(plan: RunPlan) -> UpdateLayout:
-    """How a model update is clipped and quantised for secure aggregation under `plan`: the
-    sum only decodes with the exact fixed-point encoding the sites used."""
+    """How a local-mode model update is clipped and quantised for secure aggregation under
+    `plan`: the sum only decodes with the exact fixed-point encoding the sites used."""
     s = plan.secagg
-    return UpdateLayout(n_parameters(plan), s.clip_norm, s.coord_bound, s.scale_bits)
+    weighted = plan.training.aggregation == "weighted"
+    return UpdateLayout(n_parameters(plan), s.clip_norm, s.coord_bound, s.scale_bits, weighted)
 
 
 def decode_stats_sum(plan: RunPlan, total: np.ndarray, n: int) -> ConsortiumStats:
     """The consortium's standardisation and hazard counts from the statistics sum of n sites.
 
-    The noise level passed on is public (σ·Δ·√n): decoding uses it to refuse estimates that
-    are indistinguishable from noise."""
+    The noise level passed on is public (σ·Δ·√n, the most n sites' noise can add up to):
+    decoding uses it to refuse estimates that are indistinguishable from noise."""
     schema, n_intervals = plan.feature_schema, plan.time_grid.n_intervals
     layout = StatsLayout.for_schema(schema, n_intervals)
-    values = dequantize_sum(total, layout.quantization(n))
-    noise_std = plan.privacy.stats_noise_multiplier * layout.sensitivity * np.sqrt(n)
+    if is_distributed(plan):
+        values = distributed.encoding(plan, Purpose.STATS).decode_sum(total)
+    else:
+        values = dequantize_sum(total, layout.quantization(n))
+    sigma = stats_noise_multiplier(plan)
+    noise_std = distributed.summed_noise_std(plan, sigma, layout.sensitivity, n)
     return decode_stats(values, schema, n_intervals, float(noise_std))
 
 
@@ -162,17 +170,40 @@ def initial_model(plan: RunPlan, stats: ConsortiumStats) -> np.ndarray:
     )
 
 
-def mean_update(plan: RunPlan, total: np.ndarray, n: int, survivors: int) -> np.ndarray:
-    """The survivors' mean model delta (float64), the server optimiser's pseudo-gradient.
+def mean_update(
+    plan: RunPlan, total: np.ndarray, n: int, survivors: int, cohort: float = 0.0
+) -> np.ndarray:
+    """The server optimiser's pseudo-gradient (float64) from the round's sum.
 
-    `n` (the session's size) fixes the fixed-point range; the mean is over those in the sum."""
-    mean = dequantize_sum(total, update_layout(plan).quantization(n)) / survivors
+    Local mode: the survivors' mean model delta, weighted by the cohort weights the sites put in
+    the sum's last coordinate (`UpdateLayout.weighted_release`) or unweighted; `n` (the session's
+    size) fixes the fixed-point range. Distributed mode: minus the pooled noisy gradient sum over
+    the expected batch size q·`cohort` (the DP-estimated consortium size): one DP-SGD step's
+    gradient, which the server optimiser applies at `server_learning_rate`."""
+    if is_distributed(plan):
+        gradient_sum = distributed.encoding(plan, Purpose.UPDATE).decode_sum(total)
+        expected_batch = max(plan.training.sample_rate * max(cohort, 1.0), 1.0)
+        step: np.ndarray = -gradient_sum / expected_batch
+        return step.astype(np.float64)
+    layout = update_layout(plan)
+    decoded = dequantize_sum(total, layout.quantization(n))
+    if layout.weighted:
+        weight = float(decoded[-1])
+        if weight > 1e-6:
+            weighted: np.ndarray = decoded[:-1] / weight
+            return weighted.astype(np.float64)
+        decoded = decoded[:-1]  # no usable weights (cannot happen with honest sites): unweighted
+    mean = decoded / survivors
     result: np.ndarray = mean.astype(np.float64)
     return result
 
 
-def decode_metrics_sum(total: np.ndarray, n: int) -> dict[str, float]:
+def decode_metrics_sum(plan: RunPlan, total: np.ndarray, n: int) -> dict[str, float]:
     """Consortium evaluation figures from the metrics sum of n sites: the coordinator only
     ever learns metrics as consortium totals, never one hospital's."""
     layout = MetricsLayout()
-    return metrics_from_sums(layout.decode(dequantize_sum(total, layout.quantization(n))), layout)
+    if is_distributed(plan):
+        weighted = distributed.encoding(plan, Purpose.METRICS).decode_sum(total)
+    else:
+        weighted = dequantize_sum(total, layout.quantization(n))
+    return metrics_from_sums(layout.decode(weighted), layout)

@@ -58,6 +58,7 @@ TASK_ERROR_FROM_WIRE: dict[int, str] = {
     federation_pb2.TASK_ERROR_SECAGG_VERIFICATION: "secagg_verification",
     federation_pb2.TASK_ERROR_INTERNAL: "internal",
     federation_pb2.TASK_ERROR_APPROVAL_PENDING: "approval_pending",
+    federation_pb2.TASK_ERROR_NO_HOLDOUT: "no_holdout",
 }
 MAX_ERROR_MESSAGE = 500
 
@@ -91,6 +92,8 @@ def task_to_wire(
         body.standardisation.features.extend(plan.feature_schema.encoded_names())
         body.standardisation.mean.extend(std.means)
         body.standardisation.scale.extend(std.stds)
+        if kind is TaskKind.TRAIN:
+            message.train.consortium_count = float(engine.stats.count)
         if kind is TaskKind.EVALUATE:
             message.evaluate.events.extend(engine.stats.events.tolist())
             message.evaluate.at_risk.extend(engine.stats.at_risk.tolist())

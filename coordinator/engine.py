@@ -72,6 +72,8 @@ class RunEngine:
         self.refusals: dict[str, str] = {}
         self.awaiting: dict[str, str] = {}  # site -> why its answer to the offer waits
         self.acked: list[str] = []
+        self.no_holdout: set[str] = set()  # sites that hold nothing out (not persisted: they
+        # say so again when a restarted coordinator retries the evaluation)
         self.session_sites: dict[int, str] = {}
         self.tasks: dict[str, PendingTask] = {}
         self.answered: dict[str, str] = {}  # site -> task id of its last accepted result
@@ -243,6 +245,8 @@ class RunEngine:
         elif task.kind in LOCAL_TASK_KIND.values():
             if result.error_code is None:
                 self.acked.append(site)
+            elif result.error_code == "no_holdout":
+                self.no_holdout.add(site)  # nothing to evaluate there: not a refusal
             else:
                 self.refusals[site] = result.error_message or result.error_code
                 if result.error_code == "budget_exhausted" and site in self.accepted:
@@ -326,9 +330,18 @@ class RunEngine:
     def _start_session(self, now: float) -> bool:
         sites = sorted(set(self.acked))
         minimum = minimum_session_size(self.plan)
-        if len(sites) < minimum:
-            return self._retry_step(f"{len(sites)} sites ready, {minimum} needed", now)
         purpose = self._purpose()
+        if len(sites) < minimum:
+            if purpose is Purpose.METRICS and len(self.accepted) - len(self.no_holdout) < minimum:
+                # Too few sites hold anything out (training.holdout_min_site_rows): a retry
+                # cannot change that, and a run is not a failure for lack of a metric.
+                self.message = (
+                    f"round {self.round} not evaluated: {len(sites)} sites hold data out,"
+                    f" {minimum} needed"
+                )
+                self._after_step(purpose, now)
+                return True
+            return self._retry_step(f"{len(sites)} sites ready, {minimum} needed", now)
         self.session_sites = {index + 1: site for index, site in enumerate(sites)}
         self._session = SecureSum(
             self.plan, self.run_id, purpose, self.round, self.attempt, self.session_sites, now
@@ -378,11 +391,14 @@ class RunEngine:
             metrics = {"patients": round(self.stats.count, 1)}
         elif purpose is Purpose.UPDATE:
             assert self.global_vector is not None
-            delta = aggregation.mean_update(self.plan, total, n, len(summed.survivors))
+            assert self.stats is not None
+            delta = aggregation.mean_update(
+                self.plan, total, n, len(summed.survivors), self.stats.count
+            )
             self.global_vector = self.optimizer.step(self.global_vector, delta)
             self.global_round = self.round
         else:
-            metrics = aggregation.decode_metrics_sum(total, n)
+            metrics = aggregation.decode_metrics_sum(self.plan, total, n)
         record = RoundRecord(
             purpose=purpose,
             round=self.round,
@@ -393,6 +409,10 @@ class RunEngine:
         )
         self.history.append(record)
         self._effects.append(StepAggregated(record, total))
+        self._after_step(purpose, now)
+
+    def _after_step(self, purpose: Purpose, now: float) -> None:
+        """The step that follows a finished (or skipped) step of `purpose`."""
         if purpose is Purpose.STATS:
             self._begin_step(Phase.TRAIN, 1, now)
         elif purpose is Purpose.UPDATE and (

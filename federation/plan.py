@@ -33,10 +33,23 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class TrainingPlan(_Strict):
-    """Local DP-SGD and the server optimiser."""
+TrainingMode = Literal["local", "distributed"]
+"""local: each site runs its own DP-SGD (its own full noise) and releases a model delta each
+round. distributed: each round every site takes one Poisson batch, releases the integer sum of
+clipped per-patient gradients plus a Skellam noise *share*, and secure aggregation adds the
+shares into one pooled noisy gradient (docs/model.md, "Distributed DP-SGD")."""
 
-    rounds: int = Field(default=5, ge=1, le=1000)
+
+class TrainingPlan(_Strict):
+    """Local or distributed DP-SGD and the server optimiser."""
+
+    mode: TrainingMode = "local"
+    rounds: int = Field(
+        default=5,
+        ge=1,
+        le=5000,
+        description="federated rounds; in distributed mode each round is one DP-SGD step",
+    )
     local_epochs: int = Field(default=2, ge=1, le=100)
     batch_size: int = Field(default=256, ge=8, le=65536)
     learning_rate: float = Field(default=0.05, gt=0.0, le=10.0)
@@ -50,6 +63,34 @@ class TrainingPlan(_Strict):
     server_beta2: float = Field(default=0.99, ge=0.0, lt=1.0)
     server_tau: float = Field(default=1e-3, gt=0.0, le=1.0)
     evaluate_every: int = Field(default=1, ge=1)
+    aggregation: Literal["weighted", "unweighted"] = Field(
+        default="weighted",
+        description=(
+            "local mode: FedAvg weights each site by its own DP-noised cohort size from the"
+            " statistics release (weighted) or counts every site once (unweighted)"
+        ),
+    )
+    sample_rate: float = Field(
+        default=1.0,
+        gt=0.0,
+        le=1.0,
+        description=(
+            "distributed mode: every patient at every site joins a round's batch with this"
+            " probability (Poisson sampling; the same q everywhere). 1 = full-batch DP-GD, whose"
+            " Skellam accounting is tight; below 1 the only amplification bound proven for the"
+            " Skellam mechanism (Zhu & Wang 2019) is loose (docs/model.md)"
+        ),
+    )
+    holdout_min_site_rows: int = Field(
+        default=300,
+        ge=0,
+        le=10_000_000,
+        description=(
+            "a site with fewer usable rows holds nothing out: it trains on all of them and"
+            " releases no evaluation metrics (a fifth of a small site's data is worth more in"
+            " training than as a noisy metric); 0 = every site evaluates"
+        ),
+    )
 
 
 class PrivacyPlan(_Strict):
@@ -57,10 +98,41 @@ class PrivacyPlan(_Strict):
 
     epsilon: float = Field(default=3.0, gt=0.0, le=100.0)
     delta: float = Field(default=1e-5, gt=0.0, lt=0.01)
-    accountant: Literal["rdp", "prv"] = "rdp"
-    # Gaussian noise multipliers (noise std / L2 sensitivity) of the one-off releases.
-    stats_noise_multiplier: float = Field(default=3.0, ge=0.5, le=1000.0)
+    accountant: Literal["pld", "rdp", "prv"] = Field(
+        default="pld",
+        description=(
+            "how a site composes its releases into ε: pld (dp-accounting's privacy loss"
+            " distributions, pessimistic, the tightest), rdp or prv; distributed-mode (Skellam)"
+            " releases are always composed in RDP"
+        ),
+    )
+    # Noise multipliers (noise std / L2 sensitivity) of the one-off releases.
+    stats_noise_multiplier: float | None = Field(
+        default=None,
+        ge=0.5,
+        le=1000.0,
+        description="σ of the statistics release; unset: calibrated from stats_epsilon_share",
+    )
+    stats_epsilon_share: float = Field(
+        default=0.2,
+        gt=0.0,
+        lt=1.0,
+        description=(
+            "share of ε the statistics release may spend alone (σ calibrated to it) when"
+            " stats_noise_multiplier is unset; the rest goes to training"
+        ),
+    )
     metrics_noise_multiplier: float = Field(default=20.0, ge=0.5, le=1000.0)
+    noise_shares: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description=(
+            "distributed mode: every honest participant adds at least 1/noise_shares of the"
+            " target noise variance; each site adds more if its policy.trusted_noise_sites"
+            " trusts fewer sites (docs/model.md)"
+        ),
+    )
 
 
 class SecAggPlan(_Strict):

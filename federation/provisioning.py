@@ -187,6 +187,8 @@ def site_config_text(consortium: str, site_id: str, coordinator_address: str) ->
         'allowed_purposes = ["research.survival-model"]\n'
         'lawful_basis = {"research.survival-model" = "GDPR Art. 6(1)(e), 9(2)(j)"}\n'
         "retention_days = 365       # caches, session state and expired run state\n"
+        "trusted_noise_sites = 1    # distributed mode: honest sites (incl. this one) assumed\n"
+        'budget_epsilon = "assumed" # or "worst_case": charge ε from this site\'s noise alone\n'
     )
 
 

@@ -114,23 +114,39 @@ class StatsLayout:
 
 @dataclass(frozen=True)
 class UpdateLayout:
-    """A flat model delta; its quantisation comes from the plan's secagg section."""
+    """A flat model delta; its quantisation comes from the plan's secagg section.
+
+    Weighted (local mode, `training.aggregation = "weighted"`): [w·delta, w] with the site's
+    weight w = its own DP-noised cohort size over the consortium's, in [0, 1]; delta is clipped
+    to `clip_norm` before weighting, so the whole vector stays within `clip_norm + 1` and the
+    coordinator divides the summed deltas by the summed weights (FedAvg weighted by cohort).
+    """
 
     n_parameters: int
     clip_norm: float
     coord_bound: float
     scale_bits: int
+    weighted: bool = False
 
     @property
     def length(self) -> int:
-        """Coordinates of the release: one per model parameter."""
-        return self.n_parameters
+        """Coordinates of the release: one per model parameter (and the weight, if weighted)."""
+        return self.n_parameters + int(self.weighted)
+
+    def weighted_release(self, delta: np.ndarray, weight: float) -> np.ndarray:
+        """[w·clip(delta), w]: what a site releases under weighted FedAvg."""
+        delta = np.asarray(delta, dtype=np.float64)
+        norm = float(np.linalg.norm(delta))
+        if norm > self.clip_norm:
+            delta = delta * (self.clip_norm / norm)
+        w = min(max(float(weight), 0.0), 1.0)
+        return np.concatenate([delta * w, [w]])
 
     def quantization(self, n_participants: int) -> QuantizationConfig:
         """The plan's `[secagg]` clipping and scale: an update's range is the plan's choice, not
         a public bound like the counts of the other two releases."""
         return QuantizationConfig(
-            clip_norm=self.clip_norm,
+            clip_norm=self.clip_norm + (1.0 if self.weighted else 0.0),
             coord_bound=self.coord_bound,
             scale=float(2**self.scale_bits),
             max_participants=max(n_participants, 2),

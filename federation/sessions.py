@@ -77,7 +77,8 @@ def vector_length(plan: RunPlan, purpose: Purpose) -> int:
     if purpose is Purpose.STATS:
         return StatsLayout.for_schema(schema, n_intervals).length
     if purpose is Purpose.UPDATE:
-        return parameter_count(plan.model, schema.n_encoded, n_intervals)
+        weighted = plan.training.mode == "local" and plan.training.aggregation == "weighted"
+        return parameter_count(plan.model, schema.n_encoded, n_intervals) + int(weighted)
     return MetricsLayout().length
 
 

@@ -89,6 +89,15 @@ class SitePolicy(_Section):
     max_colluding_sites: int = Field(default=0, ge=0, le=1000)
     """Sites this hospital assumes may collude with the coordinator: every session's threshold
     must exceed (n + this)/2, and a plan assuming fewer is refused."""
+    trusted_noise_sites: int = Field(default=1, ge=1, le=64)
+    """Distributed mode (docs/model.md): the participants of a session this site assumes are
+    honest, itself included. It sizes its noise share so that the sum carries the full noise if
+    that many are honest, and joins no session and answers no Unmask with fewer. 1: the site
+    trusts only its own noise and adds all of it."""
+    budget_epsilon: Literal["assumed", "worst_case"] = "assumed"
+    """Which of the two ε the ledger keeps for a distributed release is charged to the budget:
+    the one under `trusted_noise_sites` (assumed) or the one from this site's own noise alone
+    (worst_case, which also makes the site add the full noise itself)."""
     allowed_purposes: list[str] = Field(default_factory=lambda: [DEFAULT_PURPOSE], min_length=1)
     """Processing purposes this site takes part in (a plan's `purpose` outside it is refused)."""
     lawful_basis: dict[str, str] = Field(

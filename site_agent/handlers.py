@@ -17,15 +17,20 @@ in a worker thread; the adversarial harness calls it directly). The rules it kee
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 import numpy as np
 
+from federation import distributed
 from federation.audit import AuditLog
+from federation.distributed import is_distributed
 from federation.faults import Faults
+from federation.integer_release import IntegerEncoding
+from federation.noise import stats_noise_multiplier
 from federation.releases import (
     MAX_SITES,
     MetricsLayout,
@@ -37,12 +42,14 @@ from federation.releases import (
 from federation.tasks import PURPOSE_FROM_WIRE, TaskKind, task_kind_from_wire
 from federation.vectors import Float32Array, vector_sha256
 from federation.wire.v1 import federation_pb2
-from secagg.quantize import quantize
+from secagg.quantize import dequantize_sum, quantize
 from site_agent import verify
 from site_agent.accounting import Entry
 from site_agent.approvals import ApprovalStore
 from site_agent.cache import ReleaseCache, SessionStore
+from site_agent.cohort import Partition, holdout_rows, holds_out, training_rows
 from site_agent.config import SiteConfig
+from site_agent.distributed import DistributedTraining, NoiseShare, noise_share, noisy_integers
 from site_agent.errors import TaskFailed
 from site_agent.ledger import BudgetExceeded, PrivacyLedger
 from site_agent.model import predict
@@ -50,7 +57,7 @@ from site_agent.offer import PlanOffers, RunContext
 from site_agent.records import ProcessingRecords
 from site_agent.releases import consortium_censoring, gaussian_noise, metrics_vector
 from site_agent.secagg_adapter import SecaggAdapter
-from site_agent.train import RunTraining
+from site_agent.train import RunTraining, TrainingError
 
 log = logging.getLogger("concordia.site")
 K = federation_pb2
@@ -175,37 +182,72 @@ class TaskHandlers(PlanOffers):
 
     # ------------------------------------------------------------------ the three releases
     def _federated_stats(self, task: federation_pb2.Task, run: RunContext) -> None:
-        """Counts, bounded moments and interval counts of the training rows, Gaussian-noised
-        and charged before noising; cached to be masked by the statistics session."""
+        """Counts, bounded moments and interval counts of the training rows, noised (Gaussian,
+        or a Skellam share in distributed mode) and charged before noising; cached to be masked
+        by the statistics session."""
         verify.check_stats_spec(task.federated_stats.spec_json, run.plan)
         if self.cache.reusable(task.run_id, Purpose.STATS.value, task.round):
             return
         plan = run.plan
-        raw, time_, event = run.data.split(holdout=False)
-        events, at_risk = plan.time_grid.interval_counts(time_, event)
+        rows = training_rows(plan, run.data)
+        events, at_risk = plan.time_grid.interval_counts(rows.time, rows.event)
         layout = StatsLayout.for_schema(plan.feature_schema, plan.time_grid.n_intervals)
-        sigma = plan.privacy.stats_noise_multiplier
-        self._charge(task, run, Purpose.STATS, "train", sigma, 1.0, 1)
-        values = stats_vector(raw, events, at_risk, plan.feature_schema)
+        sigma = stats_noise_multiplier(plan)
+        values = stats_vector(rows.raw, events, at_risk, plan.feature_schema)
+        if is_distributed(plan):
+            encoding = distributed.encoding(plan, Purpose.STATS)
+            share = noise_share(plan, self.config.policy, sigma, encoding)
+            self._charge(task, run, Purpose.STATS, rows.partition, sigma, 1.0, 1, share)
+            self._cache(task, Purpose.STATS, self._integers(values, encoding, share))
+            return
+        self._charge(task, run, Purpose.STATS, rows.partition, sigma, 1.0, 1)
         values = values + gaussian_noise(values.size, sigma * layout.sensitivity)
         self._cache(task, Purpose.STATS, quantize(values, layout.quantization(MAX_SITES)))
 
     def _train(self, task: federation_pb2.Task, run: RunContext) -> None:
-        """One round of local DP-SGD from the verified global vector, charged before its first
-        step; the quantised update is cached to be masked by the round's session."""
+        """One round of DP-SGD from the verified global vector, charged before its first step:
+        local mode, the site's own DP-SGD and its (weighted) update; distributed mode, one
+        Poisson batch's clipped gradient sum with a noise share. Cached for the round's session."""
         vector = self._global_vector(task, task.train.global_vector, run)
         verify.check_standardisation(task.train.standardisation, run.plan)
         if self.cache.reusable(task.run_id, Purpose.UPDATE.value, task.round):
             return
-        delta = self._training(task.run_id, run).train_round(
+        means = list(task.train.standardisation.mean)
+        scales = list(task.train.standardisation.scale)
+        training = self._training(task.run_id, run)
+        if isinstance(training, DistributedTraining):
+            released = training.release(
+                vector,
+                means,
+                scales,
+                charge=lambda share, q, n: self._charge(
+                    task,
+                    run,
+                    Purpose.UPDATE,
+                    training.partition,
+                    share.noise_multiplier,
+                    q,
+                    n,
+                    share,
+                ),
+            )
+            self._cache(task, Purpose.UPDATE, released)
+            return
+        delta = training.train_round(
             vector,
-            list(task.train.standardisation.mean),
-            list(task.train.standardisation.scale),
-            charge=lambda s, q, n: self._charge(task, run, Purpose.UPDATE, "train", s, q, n),
+            means,
+            scales,
+            charge=lambda s, q, n: self._charge(
+                task, run, Purpose.UPDATE, training.partition, s, q, n
+            ),
         )
         s = run.plan.secagg
-        layout = UpdateLayout(vector.size, s.clip_norm, s.coord_bound, s.scale_bits)
-        quantised = quantize(delta, layout.quantization(MAX_SITES))
+        weighted = run.plan.training.aggregation == "weighted"
+        layout = UpdateLayout(vector.size, s.clip_norm, s.coord_bound, s.scale_bits, weighted)
+        release = delta
+        if weighted:
+            release = layout.weighted_release(delta, self._cohort_weight(task, run))
+        quantised = quantize(release, layout.quantization(MAX_SITES))
         self._cache(task, Purpose.UPDATE, quantised)
         self.faults.record(f"{self.site_id}-{task.run_id}-r{task.round}", quantised)
 
@@ -213,25 +255,35 @@ class TaskHandlers(PlanOffers):
         """Windowed concordance and Brier sufficient statistics of the global model on the
         held-out rows, weighted, noised and charged to the held-out partition."""
         body = task.evaluate
+        plan = run.plan
+        if not holds_out(plan, run.data):  # nothing to evaluate on, nothing computed
+            raise TaskFailed(
+                K.TASK_ERROR_NO_HOLDOUT,
+                f"this site holds nothing out: fewer than training.holdout_min_site_rows"
+                f" = {plan.training.holdout_min_site_rows} rows",
+            )
         vector = self._global_vector(task, body.global_vector, run)
         verify.check_standardisation(body.standardisation, run.plan)
         verify.check_interval_counts(body.events, body.at_risk, run.plan)
         if self.cache.reusable(task.run_id, Purpose.METRICS.value, task.round):
             return
-        plan = run.plan
-        raw, time_, event = run.data.split(holdout=True)
-        if time_.size < 2:
+        rows = holdout_rows(run.data)
+        if rows.size < 2:
             raise TaskFailed(K.TASK_ERROR_DATA, "the held-out split has fewer than 2 patients")
         surv, risk = predict(
-            plan, vector, raw, list(body.standardisation.mean), list(body.standardisation.scale)
+            plan,
+            vector,
+            rows.raw,
+            list(body.standardisation.mean),
+            list(body.standardisation.scale),
         )
         layout = MetricsLayout()
         censoring = consortium_censoring(
             plan.time_grid, np.asarray(body.events), np.asarray(body.at_risk)
         )
         values = metrics_vector(
-            time_,
-            event,
+            rows.time,
+            rows.event,
             risk,
             surv,
             plan.time_grid,
@@ -240,6 +292,13 @@ class TaskHandlers(PlanOffers):
             tie_key=f"{self.site_id}|{task.run_id}".encode(),
         )
         sigma = plan.privacy.metrics_noise_multiplier
+        if is_distributed(plan):
+            encoding = distributed.encoding(plan, Purpose.METRICS)
+            share = noise_share(plan, self.config.policy, sigma, encoding)
+            self._charge(task, run, Purpose.METRICS, "holdout", sigma, 1.0, 1, share)
+            released = self._integers(layout.encode(values), encoding, share)
+            self._cache(task, Purpose.METRICS, released)
+            return
         self._charge(task, run, Purpose.METRICS, "holdout", sigma, 1.0, 1)
         values = layout.encode(values) + gaussian_noise(values.size, sigma * layout.sensitivity)
         self._cache(task, Purpose.METRICS, quantize(values, layout.quantization(MAX_SITES)))
@@ -261,37 +320,86 @@ class TaskHandlers(PlanOffers):
         )
         return vector
 
-    def _training(self, run_id: str, run: RunContext) -> RunTraining:
+    def _training(self, run_id: str, run: RunContext) -> RunTraining | DistributedTraining:
         """The run's training, built (σ calibrated) once; rebuilt only if the statistics prior
         σ was calibrated against has changed, which keeps σ what a fresh calibration gives."""
         prior = tuple(self._stats_entries(run_id))
         if run.training is None or run.training.prior != prior:
-            run.training = RunTraining(run.plan, run.data, prior)
+            if is_distributed(run.plan):
+                run.training = DistributedTraining(run.plan, run.data, self.config.policy, prior)
+            else:
+                run.training = RunTraining(run.plan, run.data, prior)
         return run.training
 
     def _stats_entries(self, run_id: str) -> list[Entry]:
-        """The run's statistics releases on the training partition: the fixed prior that σ is
-        calibrated against (earlier training rounds are part of the plan σ covers, not prior)."""
+        """The run's statistics releases on the training rows (under the site's assumption): the
+        fixed prior that σ is calibrated against (earlier training rounds are part of the plan σ
+        covers, not prior)."""
         return [
-            Entry(r["noise_multiplier"], r["sample_rate"], r["steps"])
+            Entry(
+                r["noise_multiplier"],
+                r["sample_rate"],
+                r["steps"],
+                mechanism=r.get("mechanism") or "gaussian",
+                l2_sensitivity=r.get("l2_sensitivity"),
+                l1_sensitivity=r.get("l1_sensitivity"),
+            )
             for r in self.ledger.releases(run_id)
-            if r["purpose"] == Purpose.STATS.value and r["partition"] == "train"
+            if r["purpose"] == Purpose.STATS.value and r["partition"] in ("train", "both")
         ]
+
+    def _cohort_weight(self, task: federation_pb2.Task, run: RunContext) -> float:
+        """This site's weighted-FedAvg weight: its own DP-noised cohort size, as released in
+        the run's statistics (post-processing of a charged release, no new cost), over the
+        consortium's noised size the task carries (which only rescales a clipped update; the
+        weight goes into the sum too, and the coordinator divides by the summed weights)."""
+        consortium = float(task.train.consortium_count)
+        if not (math.isfinite(consortium) and consortium >= 1.0):
+            raise TaskFailed(
+                K.TASK_ERROR_INVALID_TASK,
+                "weighted aggregation needs the consortium's cohort size in the train task"
+                " (train.consortium_count); a coordinator older than this site sends none",
+            )
+        cached = self.cache.get(task.run_id, Purpose.STATS.value, 0)
+        if cached is None or cached.vector is None:
+            raise TaskFailed(K.TASK_ERROR_INVALID_TASK, "no statistics release of this run here")
+        layout = StatsLayout.for_schema(run.plan.feature_schema, run.plan.time_grid.n_intervals)
+        own = float(dequantize_sum(cached.vector, layout.quantization(MAX_SITES))[0])
+        return min(max(own, 1.0) / consortium, 1.0)
+
+    def _integers(self, values: np.ndarray, encoding: IntegerEncoding, share: NoiseShare) -> Any:
+        """A distributed-mode release, refused (nothing cached) if it leaves the sum's range."""
+        try:
+            return noisy_integers(values, encoding, share)
+        except TrainingError as exc:
+            raise TaskFailed(K.TASK_ERROR_DATA, str(exc)) from None
 
     def _charge(
         self,
         task: federation_pb2.Task,
         run: RunContext,
         purpose: Purpose,
-        partition: Literal["train", "holdout"],
+        partition: Partition,
         sigma: float,
         q: float,
         steps: int,
+        share: NoiseShare | None = None,
     ) -> None:
         """Record the release in the ledger before it is computed for release (a refusal is a
-        budget error and nothing is made); audit what was charged."""
+        budget error and nothing is made); audit what was charged. A distributed release
+        (`share`) is a Skellam mechanism, charged under the site's assumption and from its own
+        share alone; the budget counts the view the policy names."""
         self._check_not_erased(task, run)
         privacy = run.plan.privacy
+        policy = self.config.policy
+        skellam: dict[str, Any] = {}
+        if share is not None:
+            skellam = {
+                "mechanism": "skellam",
+                "l2_sensitivity": share.l2_sensitivity,
+                "l1_sensitivity": share.l1_sensitivity,
+                "own_noise_multiplier": share.own_noise_multiplier,
+            }
         try:
             charge = self.ledger.charge(
                 run_id=task.run_id,
@@ -303,8 +411,11 @@ class TaskHandlers(PlanOffers):
                 sample_rate=q,
                 steps=steps,
                 delta=privacy.delta,
-                run_epsilon_cap=min(privacy.epsilon, self.config.policy.max_epsilon_per_run),
-                lifetime_epsilon_cap=self.config.policy.lifetime_epsilon,
+                run_epsilon_cap=min(privacy.epsilon, policy.max_epsilon_per_run),
+                lifetime_epsilon_cap=policy.lifetime_epsilon,
+                accountant=privacy.accountant,
+                budget_view="own" if policy.budget_epsilon == "worst_case" else "assumed",
+                **skellam,
             )
         except BudgetExceeded as exc:
             raise TaskFailed(K.TASK_ERROR_BUDGET_EXHAUSTED, str(exc)) from None
@@ -323,6 +434,17 @@ class TaskHandlers(PlanOffers):
                 "steps": steps,
                 "epsilon_run": charge.epsilon_run,
                 "epsilon_lifetime": charge.epsilon_lifetime,
+                **(
+                    {
+                        "mechanism": "skellam",
+                        "own_noise_multiplier": share.own_noise_multiplier,
+                        "trusted_noise_sites": share.trusted_sites,
+                        "epsilon_run_own": charge.epsilon_run_own,
+                        "epsilon_lifetime_own": charge.epsilon_lifetime_own,
+                    }
+                    if share is not None
+                    else {}
+                ),
             },
         )
 

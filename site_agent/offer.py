@@ -20,8 +20,10 @@ from federation.wire.v1 import federation_pb2
 from site_agent import verify
 from site_agent.approvals import ApprovalStore
 from site_agent.cache import ReleaseCache, SessionStore
+from site_agent.cohort import training_rows
 from site_agent.config import SiteConfig
 from site_agent.data import DataError, LocalDataset, RowGate, exclusion_summary, load_local_data
+from site_agent.distributed import DistributedTraining
 from site_agent.errors import TaskFailed
 from site_agent.ledger import PrivacyLedger
 from site_agent.policy import check_plan
@@ -41,7 +43,7 @@ class RunContext:
 
     plan: RunPlan
     data: LocalDataset
-    training: RunTraining | None = None
+    training: RunTraining | DistributedTraining | None = None
 
 
 class PlanOffers:
@@ -103,7 +105,7 @@ class PlanOffers:
         except DataError as exc:
             log.warning("refused plan of run %s: %s", task.run_id, exc)  # full detail stays here
             raise TaskFailed(K.TASK_ERROR_DATA, exc.public) from None
-        cohort = int((~data.holdout).sum())
+        cohort = training_rows(plan, data).size
         spent = self.ledger.epsilon_lifetime(self.config.policy.max_delta)
         reason = check_plan(plan, self.config.policy, cohort, spent)
         refusals = data_refusals(data.quality) if data.quality is not None else []

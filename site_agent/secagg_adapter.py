@@ -27,10 +27,11 @@ from federation.wire.v1 import federation_pb2
 from secagg.client import ClientSession
 from secagg.config import SessionConfig, Stage
 from secagg.errors import SecAggError
+from secagg.messages import UnmaskRequest
 from site_agent.cache import ReleaseBound, ReleaseCache, SessionStore
 from site_agent.config import SitePolicy
 from site_agent.errors import TaskFailed
-from site_agent.sessions import SessionRefused, check_offered, check_step
+from site_agent.sessions import SessionRefused, check_offered, check_step, check_survivors
 from site_agent.sessions import expected_config as derive_config
 
 log = logging.getLogger("concordia.site")
@@ -85,7 +86,7 @@ class SecaggAdapter:
             check_step(plan, step)
             if task.kind == K.TASK_KIND_SECAGG_ADVERTISE_KEYS:
                 return self._advertise(task, plan, step)
-            return self._continue(task, step)
+            return self._continue(task, plan, step)
         except (SecAggError, SessionRefused, ReleaseBound) as exc:
             raise self._refused(step, str(exc)) from None
 
@@ -115,7 +116,7 @@ class SecaggAdapter:
         self._save(step, _Saved(peers, expected.to_bytes(), out, session.to_bytes()))
         return out
 
-    def _continue(self, task: federation_pb2.Task, step: SessionKey) -> bytes:
+    def _continue(self, task: federation_pb2.Task, plan: RunPlan, step: SessionKey) -> bytes:
         stored = self.sessions.load(_key(step))
         if stored is None:
             raise SessionRefused(f"no secure-aggregation session {step.text} here")
@@ -130,6 +131,7 @@ class SecaggAdapter:
         elif kind == K.TASK_KIND_SECAGG_CONSISTENCY_CHECK:
             out = session.consistency_check(message)
         elif kind == K.TASK_KIND_SECAGG_UNMASK:
+            check_survivors(plan, self.policy, len(UnmaskRequest.decode(message).survivors))
             # From here on the release is in a sum that can be opened (durable first).
             self.cache.mark_unmasked(step.run_id, step.purpose.value, step.round)
             out = session.unmask(message)

@@ -77,6 +77,12 @@ def expected_config(
             f" {plan.quorum}, policy.min_session_sites {policy.min_session_sites},"
             f" policy.max_colluding_sites {policy.max_colluding_sites} + 2)"
         )
+    trusted = noise_floor(plan, policy)
+    if n < trusted:
+        raise SessionRefused(
+            f"a session of {n} sites is below policy.trusted_noise_sites {trusted}: this"
+            " site's noise share assumes that many honest participants"
+        )
     try:
         config = session_config(
             plan, step.run_id, step.purpose, step.round, step.attempt, participants
@@ -90,6 +96,26 @@ def expected_config(
             f" this site needs at least {needed}"
         )
     return config
+
+
+def noise_floor(plan: RunPlan, policy: SitePolicy) -> int:
+    """The fewest participants (and survivors) a distributed-mode session needs for this site:
+    its noise share is sized for `trusted_noise_sites` honest ones (1 in local mode, where
+    every release carries the site's full noise)."""
+    if plan.training.mode != "distributed" or policy.budget_epsilon == "worst_case":
+        return 1
+    return policy.trusted_noise_sites
+
+
+def check_survivors(plan: RunPlan, policy: SitePolicy, survivors: int) -> None:
+    """Refuse to unmask a sum of fewer survivors than the noise share assumes: the dropped
+    sites' shares are missing from it."""
+    trusted = noise_floor(plan, policy)
+    if survivors < trusted:
+        raise SessionRefused(
+            f"{survivors} survivors are below policy.trusted_noise_sites {trusted}: the sum"
+            " would lack the noise shares this site's release relies on"
+        )
 
 
 def check_offered(expected: SessionConfig, offered: SessionConfig) -> None:

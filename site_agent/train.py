@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from site_agent.accounting import Entry, PrivacyAccountant, calibrate_noise_multiplier
+from site_agent.cohort import training_rows
 from site_agent.model import standardise
 from site_agent.opacus_adapters import BatchTensors, PerPatientNLL, passthrough
 from survival.loss import nll_per_patient
@@ -61,7 +62,7 @@ class TrainerConfig(BaseModel):
     max_grad_norm: float = Field(gt=0)
     target_epsilon: float | None = Field(gt=0)  # None = non-private baseline
     target_delta: float = Field(gt=0, lt=1)
-    accountant: Literal["rdp", "prv"] = "rdp"
+    accountant: Literal["pld", "rdp", "prv"] = "rdp"
     secure_mode: bool = False
     # How Opacus gets per-sample gradient norms: "ghost" (ghost clipping: norms from activations
     # and output gradients, then a second, reweighted backward pass; never materialises per-sample
@@ -219,7 +220,9 @@ class LocalTrainer:
         secure = self.config.secure_mode
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Secure RNG turned off")
-            engine = PrivacyEngine(accountant=self.config.accountant, secure_mode=secure)
+            # Opacus's own accountant only counts the steps taken (charged by ours); it has no
+            # PLD accountant, so it keeps RDP whatever the plan's accountant is.
+            engine = PrivacyEngine(accountant="rdp", secure_mode=secure)
         loader = DataLoader(
             BatchTensors(*tensors),
             batch_size=self.config.batch_size,
@@ -351,18 +354,19 @@ class RunTraining:
     """
 
     def __init__(self, plan: RunPlan, data: LocalDataset, prior: Sequence[Entry] = ()) -> None:
-        raw, time_, event = data.split(holdout=False)
-        if time_.size < 2:
+        rows = training_rows(plan, data)
+        if rows.size < 2:
             raise TrainingError("the training split has fewer than 2 patients")
         self.prior = tuple(prior)
-        self._raw = raw
-        self._interval, self._event = plan.time_grid.discretize(time_, event)
+        self.partition = rows.partition
+        self._raw = rows.raw
+        self._interval, self._event = plan.time_grid.discretize(rows.time, rows.event)
         self.trainer = LocalTrainer(
             plan.model,
             plan.feature_schema.n_encoded,
             plan.time_grid.n_intervals,
-            plan_trainer_config(plan, time_.size),
-            time_.size,
+            plan_trainer_config(plan, rows.size),
+            rows.size,
             prior=self.prior,
         )
         self.steps_per_round = self.trainer.steps_per_round  # local_epochs × steps per epoch

@@ -18,11 +18,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from federation.plan import RunPlan
-from federation.releases import Purpose
-from federation.sessions import vector_length
 from federation.vectors import Float32Array, VectorError, decode_vector
 from federation.wire.v1 import federation_pb2
 from site_agent.errors import TaskFailed
+from survival.spec import parameter_count
 
 INVALID = federation_pb2.TASK_ERROR_INVALID_TASK
 
@@ -45,7 +44,10 @@ def global_vector(message: federation_pb2.GlobalVector, plan: RunPlan) -> Float3
     """The global model vector of a Train or Evaluate task, decoded only if it has the accepted
     plan's parameter count, matches its SHA-256 and is finite."""
     try:
-        return decode_vector(message, expected_length=vector_length(plan, Purpose.UPDATE))
+        n_params = parameter_count(
+            plan.model, plan.feature_schema.n_encoded, plan.time_grid.n_intervals
+        )
+        return decode_vector(message, expected_length=n_params)
     except VectorError as exc:
         raise TaskFailed(INVALID, f"global vector refused: {exc}") from None
 

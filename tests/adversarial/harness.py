@@ -150,10 +150,14 @@ class CheatingCoordinator:
             assert not result.HasField("error"), result.error.message
 
     def prepare(self, sites: Iterable[str], purpose: Purpose, round_: int, attempt: int) -> None:
-        """Ask each site for its local step (statistics, or one round of DP-SGD training)."""
+        """Ask each site for its local step (statistics, or one round of DP-SGD training; a
+        training round is preceded by the statistics step, whose noised count weighted FedAvg
+        uses, as an honest coordinator's run would be)."""
         for site in sites:
             task = self.task(LOCAL_KIND[purpose], round_, attempt)
             if purpose is Purpose.UPDATE:
+                stats = self.send(site, self.task(LOCAL_KIND[Purpose.STATS], 0, 0))
+                assert not stats.HasField("error"), stats.error.message
                 from survival.spec import initial_parameters
 
                 schema = self.plan.feature_schema
@@ -165,6 +169,7 @@ class CheatingCoordinator:
                 task.train.standardisation.features.extend(schema.encoded_names())
                 task.train.standardisation.mean.extend([0.0] * schema.n_encoded)
                 task.train.standardisation.scale.extend([1.0] * schema.n_encoded)
+                task.train.consortium_count = 1000.0
             result = self.send(site, task)
             assert not result.HasField("error"), result.error.message
 

@@ -48,6 +48,7 @@ class TaskErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TASK_ERROR_SECAGG_VERIFICATION: _ClassVar[TaskErrorCode]
     TASK_ERROR_INTERNAL: _ClassVar[TaskErrorCode]
     TASK_ERROR_APPROVAL_PENDING: _ClassVar[TaskErrorCode]
+    TASK_ERROR_NO_HOLDOUT: _ClassVar[TaskErrorCode]
 TASK_KIND_UNSPECIFIED: TaskKind
 TASK_KIND_IDLE: TaskKind
 TASK_KIND_PLAN_OFFER: TaskKind
@@ -78,6 +79,7 @@ TASK_ERROR_DATA: TaskErrorCode
 TASK_ERROR_SECAGG_VERIFICATION: TaskErrorCode
 TASK_ERROR_INTERNAL: TaskErrorCode
 TASK_ERROR_APPROVAL_PENDING: TaskErrorCode
+TASK_ERROR_NO_HOLDOUT: TaskErrorCode
 
 class PolicySummary(_message.Message):
     __slots__ = ("allowed_features", "max_epsilon_per_run", "lifetime_epsilon_budget", "lifetime_epsilon_spent", "max_delta", "min_cohort_size", "allowed_model_kinds")
@@ -162,12 +164,14 @@ class FederatedStatsTask(_message.Message):
     def __init__(self, spec_json: _Optional[str] = ...) -> None: ...
 
 class TrainTask(_message.Message):
-    __slots__ = ("global_vector", "standardisation")
+    __slots__ = ("global_vector", "standardisation", "consortium_count")
     GLOBAL_VECTOR_FIELD_NUMBER: _ClassVar[int]
     STANDARDISATION_FIELD_NUMBER: _ClassVar[int]
+    CONSORTIUM_COUNT_FIELD_NUMBER: _ClassVar[int]
     global_vector: GlobalVector
     standardisation: Standardisation
-    def __init__(self, global_vector: _Optional[_Union[GlobalVector, _Mapping]] = ..., standardisation: _Optional[_Union[Standardisation, _Mapping]] = ...) -> None: ...
+    consortium_count: float
+    def __init__(self, global_vector: _Optional[_Union[GlobalVector, _Mapping]] = ..., standardisation: _Optional[_Union[Standardisation, _Mapping]] = ..., consortium_count: _Optional[float] = ...) -> None: ...
 
 class EvaluateTask(_message.Message):
     __slots__ = ("global_vector", "standardisation", "events", "at_risk")

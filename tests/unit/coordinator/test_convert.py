@@ -157,6 +157,7 @@ def test_results_from_the_wire() -> None:
         "secagg_verification",
         "internal",
         "approval_pending",
+        "no_holdout",
     }
     assert set(convert.TASK_ERROR_FROM_WIRE) == set(federation_pb2.TaskErrorCode.values()) - {0}
     with pytest.raises(ValueError, match="unknown task error code 99"):

@@ -116,8 +116,9 @@ class FakeSite:
             return quantize(values, layout.quantization(MAX_SITES), Csprng(key))
         if task.purpose is Purpose.UPDATE:
             delta = self.rng.normal(0, 0.05, aggregation.n_parameters(plan))
-            quantization = aggregation.update_layout(plan).quantization(MAX_SITES)
-            return quantize(delta, quantization, Csprng(key))
+            layout = aggregation.update_layout(plan)
+            release = layout.weighted_release(delta, 0.25) if layout.weighted else delta
+            return quantize(release, layout.quantization(MAX_SITES), Csprng(key))
         values = np.array([100.0, 30.0, 5.0, 200.0, 260.0])
         layout_m = MetricsLayout()
         return quantize(layout_m.encode(values), layout_m.quantization(MAX_SITES), Csprng(key))

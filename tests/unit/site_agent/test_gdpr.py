@@ -119,6 +119,7 @@ def train_task(plan: RunPlan, run_id: str) -> pb.Task:
     message.train.standardisation.features.extend(schema.encoded_names())
     message.train.standardisation.mean.extend([0.0] * schema.n_encoded)
     message.train.standardisation.scale.extend([1.0] * schema.n_encoded)
+    message.train.consortium_count = 5000.0
     return message
 
 

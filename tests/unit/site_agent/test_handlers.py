@@ -93,6 +93,8 @@ def local_task(plan: RunPlan, run_id: str, kind: int, round_: int = 1) -> pb.Tas
     body.standardisation.features.extend(schema.encoded_names())
     body.standardisation.mean.extend([0.0] * schema.n_encoded)
     body.standardisation.scale.extend([1.0] * schema.n_encoded)
+    if kind == pb.TASK_KIND_TRAIN:
+        message.train.consortium_count = 5000.0
     if kind == pb.TASK_KIND_EVALUATE:
         n = plan.time_grid.n_intervals
         message.evaluate.events.extend([10.0] * n)
@@ -384,11 +386,16 @@ def test_faults_are_one_injected_object(
 ) -> None:
     faults = RecordingFaults(record_dir=tmp_path)
     monkeypatch.setattr(agent.handlers, "faults", faults)
+    assert not agent.handle(stats_task(run_id, "")).HasField("error")  # weighted FedAvg's count
     assert not agent.handle(local_task(plan, run_id, pb.TASK_KIND_TRAIN, 2)).HasField("error")
     unmask = task(run_id, pb.TASK_KIND_SECAGG_UNMASK, 2)
     unmask.secagg.purpose = pb.SECAGG_PURPOSE_MODEL_UPDATE
     agent.handle(unmask)  # refused (no such session here); the crash point is asked first
-    assert faults.asked == [("train", None, 2), ("secagg_unmask", "update", 2)]
+    assert faults.asked == [
+        ("federated_stats", None, 0),
+        ("train", None, 2),
+        ("secagg_unmask", "update", 2),
+    ]
     recorded = np.load(tmp_path / f"{SITE}-{run_id}-r2.npy")  # the name tests/e2e reads
     cached = agent.cache.get(run_id, Purpose.UPDATE.value, 2)
     assert cached is not None and cached.vector is not None

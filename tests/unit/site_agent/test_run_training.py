@@ -14,6 +14,7 @@ import torch
 import site_agent.train as train_module
 from federation.plan import RunPlan, parse_plan
 from site_agent.accounting import Entry, calibrate_noise_multiplier
+from site_agent.cohort import training_rows
 from site_agent.data import LocalDataset
 from site_agent.train import (
     RETRY_RESERVE_ROUNDS,
@@ -100,7 +101,8 @@ def per_round_path(
 ) -> np.ndarray:
     """What a round did before the merge (site_agent/training.py::train_update): a new trainer
     (σ calibrated without the prior), σ calibrated again with it, then one round."""
-    raw, time_, event = data.split(holdout=False)
+    rows = training_rows(p, data)
+    raw, time_, event = rows.raw, rows.time, rows.event
     x = Standardization(means=MEANS, stds=SCALES).apply(raw)
     interval, event_k = p.time_grid.discretize(time_, event)
     t = p.training
@@ -158,7 +160,7 @@ def test_sigma_is_calibrated_once_and_equals_a_fresh_calibration(
     assert len(calibrations) == 1  # once per run, not once (or twice) per round
     assert len(models) == 1 + p.training.rounds  # the trainer's, then one per round (was two)
 
-    n = data.n_train
+    n = training_rows(p, data).size
     steps_per_epoch = -(-n // p.training.batch_size)
     q = 1.0 / steps_per_epoch
     steps = p.training.local_epochs * steps_per_epoch
@@ -220,7 +222,7 @@ def test_a_larger_prior_needs_more_noise() -> None:
 
 
 def test_too_few_training_rows_is_a_training_error() -> None:
-    data = dataset(n=3)
+    data = dataset(n=400)
     data.holdout[:] = True
     data.holdout[0] = False
     with pytest.raises(TrainingError, match="fewer than 2 patients"):
