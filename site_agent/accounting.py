@@ -23,7 +23,10 @@ Three accountants, all upper bounds on the true ε:
   most ~1 % of ε versus Opacus's default grid (the optimum order is rounded to an integer).
 - ``"prv"``: Opacus's PRV accountant (Gopi et al. 2021), its upper estimate.
 - ``"pld"``: Google's dp_accounting PLD accountant (add/remove neighbours, pessimistic
-  discretisation, so the figure stays an upper bound), typically 10-15 % below RDP.
+  discretisation, so the figure stays an upper bound), typically 10-15 % below RDP. Its
+  machinery (merged self-compositions, PLD caches, the ε-wide grid, the fast calibration) is
+  site_agent.pld_accounting; this module is the accountant's interface and re-exports what
+  callers need (PLD_DISCRETIZATION, and AccountingError from site_agent.accounting_errors).
 
 A history that holds any Skellam entry is accounted in RDP for *every* entry, whatever the kind:
 dp-accounting and Opacus have no PLD/PRV for the Skellam mechanism, and composing an RDP bound for
@@ -38,15 +41,23 @@ import functools
 import json
 import math
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
-from dp_accounting import pld
 from opacus.accountants import PRVAccountant
 from opacus.accountants.analysis import rdp as rdp_analysis
 
+from site_agent.accounting_errors import AccountingError as AccountingError
+from site_agent.pld_accounting import (
+    PLD_DISCRETIZATION as PLD_DISCRETIZATION,
+)
+from site_agent.pld_accounting import (
+    calibrate_from,
+    pld_epsilon,
+    pld_grid,
+    pld_groups,
+)
 from site_agent.skellam_accounting import subsampled_skellam_rdp
 
 AccountantKind = Literal["rdp", "prv", "pld"]
@@ -57,17 +68,6 @@ MECHANISMS: tuple[Mechanism, ...] = ("gaussian", "skellam")
 #: Integer RDP orders (see the module docstring); 2..128 holds the optimum for ε ≳ 0.1.
 RDP_ORDERS: tuple[float, ...] = tuple(float(a) for a in (*range(2, 129), 160, 192, 256))
 _INT_ORDERS: tuple[int, ...] = tuple(int(a) for a in RDP_ORDERS)
-
-#: Width of the PLD's privacy-loss grid for ε up to ~20. Rounding is pessimistic, so a coarser
-#: grid only makes ε larger (never an under-report): 1e-3 costs ~1e-5 relative at 300 steps and
-#: ~1e-3 at 2000 steps of small-ε training, while one evaluation takes ~0.02-0.15 s on two cores
-#: (1e-4 takes ten times as long). See pld_value_discretization for larger ε.
-PLD_DISCRETIZATION = 1e-3
-
-
-class AccountingError(ValueError):
-    """A malformed accountant entry or state document: refused, never guessed, since a wrong
-    history would under-report ε."""
 
 
 @dataclass(frozen=True)
@@ -247,7 +247,8 @@ def epsilon_of(history: list[Entry], delta: float, kind: AccountantKind = "rdp")
         if any(e.noise_multiplier == 0 for e in history):
             return math.inf  # no noise: dp_accounting's NonPrivateDpEvent
         grid = pld_value_discretization(history, delta)
-        return _pld_epsilon(_pld_groups(history), delta, grid)
+        groups = pld_groups((e.noise_multiplier, e.sample_rate, e.steps) for e in history)
+        return pld_epsilon(groups, delta, grid)
     prv = PRVAccountant()
     prv.history = [(e.noise_multiplier, e.sample_rate, e.steps) for e in history]
     with np.errstate(divide="ignore"):  # log(1 - q) = -inf for q = 1 releases: handled
@@ -287,78 +288,11 @@ def _rdp_one_step(noise_multiplier: float, sample_rate: float) -> tuple[float, .
     return tuple(float(v) for v in np.atleast_1d(curve))
 
 
-# ---------------------------------------------------------------------------------------- PLD
-def _pld_groups(history: list[Entry]) -> tuple[tuple[float, float, int], ...]:
-    """The history as ``(σ, q, steps)`` groups for the PLD, in first-seen order, merged where
-    the composition is exactly one mechanism (composition commutes; one self-composition of N
-    steps costs what one entry does, so a ledger of many rounds and releases stays fast):
-
-    - subsampled entries of equal (σ, q): one entry of the summed steps;
-    - every full-batch (q = 1) Gaussian release: Gaussian privacy losses add, so n_i steps at
-      σ_i compose to one Gaussian of σ = (Σ n_i/σ_i²)^(-1/2), exactly (and with less rounding
-      than composing discretised PLDs one by one, ~1e-7 relative).
-
-    A noiseless entry makes the whole history non-private (the caller returns inf first)."""
-    groups: list[list[Any]] = []
-    subsampled: dict[tuple[float, float], list[Any]] = {}
-    full_batch: list[Any] | None = None
-    for e in history:
-        sigma, q = e.noise_multiplier, e.sample_rate
-        if q == 1:
-            if full_batch is None:
-                full_batch = [0.0, 1.0, 1]  # [Σ n/σ², q, steps] until the end
-                groups.append(full_batch)
-            full_batch[0] += e.steps / sigma**2
-        elif (sigma, q) in subsampled:
-            subsampled[sigma, q][2] += e.steps
-        else:
-            subsampled[sigma, q] = [sigma, q, e.steps]
-            groups.append(subsampled[sigma, q])
-    if full_batch is not None:
-        full_batch[0] = 1 / math.sqrt(full_batch[0])
-    return tuple((float(s), float(q), int(n)) for s, q, n in groups)
-
-
 def pld_value_discretization(history: list[Entry], delta: float) -> float:
     """The PLD grid for ``history``: PLD_DISCRETIZATION, doubled until it is at most ~1/20000
-    of the (larger) RDP ε. The PLD's support, hence its cost, grows with ε (a σ = 0.5 full-batch
-    history of 2000 steps, ε ≈ 4000, takes 10 s on the fine grid); a grid proportional to ε keeps
-    every evaluation fast at a relative cost of ≲ 1e-3, and on the pessimistic side."""
-    eps_rdp = _rdp_epsilon(history, delta)
-    if not math.isfinite(eps_rdp) or eps_rdp <= 20:
-        return PLD_DISCRETIZATION
-    return PLD_DISCRETIZATION * 2.0 ** math.ceil(math.log2(eps_rdp / 20))
-
-
-@functools.lru_cache(maxsize=256)
-def _pld_epsilon(groups: tuple[tuple[float, float, int], ...], delta: float, grid: float) -> float:
-    """ε of the composed PLD (cached: the ledger asks for the same histories repeatedly)."""
-    composed = pld.privacy_loss_distribution.identity(grid)
-    for group in groups:
-        composed = composed.compose(_pld_of_group(*group, grid))
-    return float(composed.get_epsilon_for_delta(delta))
-
-
-@functools.lru_cache(maxsize=128)  # 0.05-1 MB each: a lifetime of ~100 runs' (σ, q) groups
-def _pld_of_group(noise_multiplier: float, sample_rate: float, steps: int, grid: float) -> Any:
-    """PLD of ``steps`` Poisson-subsampled Gaussian steps, built exactly as dp_accounting's
-    PLDAccountant builds a ``SelfComposedDpEvent`` (add/remove neighbours, default pessimistic
-    estimate and tail truncation, so an upper bound); PLDs are immutable (composition returns
-    a new one), so cached ones are safely reused. A q = 1 group of n steps is one Gaussian of
-    std σ/√n, as the accountant composes it."""
-    neighbours = pld.privacy_loss_distribution.NeighborRel.ADD_OR_REMOVE_ONE
-    if sample_rate < 1:
-        return pld.privacy_loss_distribution.from_gaussian_mechanism(
-            standard_deviation=noise_multiplier,
-            value_discretization_interval=grid,
-            sampling_prob=sample_rate,
-            neighboring_relation=neighbours,
-        ).self_compose(steps)
-    return pld.privacy_loss_distribution.from_gaussian_mechanism(
-        standard_deviation=noise_multiplier / math.sqrt(steps),
-        value_discretization_interval=grid,
-        neighboring_relation=neighbours,
-    )
+    of the (larger) RDP ε (site_agent.pld_accounting.pld_grid says why). Here, not in the PLD
+    module, because it needs this module's RDP ε of the whole history."""
+    return pld_grid(_rdp_epsilon(history, delta))
 
 
 # -------------------------------------------------------------------------------- calibration
@@ -380,9 +314,9 @@ def calibrate_noise_multiplier(
     Calibrated once for a whole plan, so every round runs at the same σ and the plan's total
     ε is at most the target. Bisection keeps the invariant ε(hi) ≤ target < ε(lo), so the σ
     returned meets the target and σ·(1 − tolerance) does not. The PLD (the slow accountant)
-    starts from the RDP-calibrated σ (`_calibrate_from`), so it needs few evaluations and none at
-    tiny σ, where a PLD is large and slow. ``mechanism`` and the sensitivities calibrate a
-    Skellam σ.
+    starts from the RDP-calibrated σ (`pld_accounting.calibrate_from`), so it needs few
+    evaluations and none at tiny σ, where a PLD is large and slow. ``mechanism`` and the
+    sensitivities calibrate a Skellam σ.
     """
     prior = list(prior or [])
     if not (target_epsilon > 0):
@@ -405,7 +339,7 @@ def calibrate_noise_multiplier(
             rdp_sigma = calibrate_noise_multiplier(
                 target_epsilon, delta, sample_rate, steps, "rdp", prior, 1e-2
             )
-            return _calibrate_from(eps, target_epsilon, rdp_sigma, tolerance)
+            return calibrate_from(eps, target_epsilon, rdp_sigma, tolerance)
     lo, hi = 0.0, 1.0
     while eps(hi) > target_epsilon:
         lo, hi = hi, hi * 2
@@ -417,55 +351,4 @@ def calibrate_noise_multiplier(
             lo = mid
         else:
             hi = mid
-    return hi
-
-
-def _calibrate_from(
-    eps: Callable[[float], float], target: float, start: float, tolerance: float
-) -> float:
-    """The PLD calibration, in ~5 evaluations instead of bisection's ~12 (each is 0.02-0.2 s).
-
-    ``start`` (the RDP σ, whose RDP ε meets the target) is nearly always an upper bracket,
-    since the PLD's ε is the smaller; the bracket is then narrowed by interpolating log ε
-    linearly in log σ (nearly exact for these curves) and probing either side of the estimate.
-    Same invariant as the bisection, ε(hi) ≤ target < ε(lo), so the same guarantee; after 6
-    rounds without convergence it falls back to halving the bracket.
-    """
-    hi, e_hi = start, eps(start)
-    while e_hi > target:  # rarely: the PLD above RDP
-        hi *= 1.25
-        if hi > 1e6:
-            raise AccountingError(f"target ε={target} is unreachable (σ > 1e6 needed)")
-        e_hi = eps(hi)
-    lo, e_lo = hi * 0.85, eps(hi * 0.85)
-    while e_lo <= target:  # far less noise suffices
-        hi, e_hi = lo, e_lo
-        lo = lo * 0.5 if lo > 1e-6 else 0.0
-        e_lo = eps(lo) if lo > 0 else math.inf
-    for attempt in range(64):
-        if hi - lo <= tolerance * hi:
-            break
-        if attempt >= 6 or lo == 0 or not math.isfinite(e_lo):
-            sigma = (lo + hi) / 2
-            value = eps(sigma)
-            if value > target:
-                lo, e_lo = sigma, value
-            else:
-                hi, e_hi = sigma, value
-            continue
-        fraction = math.log(e_lo / target) / math.log(e_lo / e_hi)  # of log(hi/lo)
-        up = min(lo * (hi / lo) ** fraction * (1 + tolerance / 3), hi)
-        if up < hi:
-            value = eps(up)
-            if value > target:
-                lo, e_lo = up, value
-                continue
-            hi, e_hi = up, value
-        down = hi * (1 - 0.9 * tolerance)  # closes the bracket if the estimate was right
-        if down > lo:
-            value = eps(down)
-            if value > target:
-                lo, e_lo = down, value
-            else:
-                hi, e_hi = down, value
     return hi

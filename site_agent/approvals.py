@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from federation.plan import RunPlan
-from site_agent.ledger import SqliteComponent
+from site_agent.sqlite_state import SqliteComponent
 
 Status = Literal["pending", "approved", "rejected"]
 

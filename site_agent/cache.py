@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from site_agent.ledger import SqliteComponent
 from site_agent.sealing import StateSealer
+from site_agent.sqlite_state import SqliteComponent
 
 _CACHE_SCHEMA = (
     """CREATE TABLE IF NOT EXISTS release_cache (

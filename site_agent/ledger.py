@@ -20,21 +20,23 @@ Two views of ε (PrivacyLedger): under the site's trust assumption, and from its
 
 Concurrency: a charge is one IMMEDIATE transaction (read history, compute ε, insert), so two
 processes or connections charging at once are serialised and can never both pass a cap. Older
-databases are migrated in place when opened (`_migrate`), in the schema transaction.
+databases are migrated in place when opened (`_migrate`), in the schema transaction. The SQLite
+plumbing every state store shares (`open_state_db`, `SqliteComponent`) is site_agent.sqlite_state;
+it is re-exported here for callers that import it from the ledger.
 """
 
 from __future__ import annotations
 
 import sqlite3
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from federation.fsmodes import prepare_private_sqlite
 from site_agent.accounting import ACCOUNTANT_KINDS, AccountantKind, Entry, Mechanism, epsilon_of
+from site_agent.sqlite_state import SqliteComponent as SqliteComponent
+from site_agent.sqlite_state import add_missing_columns, rebuild_table, table_sql
+from site_agent.sqlite_state import open_state_db as open_state_db
 
 Partition = Literal["train", "holdout", "both"]
 #: The disjoint partitions ε is the max over; a 'both' release belongs to each one's history.
@@ -92,35 +94,12 @@ def _migrate(conn: sqlite3.Connection) -> None:
     - missing columns are added (ALTER TABLE ADD COLUMN; old rows get the defaults: a Gaussian
       release whose own noise is all of it, no own-view figures);
     - a table whose CHECK admits only 'train' and 'holdout' is rebuilt with the wider CHECK
-      (SQLite cannot alter a CHECK): new table, copy, drop, rename, index.
+      (SQLite cannot alter a CHECK): new table, copy, drop, rename, index
+      (site_agent.sqlite_state.rebuild_table).
     """
-    present = {row[1] for row in conn.execute(f"PRAGMA table_info({_TABLE})")}
-    for name, decl in _ADDED_COLUMNS:
-        if name not in present:
-            conn.execute(f"ALTER TABLE {_TABLE} ADD COLUMN {name} {decl}")
-    (ddl,) = conn.execute(
-        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (_TABLE,)
-    ).fetchone()
-    if "'both'" in ddl:
-        return
-    seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (_TABLE,)).fetchone()
-    # Every column the old table has (all of them known to the new one, or the copy fails and
-    # the ledger does not open: no column is ever dropped silently).
-    columns = ", ".join(row[1] for row in conn.execute(f"PRAGMA table_info({_TABLE})"))
-    rebuilt = f"{_TABLE}_rebuild"
-    conn.execute(f"DROP TABLE IF EXISTS {rebuilt}")
-    conn.execute(_SCHEMA[0].replace(_TABLE, rebuilt, 1))
-    conn.execute(f"INSERT INTO {rebuilt} ({columns}) SELECT {columns} FROM {_TABLE}")
-    conn.execute(f"DROP TABLE {_TABLE}")
-    conn.execute(f"ALTER TABLE {rebuilt} RENAME TO {_TABLE}")
-    conn.execute(_INDEX)
-    if (
-        seq is not None
-        and not conn.execute(
-            "UPDATE sqlite_sequence SET seq = MAX(seq, ?) WHERE name = ?", (seq[0], _TABLE)
-        ).rowcount
-    ):
-        conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)", (_TABLE, seq[0]))
+    add_missing_columns(conn, _TABLE, _ADDED_COLUMNS)
+    if "'both'" not in table_sql(conn, _TABLE):
+        rebuild_table(conn, _TABLE, _SCHEMA[0], _INDEX)
 
 
 class BudgetExceeded(Exception):
@@ -144,70 +123,6 @@ class Charge:
     release_id: int
     epsilon_run_own: float
     epsilon_lifetime_own: float
-
-
-def open_state_db(path: str | Path) -> sqlite3.Connection:
-    """A connection to the site's SQLite state: WAL, durable commits, usable from any thread.
-
-    The database file is created (or tightened to) mode 0600 before SQLite opens it, so its
-    -wal/-shm/-journal files are 0600 too (federation.fsmodes).
-    """
-    prepare_private_sqlite(path)
-    conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")  # a charge must survive a power cut once committed
-    conn.execute("PRAGMA busy_timeout=30000")
-    return conn
-
-
-class SqliteComponent:
-    """Shared plumbing: own or borrow a connection, serialise threads, IMMEDIATE transactions,
-    so the ledger, release cache and session store share one file and one locking rule."""
-
-    def __init__(
-        self,
-        conn_or_path: sqlite3.Connection | str | Path,
-        schema: tuple[str, ...],
-        migrate: Callable[[sqlite3.Connection], None] | None = None,
-    ):
-        """``migrate`` runs after ``schema``, in the same transaction (an older database is
-        upgraded entirely or not at all)."""
-        self._lock = threading.RLock()
-        if isinstance(conn_or_path, sqlite3.Connection):
-            self._conn, self._owned = conn_or_path, False
-        else:
-            self._conn, self._owned = open_state_db(conn_or_path), True
-        with self._transaction():
-            for statement in schema:
-                self._conn.execute(statement)
-            if migrate is not None:
-                migrate(self._conn)
-
-    def close(self) -> None:
-        """Close the connection if this object opened it."""
-        if self._owned:
-            self._conn.close()
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """Join the caller's open transaction, or run an IMMEDIATE one (takes the write lock
-        before reading, so read-check-insert sequences from two connections serialise)."""
-        with self._lock:
-            if self._conn.in_transaction:
-                yield self._conn
-                return
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.rollback()
-                raise
-            self._conn.commit()
-
-    @contextmanager
-    def _reading(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            yield self._conn
 
 
 @dataclass(frozen=True)

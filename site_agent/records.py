@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from federation.plan import RunPlan
-from site_agent.ledger import SqliteComponent
+from site_agent.sqlite_state import SqliteComponent
 
 MEMBER_BYTES = 16
 UNKNOWN_COORDINATOR = "unknown (no Hello yet)"

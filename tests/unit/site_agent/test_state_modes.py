@@ -20,7 +20,8 @@ from federation.fsmodes import (
     write_private_file_atomic,
 )
 from site_agent.cache import ReleaseCache
-from site_agent.ledger import PrivacyLedger, open_state_db
+from site_agent.ledger import PrivacyLedger
+from site_agent.sqlite_state import open_state_db
 
 pytestmark = pytest.mark.unit
 
