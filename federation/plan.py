@@ -15,6 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from federation.plan_messages import format_validation_error
 from survival.schema import Feature, FeatureSchema
 from survival.spec import ModelSpec
 from survival.timegrid import TimeGrid
@@ -43,26 +44,68 @@ shares into one pooled noisy gradient (docs/model.md, "Distributed DP-SGD")."""
 class TrainingPlan(_Strict):
     """Local or distributed DP-SGD and the server optimiser."""
 
-    mode: TrainingMode = "local"
+    mode: TrainingMode = Field(
+        default="local",
+        description=(
+            "local: each site runs its own DP-SGD and releases a model delta each round;"
+            " distributed: each round every site releases a noisy integer gradient sum share and"
+            " secure aggregation pools them into one DP-SGD step (docs/model.md)"
+        ),
+    )
     rounds: int = Field(
         default=5,
         ge=1,
         le=5000,
         description="federated rounds; in distributed mode each round is one DP-SGD step",
     )
-    local_epochs: int = Field(default=2, ge=1, le=100)
-    batch_size: int = Field(default=256, ge=8, le=65536)
-    learning_rate: float = Field(default=0.05, gt=0.0, le=10.0)
-    optimizer: Literal["sgd", "adam"] = "adam"
-    max_grad_norm: float = Field(default=1.0, gt=0.0, le=1000.0)
-    server_optimizer: Literal["fedavg", "fedadam", "fedyogi"] = "fedavg"
-    server_learning_rate: float = Field(default=1.0, gt=0.0, le=10.0)
+    local_epochs: int = Field(
+        default=2, ge=1, le=100, description="local mode: passes over a site's data per round"
+    )
+    batch_size: int = Field(
+        default=256, ge=8, le=65536, description="local mode: expected DP-SGD batch size at a site"
+    )
+    learning_rate: float = Field(
+        default=0.05, gt=0.0, le=10.0, description="step size of the optimiser at each site"
+    )
+    optimizer: Literal["sgd", "adam"] = Field(
+        default="adam", description="local mode: the optimiser a site's DP-SGD steps with"
+    )
+    max_grad_norm: float = Field(
+        default=1.0,
+        gt=0.0,
+        le=1000.0,
+        description="L2 bound each per-patient gradient is clipped to (the DP sensitivity)",
+    )
+    server_optimizer: Literal["fedavg", "fedadam", "fedyogi"] = Field(
+        default="fedavg",
+        description="how the coordinator applies the aggregated update (Reddi et al. 2021)",
+    )
+    server_learning_rate: float = Field(
+        default=1.0, gt=0.0, le=10.0, description="step size of the server optimiser"
+    )
     # FedAdam / FedYogi (Reddi et al. 2021): decay of the first and second moment of the
     # pseudo-gradient, and τ, which bounds the per-coordinate step (ignored by FedAvg).
-    server_beta1: float = Field(default=0.9, ge=0.0, lt=1.0)
-    server_beta2: float = Field(default=0.99, ge=0.0, lt=1.0)
-    server_tau: float = Field(default=1e-3, gt=0.0, le=1.0)
-    evaluate_every: int = Field(default=1, ge=1)
+    server_beta1: float = Field(
+        default=0.9,
+        ge=0.0,
+        lt=1.0,
+        description="FedAdam/FedYogi: decay of the pseudo-gradient's first moment",
+    )
+    server_beta2: float = Field(
+        default=0.99,
+        ge=0.0,
+        lt=1.0,
+        description="FedAdam/FedYogi: decay of the pseudo-gradient's second moment",
+    )
+    server_tau: float = Field(
+        default=1e-3,
+        gt=0.0,
+        le=1.0,
+        description="FedAdam/FedYogi: τ, which bounds the per-coordinate step (FedAvg ignores it)",
+    )
+    evaluate_every: int = Field(
+        default=1, ge=1, description="release evaluation metrics every this many rounds"
+    )
     aggregation: Literal["weighted", "unweighted"] = Field(
         default="weighted",
         description=(
@@ -96,8 +139,12 @@ class TrainingPlan(_Strict):
 class PrivacyPlan(_Strict):
     """The (ε, δ) each site spends on the whole run: statistics, training and metrics together."""
 
-    epsilon: float = Field(default=3.0, gt=0.0, le=100.0)
-    delta: float = Field(default=1e-5, gt=0.0, lt=0.01)
+    epsilon: float = Field(
+        default=3.0, gt=0.0, le=100.0, description="ε each site spends on the whole run"
+    )
+    delta: float = Field(
+        default=1e-5, gt=0.0, lt=0.01, description="δ each site spends on the whole run"
+    )
     accountant: Literal["pld", "rdp", "prv"] = Field(
         default="pld",
         description=(
@@ -122,7 +169,12 @@ class PrivacyPlan(_Strict):
             " stats_noise_multiplier is unset; the rest goes to training"
         ),
     )
-    metrics_noise_multiplier: float = Field(default=20.0, ge=0.5, le=1000.0)
+    metrics_noise_multiplier: float = Field(
+        default=20.0,
+        ge=0.5,
+        le=1000.0,
+        description="σ (noise std / sensitivity) of each evaluation-metrics release",
+    )
     noise_shares: int = Field(
         default=1,
         ge=1,
@@ -143,37 +195,61 @@ class SecAggPlan(_Strict):
     no session with another. A site whose policy assumes more colluders refuses the plan.
     """
 
-    threshold: int | None = Field(default=None, ge=2)
+    threshold: int | None = Field(
+        default=None,
+        ge=2,
+        description="shares needed to unmask a sum; unset: ceil(2n/3), raised as above",
+    )
     max_colluding_sites: int = Field(
         default=0,
         ge=0,
         le=1000,
         description="sites assumed to collude with the coordinator; raises every threshold",
     )
-    clip_norm: float = Field(default=10.0, gt=0.0)
-    coord_bound: float = Field(default=2.0, gt=0.0)
-    scale_bits: int = Field(default=18, ge=4, le=28)
+    clip_norm: float = Field(
+        default=10.0, gt=0.0, description="L2 bound of a model delta before it is quantised"
+    )
+    coord_bound: float = Field(
+        default=2.0, gt=0.0, description="each coordinate is clipped to ± this before quantising"
+    )
+    scale_bits: int = Field(
+        default=18,
+        ge=4,
+        le=28,
+        description="quantisation scale 2^scale_bits (fixed-point precision; docs/secagg.md)",
+    )
     offer_timeout_s: float = Field(
         default=120.0,
         gt=0.0,
         le=7 * 86400.0,
         description="how long the plan offer waits for answers (and for sites awaiting approval)",
     )
-    train_timeout_s: float = Field(default=300.0, gt=0.0)
-    stage_timeout_s: float = Field(default=30.0, gt=0.0)
-    max_attempts: int = Field(default=3, ge=1, le=20)
+    train_timeout_s: float = Field(
+        default=300.0, gt=0.0, description="seconds sites have to train and mask one round"
+    )
+    stage_timeout_s: float = Field(
+        default=30.0, gt=0.0, description="seconds for each later secure-aggregation stage"
+    )
+    max_attempts: int = Field(
+        default=3,
+        ge=1,
+        le=20,
+        description="tries per round (fresh keys each) before the run fails",
+    )
 
 
 class RunPlan(_Strict):
     """A complete, validated run plan."""
 
-    name: str = Field(min_length=1, max_length=120)
-    features: list[Feature] = Field(min_length=1)
-    time_grid: TimeGrid
-    model: ModelSpec = ModelSpec()
-    training: TrainingPlan = TrainingPlan()
-    privacy: PrivacyPlan = PrivacyPlan()
-    secagg: SecAggPlan = SecAggPlan()
+    name: str = Field(min_length=1, max_length=120, description="a label for people; not an id")
+    features: list[Feature] = Field(
+        min_length=1, description="the columns every site provides, in design-matrix order"
+    )
+    time_grid: TimeGrid = Field(description="the public cut points of the hazard model")
+    model: ModelSpec = Field(default=ModelSpec(), description="which hazard model to train")
+    training: TrainingPlan = Field(default=TrainingPlan(), description="DP-SGD and optimisers")
+    privacy: PrivacyPlan = Field(default=PrivacyPlan(), description="the privacy budget")
+    secagg: SecAggPlan = Field(default=SecAggPlan(), description="secure aggregation")
     quorum: int = Field(
         default=3,
         ge=2,
@@ -190,7 +266,12 @@ class RunPlan(_Strict):
             " data.time_unit"
         ),
     )
-    seed: int = Field(default=0, ge=0, lt=2**31)
+    seed: int = Field(
+        default=0,
+        ge=0,
+        lt=2**31,
+        description="seeds the initial model, which the coordinator builds from public data",
+    )
     purpose: str = Field(
         default=DEFAULT_PURPOSE,
         pattern=PURPOSE_PATTERN,
@@ -208,6 +289,11 @@ class RunPlan(_Strict):
                 raise ValueError("sites: duplicate site id")
             if self.quorum > len(self.sites):
                 raise ValueError(f"quorum {self.quorum} exceeds the {len(self.sites)} listed sites")
+        if self.model.baseline == "per-site" and self.training.mode != "local":
+            raise ValueError(
+                'model.baseline = "per-site" needs training.mode = "local": in distributed mode'
+                " the baseline's gradient would have to leave the site"
+            )
         colluding = self.secagg.max_colluding_sites
         if self.quorum < colluding + 2:
             raise ValueError(
@@ -244,12 +330,10 @@ class RunPlan(_Strict):
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
 
 
-def _format_validation_error(error: ValidationError) -> str:
-    lines = []
-    for item in error.errors():
-        where = ".".join(str(part) for part in item["loc"]) or "plan"
-        lines.append(f"{where}: {item['msg']}")
-    return "invalid plan: " + "; ".join(lines)
+def _format_validation_error(error: ValidationError, data: object = None) -> str:
+    """Every error in plain words, features named by their `name` (federation/plan_messages.py);
+    `data` is the submitted plan, which the locations are resolved against."""
+    return format_validation_error(error, RunPlan, data)
 
 
 def parse_plan(text: str, fmt: Literal["toml", "json"] = "toml") -> RunPlan:
@@ -263,4 +347,4 @@ def parse_plan(text: str, fmt: Literal["toml", "json"] = "toml") -> RunPlan:
     try:
         return RunPlan.model_validate(data)
     except ValidationError as exc:
-        raise PlanError(_format_validation_error(exc)) from None
+        raise PlanError(_format_validation_error(exc, data)) from None

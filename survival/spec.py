@@ -29,6 +29,14 @@ class ModelSpec(BaseModel):
     kind: Literal["linear", "mlp"] = "mlp"
     hidden: tuple[int, ...] = Field(default=(32, 32))
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    baseline: Literal["shared", "per-site"] = Field(
+        default="shared",
+        description=(
+            "shared: one baseline hazard for the consortium, trained like every parameter."
+            " per-site: shared covariate effects, and each site keeps its own baseline hazard"
+            " at the site (never aggregated; a site-stratified model)"
+        ),
+    )
 
     @field_validator("hidden")
     @classmethod
@@ -61,6 +69,17 @@ def parameter_layout(
 def parameter_count(spec: ModelSpec, n_features: int, n_intervals: int) -> int:
     """Length of the flat parameter vector."""
     return sum(int(np.prod(shape)) for _, shape in parameter_layout(spec, n_features, n_intervals))
+
+
+def shared_offset(spec: ModelSpec, n_intervals: int) -> int:
+    """Where the aggregated part of the flat vector starts: after the baseline (its first
+    `n_intervals` values) when each site keeps its own baseline, else at 0."""
+    return n_intervals if spec.baseline == "per-site" else 0
+
+
+def shared_parameter_count(spec: ModelSpec, n_features: int, n_intervals: int) -> int:
+    """Length of the part of the flat vector that secure aggregation averages."""
+    return parameter_count(spec, n_features, n_intervals) - shared_offset(spec, n_intervals)
 
 
 def baseline_logits(events: np.ndarray, at_risk: np.ndarray, prior: float = 0.5) -> np.ndarray:
