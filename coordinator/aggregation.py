@@ -34,7 +34,13 @@ from secagg.config import Stage, StageTimeouts
 from secagg.errors import SecAggError
 from secagg.quantize import dequantize_sum
 from secagg.server import ServerSession
-from survival.spec import baseline_logits, initial_parameters, parameter_count
+from survival.spec import (
+    baseline_logits,
+    initial_parameters,
+    parameter_count,
+    shared_offset,
+    shared_parameter_count,
+)
 
 SECAGG_KIND = {
     Stage.ADVERTISE_KEYS: TaskKind.ADVERTISE_KEYS,
@@ -139,7 +145,10 @@ def update_layout(plan: RunPlan) -> UpdateLayout:
     `plan`: the sum only decodes with the exact fixed-point encoding the sites used."""
     s = plan.secagg
     weighted = plan.training.aggregation == "weighted"
-    return UpdateLayout(n_parameters(plan), s.clip_norm, s.coord_bound, s.scale_bits, weighted)
+    shared = shared_parameter_count(
+        plan.model, plan.feature_schema.n_encoded, plan.time_grid.n_intervals
+    )
+    return UpdateLayout(shared, s.clip_norm, s.coord_bound, s.scale_bits, weighted)
 
 
 def decode_stats_sum(plan: RunPlan, total: np.ndarray, n: int) -> ConsortiumStats:
@@ -189,12 +198,14 @@ def mean_update(
     decoded = dequantize_sum(total, layout.quantization(n))
     if layout.weighted:
         weight = float(decoded[-1])
-        if weight > 1e-6:
-            weighted: np.ndarray = decoded[:-1] / weight
-            return weighted.astype(np.float64)
-        decoded = decoded[:-1]  # no usable weights (cannot happen with honest sites): unweighted
-    mean = decoded / survivors
-    result: np.ndarray = mean.astype(np.float64)
+        decoded = decoded[:-1]
+        # no usable weights cannot happen with honest sites: then the plain mean
+        mean = decoded / weight if weight > 1e-6 else decoded / survivors
+    else:
+        mean = decoded / survivors
+    # per-site baselines: the sites' baselines never left them; the global one stays as it is
+    offset = shared_offset(plan.model, plan.time_grid.n_intervals)
+    result: np.ndarray = np.concatenate([np.zeros(offset), mean]).astype(np.float64)
     return result
 
 

@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from federation.plan import RunPlan
 from federation.releases import MetricsLayout, Purpose, StatsLayout
 from secagg.config import SessionConfig
-from survival.spec import parameter_count
+from survival.spec import shared_parameter_count
 
 CONTEXT_VERSION = "concordia-session-v2"
 
@@ -78,7 +78,8 @@ def vector_length(plan: RunPlan, purpose: Purpose) -> int:
         return StatsLayout.for_schema(schema, n_intervals).length
     if purpose is Purpose.UPDATE:
         weighted = plan.training.mode == "local" and plan.training.aggregation == "weighted"
-        return parameter_count(plan.model, schema.n_encoded, n_intervals) + int(weighted)
+        shared = shared_parameter_count(plan.model, schema.n_encoded, n_intervals)
+        return shared + int(weighted)
     return MetricsLayout().length
 
 

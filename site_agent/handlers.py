@@ -17,11 +17,9 @@ in a worker thread; the adversarial harness calls it directly). The rules it kee
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -29,7 +27,6 @@ from federation import distributed
 from federation.audit import AuditLog
 from federation.distributed import is_distributed
 from federation.faults import Faults
-from federation.integer_release import IntegerEncoding
 from federation.noise import stats_noise_multiplier
 from federation.releases import (
     MAX_SITES,
@@ -42,22 +39,22 @@ from federation.releases import (
 from federation.tasks import PURPOSE_FROM_WIRE, TaskKind, task_kind_from_wire
 from federation.vectors import Float32Array, vector_sha256
 from federation.wire.v1 import federation_pb2
-from secagg.quantize import dequantize_sum, quantize
+from secagg.quantize import quantize
 from site_agent import verify
-from site_agent.accounting import Entry
 from site_agent.approvals import ApprovalStore
 from site_agent.cache import ReleaseCache, SessionStore
-from site_agent.cohort import Partition, holdout_rows, holds_out, training_rows
+from site_agent.charging import ReleaseCharging
+from site_agent.cohort import holdout_rows, holds_out, training_rows
 from site_agent.config import SiteConfig
-from site_agent.distributed import DistributedTraining, NoiseShare, noise_share, noisy_integers
+from site_agent.distributed import DistributedTraining, noise_share
 from site_agent.errors import TaskFailed
-from site_agent.ledger import BudgetExceeded, PrivacyLedger
+from site_agent.ledger import PrivacyLedger
 from site_agent.model import predict
 from site_agent.offer import PlanOffers, RunContext
 from site_agent.records import ProcessingRecords
 from site_agent.releases import consortium_censoring, gaussian_noise, metrics_vector
 from site_agent.secagg_adapter import SecaggAdapter
-from site_agent.train import RunTraining, TrainingError
+from site_agent.site_baseline import SiteBaselines
 
 log = logging.getLogger("concordia.site")
 K = federation_pb2
@@ -79,7 +76,7 @@ def _audit_kind(value: int) -> str:
         return str(int(value))
 
 
-class TaskHandlers(PlanOffers):
+class TaskHandlers(PlanOffers, ReleaseCharging):
     """Answers every task kind for one site, over the site's ledger, release cache and audit log."""
 
     def __init__(
@@ -119,6 +116,7 @@ class TaskHandlers(PlanOffers):
         self.plans_dir = plans_dir
         self.faults = faults
         self.runs: dict[str, RunContext] = {}
+        self.baselines = SiteBaselines(plans_dir)
 
     # ------------------------------------------------------------------ dispatch
     def handle(self, task: federation_pb2.Task) -> federation_pb2.TaskResult:
@@ -215,6 +213,7 @@ class TaskHandlers(PlanOffers):
         means = list(task.train.standardisation.mean)
         scales = list(task.train.standardisation.scale)
         training = self._training(task.run_id, run)
+        vector = self._with_site_baseline(task, run, vector)
         if isinstance(training, DistributedTraining):
             released = training.release(
                 vector,
@@ -241,9 +240,10 @@ class TaskHandlers(PlanOffers):
                 task, run, Purpose.UPDATE, training.partition, s, q, n
             ),
         )
+        delta = self._keep_site_baseline(task, run, vector, delta)  # per-site: stays here
         s = run.plan.secagg
         weighted = run.plan.training.aggregation == "weighted"
-        layout = UpdateLayout(vector.size, s.clip_norm, s.coord_bound, s.scale_bits, weighted)
+        layout = UpdateLayout(delta.size, s.clip_norm, s.coord_bound, s.scale_bits, weighted)
         release = delta
         if weighted:
             release = layout.weighted_release(delta, self._cohort_weight(task, run))
@@ -270,6 +270,7 @@ class TaskHandlers(PlanOffers):
         rows = holdout_rows(run.data)
         if rows.size < 2:
             raise TaskFailed(K.TASK_ERROR_DATA, "the held-out split has fewer than 2 patients")
+        vector = self._with_site_baseline(task, run, vector)
         surv, risk = predict(
             plan,
             vector,
@@ -319,134 +320,6 @@ class TaskHandlers(PlanOffers):
             vector.size,
         )
         return vector
-
-    def _training(self, run_id: str, run: RunContext) -> RunTraining | DistributedTraining:
-        """The run's training, built (σ calibrated) once; rebuilt only if the statistics prior
-        σ was calibrated against has changed, which keeps σ what a fresh calibration gives."""
-        prior = tuple(self._stats_entries(run_id))
-        if run.training is None or run.training.prior != prior:
-            if is_distributed(run.plan):
-                run.training = DistributedTraining(run.plan, run.data, self.config.policy, prior)
-            else:
-                run.training = RunTraining(run.plan, run.data, prior)
-        return run.training
-
-    def _stats_entries(self, run_id: str) -> list[Entry]:
-        """The run's statistics releases on the training rows (under the site's assumption): the
-        fixed prior that σ is calibrated against (earlier training rounds are part of the plan σ
-        covers, not prior)."""
-        return [
-            Entry(
-                r["noise_multiplier"],
-                r["sample_rate"],
-                r["steps"],
-                mechanism=r.get("mechanism") or "gaussian",
-                l2_sensitivity=r.get("l2_sensitivity"),
-                l1_sensitivity=r.get("l1_sensitivity"),
-            )
-            for r in self.ledger.releases(run_id)
-            if r["purpose"] == Purpose.STATS.value and r["partition"] in ("train", "both")
-        ]
-
-    def _cohort_weight(self, task: federation_pb2.Task, run: RunContext) -> float:
-        """This site's weighted-FedAvg weight: its own DP-noised cohort size, as released in
-        the run's statistics (post-processing of a charged release, no new cost), over the
-        consortium's noised size the task carries (which only rescales a clipped update; the
-        weight goes into the sum too, and the coordinator divides by the summed weights)."""
-        consortium = float(task.train.consortium_count)
-        if not (math.isfinite(consortium) and consortium >= 1.0):
-            raise TaskFailed(
-                K.TASK_ERROR_INVALID_TASK,
-                "weighted aggregation needs the consortium's cohort size in the train task"
-                " (train.consortium_count); a coordinator older than this site sends none",
-            )
-        cached = self.cache.get(task.run_id, Purpose.STATS.value, 0)
-        if cached is None or cached.vector is None:
-            raise TaskFailed(K.TASK_ERROR_INVALID_TASK, "no statistics release of this run here")
-        layout = StatsLayout.for_schema(run.plan.feature_schema, run.plan.time_grid.n_intervals)
-        own = float(dequantize_sum(cached.vector, layout.quantization(MAX_SITES))[0])
-        return min(max(own, 1.0) / consortium, 1.0)
-
-    def _integers(self, values: np.ndarray, encoding: IntegerEncoding, share: NoiseShare) -> Any:
-        """A distributed-mode release, refused (nothing cached) if it leaves the sum's range."""
-        try:
-            return noisy_integers(values, encoding, share)
-        except TrainingError as exc:
-            raise TaskFailed(K.TASK_ERROR_DATA, str(exc)) from None
-
-    def _charge(
-        self,
-        task: federation_pb2.Task,
-        run: RunContext,
-        purpose: Purpose,
-        partition: Partition,
-        sigma: float,
-        q: float,
-        steps: int,
-        share: NoiseShare | None = None,
-    ) -> None:
-        """Record the release in the ledger before it is computed for release (a refusal is a
-        budget error and nothing is made); audit what was charged. A distributed release
-        (`share`) is a Skellam mechanism, charged under the site's assumption and from its own
-        share alone; the budget counts the view the policy names."""
-        self._check_not_erased(task, run)
-        privacy = run.plan.privacy
-        policy = self.config.policy
-        skellam: dict[str, Any] = {}
-        if share is not None:
-            skellam = {
-                "mechanism": "skellam",
-                "l2_sensitivity": share.l2_sensitivity,
-                "l1_sensitivity": share.l1_sensitivity,
-                "own_noise_multiplier": share.own_noise_multiplier,
-            }
-        try:
-            charge = self.ledger.charge(
-                run_id=task.run_id,
-                purpose=purpose.value,
-                round=task.round,
-                attempt=task.attempt,
-                partition=partition,
-                noise_multiplier=sigma,
-                sample_rate=q,
-                steps=steps,
-                delta=privacy.delta,
-                run_epsilon_cap=min(privacy.epsilon, policy.max_epsilon_per_run),
-                lifetime_epsilon_cap=policy.lifetime_epsilon,
-                accountant=privacy.accountant,
-                budget_view="own" if policy.budget_epsilon == "worst_case" else "assumed",
-                **skellam,
-            )
-        except BudgetExceeded as exc:
-            raise TaskFailed(K.TASK_ERROR_BUDGET_EXHAUSTED, str(exc)) from None
-        self.records.spent(task.run_id, charge.epsilon_run, self.clock())
-        self.audit.append(
-            self.site_id,
-            "release_charged",
-            {
-                "run_id": task.run_id,
-                "purpose": purpose.value,
-                "round": task.round,
-                "attempt": task.attempt,
-                "partition": partition,
-                "noise_multiplier": sigma,
-                "sample_rate": q,
-                "steps": steps,
-                "epsilon_run": charge.epsilon_run,
-                "epsilon_lifetime": charge.epsilon_lifetime,
-                **(
-                    {
-                        "mechanism": "skellam",
-                        "own_noise_multiplier": share.own_noise_multiplier,
-                        "trusted_noise_sites": share.trusted_sites,
-                        "epsilon_run_own": charge.epsilon_run_own,
-                        "epsilon_lifetime_own": charge.epsilon_lifetime_own,
-                    }
-                    if share is not None
-                    else {}
-                ),
-            },
-        )
 
     def _cache(self, task: federation_pb2.Task, purpose: Purpose, quantised: np.ndarray) -> None:
         """Keep the charged, quantised release for the step's secure-aggregation session."""

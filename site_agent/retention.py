@@ -75,6 +75,7 @@ def purge_expired(
         plan = plans_dir / f"{run_id}.json"
         had_plan = plan.exists()
         plan.unlink(missing_ok=True)
+        (plans_dir / f"{run_id}.baseline").unlink(missing_ok=True)  # a per-site baseline
         active.pop(run_id, None)
         record_open = run_id in recorded and not already
         if not (vectors or had_plan or record_open):

@@ -108,3 +108,18 @@ def test_evaluation_is_skipped_when_too_few_sites_hold_data_out(holding_out: int
     assert [r.purpose for r in progress.history] == [Purpose.STATS, Purpose.UPDATE, Purpose.UPDATE]
     assert "not evaluated" in progress.message or progress.message == "completed"
     assert not progress.refusals  # holding nothing out is not a refusal
+
+
+def test_per_site_baselines_leave_the_global_baseline_alone() -> None:
+    plan = parse_plan(
+        PLAN.format(rounds=2, attempts=3).replace("[model]\n", '[model]\nbaseline = "per-site"\n')
+    )
+    layout = aggregation.update_layout(plan)
+    k = plan.time_grid.n_intervals
+    assert layout.n_parameters == aggregation.n_parameters(plan) - k
+    delta = np.full(layout.n_parameters, 0.1)
+    total = quantize(layout.weighted_release(delta, 0.5), layout.quantization(64))
+    step = aggregation.mean_update(plan, total, 2, 1)
+    assert step.shape == (aggregation.n_parameters(plan),)
+    np.testing.assert_array_equal(step[:k], 0.0)
+    np.testing.assert_allclose(step[k:], 0.1, atol=1e-4)
