@@ -17,7 +17,7 @@ COPY wheelhouse/ /wheelhouse/
 RUN python3 -m venv /opt/concordia \
     && /opt/concordia/bin/pip install --no-cache-dir --no-index --find-links /wheelhouse \
         concordia==0.1.0 torch==2.13.0 \
-    && /opt/concordia/bin/python -c "import site_agent.agent, torch, opacus"
+    && /opt/concordia/bin/python -c "import site_agent.agent, torch, opacus, dp_accounting"
 COPY deploy/healthcheck.py /opt/concordia/healthcheck.py
 
 FROM ${BASE_IMAGE} AS site-agent
