@@ -4,8 +4,11 @@ Hospitals accept no inbound connections, so the agent calls out: `Hello` (its po
 coordinator's roster and suggested long-poll wait come back), then `PullTask` long-polls and
 `PushResult` answers, forever. It reconnects with capped, jittered exponential backoff, so a
 coordinator restart shows up only as a log line, and it writes a heartbeat file for the container
-health check. What a task *means* is `site_agent.handlers`: every release is charged to the
-privacy ledger before it can leave the site, and every decision is written to the audit log.
+health check. When the coordinator is unavailable, `site_agent.connection.diagnose` says why
+(name, port, which certificate and why), logged once per cause rather than once per attempt; an
+expired site certificate stops the agent at start. What a task *means* is
+`site_agent.handlers`: every release is charged to the privacy ledger before it can leave the
+site, and every decision is written to the audit log.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from federation.version import __version__
 from federation.wire.v1 import federation_pb2, federation_pb2_grpc
 from site_agent.cache import ReleaseCache, SessionStore
 from site_agent.config import SiteConfig
+from site_agent.connection import ConnectionProblem, check_own_certificate, diagnose
 from site_agent.handlers import TaskHandlers, kind_label
 from site_agent.ledger import PrivacyLedger
 from site_agent.policy import policy_summary
@@ -47,7 +51,9 @@ log = logging.getLogger("concordia.site")
 
 APPROVAL_POLL_S = 5.0
 POLL_WAIT_MS = 20_000
+INITIAL_BACKOFF_S = 1.0
 MAX_BACKOFF_S = 30.0
+DIAGNOSE_TIMEOUT_S = 5.0
 HEARTBEAT_FILE = "heartbeat.json"
 HEARTBEAT_INTERVAL_S = 10.0
 RETENTION_INTERVAL_S = 86_400.0
@@ -77,6 +83,14 @@ class SiteAgent:
         self.config = config
         self.clock = clock
         self.site_id = config.site_id
+        # The kit first: an unreadable or expired certificate stops the agent before the ledger,
+        # audit log or secrets exist (CertificateNotValid is a TlsError: one line, exit code 2).
+        self.kit = TlsKit.from_files(
+            Path(config.tls.ca), Path(config.tls.cert), Path(config.tls.key)
+        )
+        expiry_warning = check_own_certificate(self.kit.certificate)
+        if expiry_warning is not None:
+            log.warning("%s", expiry_warning)
         state_dir = ensure_private_dir(config.state_dir)  # 0700: ledger, secrets, audit
         db = state_dir / "site.sqlite"
         self.ledger = PrivacyLedger(
@@ -88,9 +102,6 @@ class SiteAgent:
         self.sessions = SessionStore(db, sealer)
         self.audit = AuditLog(state_dir / "audit.sqlite", clock=time.time)
         self.records = ProcessingRecords(db)  # records of processing, erasure list (GDPR)
-        self.kit = TlsKit.from_files(
-            Path(config.tls.ca), Path(config.tls.cert), Path(config.tls.key)
-        )
         key = serialization.load_pem_private_key(self.kit.key_pem, password=None)
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise ValueError("the site key must be an ECDSA P-256 key (as fedctl provision makes)")
@@ -128,6 +139,10 @@ class SiteAgent:
         self.poll_wait_ms = POLL_WAIT_MS
         self.connected = False
         self.last_task: str | None = None
+        # The outage cause last logged (None: no outage; the string: not explained) and how many
+        # attempts have failed since the last connection.
+        self._reported: ConnectionProblem | str | None = None
+        self._failed_attempts = 0
 
     def handle(self, task: federation_pb2.Task) -> federation_pb2.TaskResult:
         """Answer one task (runs in a worker thread: training is CPU-bound); never raises."""
@@ -188,7 +203,7 @@ class SiteAgent:
 
     async def _connect_forever(self) -> None:
         """Connect, Hello, serve; on any RPC failure wait (capped, jittered backoff) and again."""
-        backoff = 1.0
+        backoff = INITIAL_BACKOFF_S
         settings = TransportSettings()
         while True:
             try:
@@ -198,21 +213,74 @@ class SiteAgent:
                     stub = federation_pb2_grpc.FederationStub(channel)  # type: ignore[no-untyped-call]
                     await self._hello(stub)
                     self.connected = True
-                    backoff = 1.0
+                    self._recovered()
+                    backoff = INITIAL_BACKOFF_S
                     await self._serve(stub)
             except aio.AioRpcError as exc:
                 self.connected = False
+                self._failed_attempts += 1
                 if exc.code() in (
                     grpc.StatusCode.PERMISSION_DENIED,
                     grpc.StatusCode.UNAUTHENTICATED,
                 ):
                     log.error("coordinator refused this site: %s", exc.details())
+                elif exc.code() == grpc.StatusCode.UNAVAILABLE:
+                    await self._report_unavailable(exc, backoff)
                 else:
                     log.warning(
                         "coordinator unreachable (%s); retrying in %.0f s", exc.code().name, backoff
                     )
             await asyncio.sleep(backoff * (0.8 + 0.4 * random.random()))
             backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+    async def _report_unavailable(self, exc: aio.AioRpcError, backoff: float) -> None:
+        """Log why the coordinator is unavailable, once per cause: gRPC says only UNAVAILABLE
+        for a wrong address, a closed port and every certificate problem, so each failed attempt
+        is diagnosed (one handshake per backoff interval, in a thread) but a line is written only
+        when the cause differs from the one last logged; a restart loop's log stays readable."""
+        address = self.config.coordinator_address
+        try:
+            problem = await asyncio.to_thread(
+                diagnose,
+                address,
+                self.kit.ca_pem,
+                self.kit.cert_pem,
+                self.kit.key_pem,
+                DIAGNOSE_TIMEOUT_S,
+            )
+        except Exception:  # the diagnosis is advice: it must never stop the reconnect loop
+            log.debug("connection diagnosis failed", exc_info=True)
+            problem = None
+        cause: ConnectionProblem | str = problem if problem is not None else "unexplained"
+        if cause == self._reported:
+            log.debug("coordinator still unavailable (%s): %s", exc.code().name, exc.details())
+            return
+        self._reported = cause
+        retry = (
+            f"retrying every {backoff:.0f} s, backing off to every {MAX_BACKOFF_S:.0f} s;"
+            " this message repeats only if the cause changes"
+        )
+        if problem is None:
+            log.warning(
+                "coordinator unreachable (UNAVAILABLE) at %s: %s. Its name, port and TLS"
+                " handshake check out, so it may be starting or overloaded; %s",
+                address,
+                exc.details(),
+                retry,
+            )
+        else:
+            log.warning("coordinator unreachable [%s]: %s; %s", problem.code, problem, retry)
+
+    def _recovered(self) -> None:
+        """After an outage was logged, say that it is over (and how long it took, in attempts)."""
+        if self._reported is not None:
+            log.info(
+                "connection to the coordinator at %s restored after %d failed attempts",
+                self.config.coordinator_address,
+                self._failed_attempts,
+            )
+        self._reported = None
+        self._failed_attempts = 0
 
     async def _hello(self, stub: federation_pb2_grpc.FederationStub) -> None:
         """Introduce the site (version, policy summary with ε spent); take the coordinator's
