@@ -133,6 +133,15 @@ class Coordinator:
         self._submitted_by[run_id] = submitted_by
         detail = {"run_id": run_id, "plan_sha256": plan.sha256(), "candidates": sites}
         self._persist(engine, effects, [(submitted_by, "run_submitted", detail)])
+        log.info(
+            "run %s submitted by %s: plan %r (%s mode, %d rounds), offered to %d sites",
+            run_id,
+            submitted_by,
+            plan.name,
+            plan.training.mode,
+            plan.training.rounds,
+            len(engine.candidates),
+        )
         return engine
 
     def stop(self, run_id: str, reason: str, actor: str) -> RunEngine | None:
@@ -239,6 +248,17 @@ class Coordinator:
                 )
                 detail = {"run_id": engine.run_id, **record.to_json()}
                 entries.append(("coordinator", "aggregated", detail))
+                dropped = sorted(set(record.participants) - set(record.survivors))
+                log.info(
+                    "run %s: %s round %d aggregated (attempt %d) over %d of %d sites%s",
+                    engine.run_id,
+                    record.purpose.value,
+                    record.round,
+                    record.attempt + 1,
+                    len(record.survivors),
+                    len(record.participants),
+                    f"; dropped {', '.join(dropped)}" if dropped else "",
+                )
             elif isinstance(effect, RunFinished):
                 log.info("run %s %s: %s", engine.run_id, effect.status.value, effect.message)
             elif isinstance(effect, TasksChanged):
