@@ -17,6 +17,7 @@ import numpy as np
 from coordinator.messages import ResultRejected
 from federation import distributed
 from federation.distributed import is_distributed
+from federation.metric_intervals import metrics_with_uncertainty
 from federation.noise import stats_noise_multiplier
 from federation.plan import RunPlan
 from federation.releases import (
@@ -26,7 +27,6 @@ from federation.releases import (
     StatsLayout,
     UpdateLayout,
     decode_stats,
-    metrics_from_sums,
 )
 from federation.sessions import session_config
 from federation.tasks import TaskKind
@@ -209,12 +209,27 @@ def mean_update(
     return result
 
 
-def decode_metrics_sum(plan: RunPlan, total: np.ndarray, n: int) -> dict[str, float]:
-    """Consortium evaluation figures from the metrics sum of n sites: the coordinator only
-    ever learns metrics as consortium totals, never one hospital's."""
+def metrics_noise_std(plan: RunPlan, survivors: int) -> float:
+    """The public std, per weighted coordinate, of the noise in a metrics sum over `survivors`
+    sites: each adds N(0, (σ·Δ)²) in local mode, so σ·Δ·√survivors. In distributed mode the
+    honest sites' shares add up to between σ·Δ (all trust each other) and σ·Δ·√survivors (each
+    trusts only itself): the larger, so that the intervals built on it are never too narrow."""
+    sigma = plan.privacy.metrics_noise_multiplier
+    return distributed.summed_noise_std(plan, sigma, MetricsLayout().sensitivity, survivors)
+
+
+def decode_metrics_sum(
+    plan: RunPlan, total: np.ndarray, n: int, survivors: int | None = None
+) -> dict[str, float]:
+    """Consortium evaluation figures from the metrics sum of a session of n sites, of which
+    `survivors` (default n) are in the sum: the coordinator only ever learns metrics as
+    consortium totals, never one hospital's. Each figure comes with its standard error, 95 %
+    interval and whether it is resolvable at the plan's noise (`federation/metric_intervals.py`),
+    so that a figure that is mostly noise is never shown as if it were a measurement."""
     layout = MetricsLayout()
     if is_distributed(plan):
         weighted = distributed.encoding(plan, Purpose.METRICS).decode_sum(total)
     else:
         weighted = dequantize_sum(total, layout.quantization(n))
-    return metrics_from_sums(layout.decode(weighted), layout)
+    noise_std = metrics_noise_std(plan, n if survivors is None else survivors)
+    return metrics_with_uncertainty(layout.decode(weighted), layout, noise_std)

@@ -398,7 +398,7 @@ class RunEngine:
             self.global_vector = self.optimizer.step(self.global_vector, delta)
             self.global_round = self.round
         else:
-            metrics = aggregation.decode_metrics_sum(self.plan, total, n)
+            metrics = aggregation.decode_metrics_sum(self.plan, total, n, len(summed.survivors))
         record = RoundRecord(
             purpose=purpose,
             round=self.round,

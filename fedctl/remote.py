@@ -24,15 +24,21 @@ ENV_KEYS = {"coordinator": ("address",)}
 has a CONCORDIA_… variable meant for something else, so only these are looked up)."""
 
 
-def add_config_argument(parser: Any) -> None:
-    """`--config` and `--output`, the options every command that talks to the coordinator has."""
+def add_config_argument(parser: Any, *, follows: bool = False) -> None:
+    """`--config` and `--output`, the options every command that talks to the coordinator has.
+
+    A command that follows a run (`run`, `watch`) also offers `--output auto`, its default: a live
+    view on a terminal, one line per change otherwise (`fedctl/progress.py`)."""
     parser.add_argument(
         "--config",
         type=Path,
         default=None,
         help="operator kit's fedctl.toml (default: $CONCORDIA_FEDCTL_CONFIG or ./fedctl.toml)",
     )
-    parser.add_argument("--output", choices=("text", "json"), default="text")
+    if follows:
+        parser.add_argument("--output", choices=("auto", "text", "json"), default="auto")
+    else:
+        parser.add_argument("--output", choices=("text", "json"), default="text")
 
 
 def config_path(given: Path | None) -> Path:

@@ -12,17 +12,14 @@ import grpc
 import numpy as np
 from google.protobuf.json_format import MessageToDict
 
+from fedctl import progress
 from fedctl.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, CliError
 from fedctl.remote import add_config_argument, admin_stub, rpc_error
-from federation.plan import RunPlan
+from federation.plan import PlanError, RunPlan, parse_plan
 from federation.vectors import VectorError, decode_vector
 from federation.wire.v1 import admin_pb2, federation_pb2
 
-TERMINAL = {
-    federation_pb2.RUN_STATE_COMPLETED,
-    federation_pb2.RUN_STATE_FAILED,
-    federation_pb2.RUN_STATE_STOPPED,
-}
+TERMINAL = progress.TERMINAL
 
 
 def register(sub: Any) -> None:
@@ -30,12 +27,12 @@ def register(sub: Any) -> None:
     p.add_argument("plan", type=Path, help="run plan (TOML, or JSON with a .json suffix)")
     p.add_argument("--validate-only", action="store_true", help="check the plan, submit nothing")
     p.add_argument("--detach", action="store_true", help="submit and return without following")
-    add_config_argument(p)
+    add_config_argument(p, follows=True)
     p.set_defaults(handler=cmd_run)
 
     p = sub.add_parser("watch", help="follow a run until it ends (exit 0 completed, 1 otherwise)")
     p.add_argument("run_id")
-    add_config_argument(p)
+    add_config_argument(p, follows=True)
     p.set_defaults(handler=cmd_watch)
 
     p = sub.add_parser("status", help="one run's status")
@@ -71,16 +68,19 @@ def status_line(status: admin_pb2.RunStatus) -> str:
     state = federation_pb2.RunState.Name(status.state).removeprefix("RUN_STATE_").lower()
     stage = admin_pb2.RunStage.Name(status.stage).removeprefix("RUN_STAGE_").lower()
     eps = " ".join(f"{s.site_id}={s.epsilon_spent:.2f}" for s in status.sites if s.epsilon_spent)
-    metrics = " ".join(
-        f"{m.name}={m.value:.3f}" for m in status.latest_metrics if m.name in ("c_windowed", "ibs")
-    )
+    values = {m.name: m.value for m in status.latest_metrics}
+    metrics = progress.format_metrics(values, progress.KEY_METRICS)
     accepted = sum(1 for s in status.sites if s.decision == admin_pb2.PLAN_DECISION_ACCEPTED)
     parts = [
         f"{status.run_id}",
         f"{state}",
         f"round {status.round}/{status.total_rounds}",
         f"{stage}" + (f" (attempt {status.attempt + 1})" if status.attempt else ""),
-        f"sites alive {status.sites_alive}/{accepted or len(status.sites)}",
+        (
+            f"sites answered {progress.answered(status)}/{len(status.sites)}"
+            if status.stage == admin_pb2.RUN_STAGE_PLAN_OFFER
+            else f"sites alive {status.sites_alive}/{accepted or len(status.sites)}"
+        ),
     ]
     if eps:
         parts.append(f"ε {eps}")
@@ -100,31 +100,16 @@ def _json(message: Any) -> str:
     )
 
 
-def _exit_for(status: admin_pb2.RunStatus) -> int:
-    return EXIT_OK if status.state == federation_pb2.RUN_STATE_COMPLETED else EXIT_FAILED
-
-
-def follow(stub: Any, run_id: str, output: str) -> int:
-    last: admin_pb2.RunStatus | None = None
-    try:
-        refusals_shown: set[str] = set()
-        for status in stub.WatchRun(admin_pb2.WatchRunRequest(run_id=run_id)):
-            last = status
-            print(_json(status) if output == "json" else status_line(status), flush=True)
-            if output == "json":
-                continue
-            for site in status.sites:  # a refusal's reason, once, so the operator can act on it
-                refused = site.decision == admin_pb2.PLAN_DECISION_REFUSED
-                if refused and site.reason and site.site_id not in refusals_shown:
-                    refusals_shown.add(site.site_id)
-                    print(f"  {site.site_id} refused the plan: {site.reason}", flush=True)
-    except grpc.RpcError as exc:
-        raise rpc_error(exc) from None
-    if last is None:
-        raise CliError(f"no status for run {run_id}", exit_code=EXIT_FAILED)
-    if last.state not in TERMINAL:  # the stream ended early (coordinator restart): one more look
-        last = stub.GetRun(admin_pb2.GetRunRequest(run_id=run_id))
-    return _exit_for(last)
+def follow(
+    stub: Any,
+    run_id: str,
+    output: str,
+    *,
+    plan_epsilon: float | None = None,
+    detachable: bool = True,
+) -> int:
+    """Follow a run until it ends (0 completed, 1 otherwise, 130 on Ctrl-C): `fedctl.progress`."""
+    return progress.follow(stub, run_id, output, plan_epsilon=plan_epsilon, detachable=detachable)
 
 
 # ---------------------------------------------------------------------- commands
@@ -156,7 +141,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"submitted {response.run_id} (plan sha256 {response.plan_sha256[:16]})", flush=True)
     if args.detach:
         return EXIT_OK
-    return follow(stub, response.run_id, args.output)
+    return follow(stub, response.run_id, args.output, plan_epsilon=_plan_epsilon(text, fmt))
+
+
+def _plan_epsilon(text: str, fmt: int) -> float | None:
+    """The plan's per-site ε, for "ε spent of ε" (None if this fedctl cannot read the plan: the
+    coordinator, which accepted it, is the judge)."""
+    try:
+        plan = parse_plan(text, "json" if fmt == admin_pb2.PLAN_FORMAT_JSON else "toml")
+    except PlanError:
+        return None
+    return plan.privacy.epsilon
 
 
 def cmd_watch(args: argparse.Namespace) -> int:

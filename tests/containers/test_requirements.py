@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SITE_ONLY = {"torch", "opacus"}  # model code: never in the coordinator image
+# model code and the site ledger's accountant: never in the coordinator image
+SITE_ONLY = {"torch", "opacus", "dp-accounting"}
 
 pytestmark = pytest.mark.unit
 
