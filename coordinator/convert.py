@@ -238,4 +238,15 @@ def model_card(engine: RunEngine, round_: int) -> dict[str, Any]:
         "history": [r.to_json() for r in progress.history],
         "privacy": {site: dict(p) for site, p in progress.privacy.items()},
         "code_version": __version__,
+        # the statistics release's noised per-interval totals (public: every site gets them in
+        # its evaluation tasks): the report's consortium Kaplan-Meier curve is drawn from them
+        "consortium": None
+        if engine.stats is None
+        else {
+            "events": [float(v) for v in engine.stats.events],
+            "at_risk": [float(v) for v in engine.stats.at_risk],
+            "sites": next(
+                (len(r.survivors) for r in progress.history if r.purpose.value == "stats"), 0
+            ),
+        },
     }

@@ -27,6 +27,7 @@ from fedctl.localfed import (
     exit_on_sigterm,
     flchain_hospitals,
 )
+from fedctl.report import write_report
 from fedctl.runs import exported_vector, follow, write_export
 from federation.wire.v1 import admin_pb2
 
@@ -59,6 +60,7 @@ evaluate_every = {rounds}
 epsilon = 3.0
 delta = 1e-5
 metrics_noise_multiplier = {metrics_noise_multiplier}
+stats_noise_multiplier = 3.0
 
 [secagg]
 stage_timeout_s = 30.0
@@ -72,7 +74,17 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--workdir", type=Path, default=Path("demo-run"), help="scratch folder")
     p.add_argument("--rounds", type=int, default=10)
-    p.add_argument("--keep", action="store_true", help="keep the scratch folder afterwards")
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the scratch folder afterwards (the export and the report stay under it)",
+    )
+    p.add_argument(
+        "--report",
+        type=Path,
+        default=Path("demo-report"),
+        help="folder for report.html and the export when --keep is not given",
+    )
     p.set_defaults(handler=cmd_demo)
 
 
@@ -139,19 +151,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if response.errors:
             raise CliError("; ".join(e.message for e in response.errors), exit_code=EXIT_FAILED)
         print(f"submitted {response.run_id}: DP ε=3 per site, secure aggregation on", flush=True)
-        code = follow(stub, response.run_id, "text")
+        # not detachable: Ctrl-C ends the demo, whose federation stops with it
+        code = follow(stub, response.run_id, "text", detachable=False)
         if code != EXIT_OK:
             print(f"the run did not complete; logs in {federation.logs}", file=sys.stderr)
             return code
         export = stub.ExportRun(admin_pb2.ExportRunRequest(run_id=response.run_id))
+        status = stub.GetRun(admin_pb2.GetRunRequest(run_id=response.run_id))
         write_export(export, federation.workdir / "export")
     finally:
         federation.stop_all()
     print("all demo processes stopped; scoring on the common test set…", flush=True)
     _print_table(compare(export, train, test, federation.site_configs()))
-    print(f"demo finished in {time.monotonic() - started:.0f} s", flush=True)
+    report_dir = federation.workdir / "report" if args.keep else args.report
+    report = write_report(export, status, report_dir)
     if not args.keep:
         shutil.rmtree(federation.workdir, ignore_errors=True)
+    print(f"demo finished in {time.monotonic() - started:.0f} s", flush=True)
+    print(f"report: {report.resolve()}", flush=True)
     return EXIT_OK
 
 

@@ -1,0 +1,280 @@
+"""A model card in the structure of Mitchell et al. 2019 ("Model Cards for Model Reporting"),
+built from what an export carries: the coordinator's card (`coordinator/convert.py
+model_card`: plan, plan hash, history, per-site privacy, code version) and the run's status.
+
+The coordinator's `model_card.json` is what `survival.export.load_model` reads, so it is left as
+it is; this card is a reader's document beside it (`model_card_mitchell.json` and `.md`). Every
+figure in it comes from the plan or from a DP release, never from a guess: where a section needs
+something the federation does not release (subgroup results, sampling intervals), the card says
+so instead of leaving the section out, because a missing section reads as "nothing to report".
+
+The metric intervals are the DP noise's alone (its std is public: σ·Δ·√sites per coordinate of
+the summed release), not sampling intervals: the sites release no variance.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+from federation.plan import RunPlan
+from federation.releases import MetricsLayout
+from federation.version import __version__ as FEDCTL_VERSION
+from federation.wire.v1 import admin_pb2
+
+SECTIONS = (
+    "model_details",
+    "intended_use",
+    "factors",
+    "metrics",
+    "evaluation_data",
+    "training_data",
+    "quantitative_analyses",
+    "ethical_considerations",
+    "caveats_and_recommendations",
+)
+"""Mitchell et al.'s nine sections, in their order."""
+
+Z95 = 1.959963984540054
+
+
+def _iso(unix_ms: int) -> str | None:
+    if not unix_ms:
+        return None
+    return datetime.fromtimestamp(unix_ms / 1000, tz=UTC).isoformat(timespec="seconds")
+
+
+def metric_noise_std(plan: RunPlan, record: dict[str, Any]) -> dict[str, float]:
+    """The DP noise std of a metrics release's `ibs` and `c_windowed` (where computable).
+
+    Each of the n summing sites adds N(0, (σ·S)²) to its weighted release (S = the layout's
+    sensitivity), so the sum's raw coordinate i has std σ·S·√n / weight_i. `ibs` is
+    brier·max_weight / patients; `c_windowed` is concordant / comparable, whose denominator is not
+    in the record: it is taken as events·window (each event compared with the next `window`
+    patients), an upper bound of it, so that interval is a lower estimate. Both by the delta method.
+    """
+    layout = MetricsLayout()
+    metrics = record.get("metrics", {})
+    n = max(len(record.get("survivors", [])), 1)
+    base = plan.privacy.metrics_noise_multiplier * layout.sensitivity * math.sqrt(n)
+    std = [base / w for w in layout.weights]
+    out: dict[str, float] = {}
+    patients = float(metrics.get("patients", 0.0))
+    if "ibs" in metrics and patients >= 1:
+        out["ibs"] = layout.max_weight * std[2] / patients
+    events = float(metrics.get("events", 0.0))
+    if "c_windowed" in metrics and events >= 1:
+        comparable = events * layout.window
+        c = float(metrics["c_windowed"])
+        out["c_windowed"] = math.sqrt(std[3] ** 2 + c * c * std[4] ** 2) / comparable
+    return out
+
+
+def metric_interval(value: float, std: float | None) -> list[float] | None:
+    """A 95% interval of the DP noise around `value`, clipped to [0, 1] like the metrics."""
+    if std is None or not math.isfinite(value):
+        return None
+    return [max(0.0, value - Z95 * std), min(1.0, value + Z95 * std)]
+
+
+def evaluations(card: dict[str, Any]) -> list[dict[str, Any]]:
+    """The card history's metrics releases that carry figures, oldest first."""
+    return [r for r in card.get("history", []) if r.get("purpose") == "metrics" and r["metrics"]]
+
+
+def _features(plan: RunPlan) -> list[dict[str, Any]]:
+    rows = []
+    for feature in plan.features:
+        data = feature.model_dump(mode="json")
+        rows.append({k: v for k, v in data.items() if v is not None})
+    return rows
+
+
+def build_model_card(
+    card: dict[str, Any], status: admin_pb2.RunStatus | None = None, export_round: int = 0
+) -> dict[str, Any]:
+    """The nine-section card of an export (`card` is its coordinator model card)."""
+    plan = RunPlan.model_validate(card["plan"])
+    privacy: dict[str, dict[str, float]] = card.get("privacy", {})
+    history: list[dict[str, Any]] = card.get("history", [])
+    evals = evaluations(card)
+    stats = next((r for r in history if r.get("purpose") == "stats"), None)
+    sites = sorted({s for r in history for s in r.get("participants", [])} | set(privacy))
+    model = plan.model
+    kind = (
+        "logistic-hazard linear model (discrete-time Cox)"
+        if model.kind == "linear"
+        else (f"discrete-time hazard MLP, hidden layers {list(model.hidden)}")
+    )
+    latest = evals[-1] if evals else None
+    metrics_out: list[dict[str, Any]] = []
+    if latest is not None:
+        noise = metric_noise_std(plan, latest)
+        for name in ("c_windowed", "ibs", "patients", "events"):
+            if name in latest["metrics"]:
+                value = float(latest["metrics"][name])
+                std = noise.get(name)
+                metrics_out.append(
+                    {
+                        "name": name,
+                        "value": value,
+                        "round": latest["round"],
+                        "dp_noise_std": std,
+                        "interval_95_dp_noise": metric_interval(value, std)
+                        if name in ("c_windowed", "ibs")
+                        else None,
+                    }
+                )
+    return {
+        "model_details": {
+            "name": plan.name,
+            "run_id": card.get("run_id"),
+            "model_type": kind,
+            "baseline_hazard": model.baseline,
+            "exported_round": card.get("round", export_round),
+            "run_status": card.get("status"),
+            "dates": {
+                "submitted": _iso(status.submitted_unix_ms) if status else None,
+                "last_updated": _iso(status.updated_unix_ms) if status else None,
+                "card_generated": datetime.now(tz=UTC).isoformat(timespec="seconds"),
+            },
+            "plan_sha256": card.get("plan_sha256") or plan.sha256(),
+            "code_version": {
+                "coordinator": card.get("code_version"),
+                "fedctl": FEDCTL_VERSION,
+            },
+            "time_unit": plan.time_unit,
+            "time_grid_cuts": list(plan.time_grid.cuts),
+            "training": {
+                "mode": plan.training.mode,
+                "rounds": plan.training.rounds,
+                "aggregation": plan.training.aggregation,
+                "server_optimizer": plan.training.server_optimizer,
+            },
+            "developed_by": "the consortium's sites, by federated DP-SGD with secure aggregation",
+        },
+        "intended_use": {
+            "purpose": plan.purpose,
+            "primary_uses": [
+                f"predict event-free survival at the grid's cuts (up to {plan.time_grid.cuts[-1]:g}"
+                f" {plan.time_unit}) for patients like those of the consortium's sites",
+                "rank patients by risk within one model (predict_risk)",
+            ],
+            "out_of_scope": [
+                "survival beyond the last cut (the model knows nothing past the horizon)",
+                "feature values outside the plan's declared ranges or levels (refused)",
+                "individual clinical decisions without local validation",
+                "populations unlike the sites' (no transport analysis was made)",
+            ],
+        },
+        "factors": {
+            "features": _features(plan),
+            "groups": {"sites": sites},
+            "evaluation_factors": "consortium totals only: no per-site or per-subgroup"
+            " metrics are released (each would spend privacy budget)",
+        },
+        "metrics": {
+            "definitions": {
+                "c_windowed": "concordance of each event with the next 10 patients in time (not"
+                " Harrell's C; runs well below it); compare across rounds",
+                "ibs": "integrated Brier score with IPCW weights clipped at 4 (biased low)",
+            },
+            "intervals": "95% intervals of the DP noise alone (public σ); sampling variance is"
+            " not released. c_windowed's assumes comparable pairs = events × 10 (a lower estimate)",
+            "results": metrics_out,
+        },
+        "evaluation_data": {
+            "source": "each site's local held-out split (sites with fewer than"
+            f" {plan.training.holdout_min_site_rows} usable rows hold nothing out)",
+            "patients": latest["metrics"].get("patients") if latest else None,
+            "events": latest["metrics"].get("events") if latest else None,
+            "sites": latest.get("survivors", []) if latest else [],
+            "note": "counts are DP-noised consortium totals",
+        },
+        "training_data": {
+            "sites": sites,
+            "patients_noised": stats["metrics"].get("patients") if stats else None,
+            "privacy_budget_per_site": {
+                "epsilon": plan.privacy.epsilon,
+                "delta": plan.privacy.delta,
+                "accountant": plan.privacy.accountant,
+            },
+            "epsilon_spent": {
+                site: {
+                    "run": float(p.get("epsilon_run", 0.0)),
+                    "lifetime": float(p.get("epsilon_lifetime", 0.0)),
+                }
+                for site, p in sorted(privacy.items())
+            },
+            "standardization": "consortium means and stds from the DP statistics release",
+        },
+        "quantitative_analyses": {
+            "per_round": [
+                {"round": r["round"], "sites": r.get("survivors", []), **r["metrics"]}
+                for r in evals
+            ],
+            "subgroups": "not available: the federation releases consortium totals only",
+        },
+        "ethical_considerations": [
+            f"each site's data is protected by ({plan.privacy.epsilon:g}, {plan.privacy.delta:g})"
+            "-differential privacy over the whole run; no patient row left a site",
+            "sites' updates were summed by secure aggregation: no single site's release was seen",
+            "fairness across patient subgroups was not evaluated (no subgroup release)",
+            f"processing purpose declared in the plan: {plan.purpose}",
+        ],
+        "caveats_and_recommendations": [
+            "every metric is DP-noised; small consortia give wide intervals",
+            "c_windowed is not comparable with a published Harrell's C",
+            "validate locally on your own population before use",
+            "predictions exist only at the time grid's cuts",
+        ],
+    }
+
+
+def _md_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list) and all(not isinstance(v, dict | list) for v in value):
+        return ", ".join(_md_value(v) for v in value) or "—"
+    if value is None:
+        return "—"
+    return str(value)
+
+
+def _md_block(value: Any, depth: int) -> list[str]:
+    pad = "  " * depth
+    if isinstance(value, dict):
+        lines = []
+        for key, inner in value.items():
+            if isinstance(inner, dict) or (
+                isinstance(inner, list) and any(isinstance(v, dict | list) for v in inner)
+            ):
+                lines.append(f"{pad}- **{key}**:")
+                lines.extend(_md_block(inner, depth + 1))
+            else:
+                lines.append(f"{pad}- **{key}**: {_md_value(inner)}")
+        return lines
+    if isinstance(value, list):
+        lines = []
+        for item in value:
+            if isinstance(item, dict):
+                lines.append(
+                    f"{pad}- " + "; ".join(f"{k}: {_md_value(v)}" for k, v in item.items())
+                )
+            else:
+                lines.append(f"{pad}- {_md_value(item)}")
+        return lines
+    return [f"{pad}{_md_value(value)}"]
+
+
+def to_markdown(card: dict[str, Any]) -> str:
+    """The card as Markdown, one `##` heading per Mitchell section."""
+    name = card["model_details"]["name"]
+    lines = [f"# Model card: {name}", ""]
+    for section in SECTIONS:
+        lines.append(f"## {section.replace('_', ' ').capitalize()}")
+        lines.append("")
+        lines.extend(_md_block(card[section], 0))
+        lines.append("")
+    return "\n".join(lines)
