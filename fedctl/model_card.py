@@ -46,7 +46,9 @@ def _iso(unix_ms: int) -> str | None:
 
 
 def metric_noise_std(plan: RunPlan, record: dict[str, Any]) -> dict[str, float]:
-    """The DP noise std of a metrics release's `ibs` and `c_windowed` (where computable).
+    """The standard error of a metrics release's `ibs` and `c_windowed`: the coordinator's
+    recorded `<name>_se` (DP noise and sampling error) when the record has it, else the DP noise
+    std computed here (records of older coordinators):
 
     Each of the n summing sites adds N(0, (σ·S)²) to its weighted release (S = the layout's
     sensitivity), so the sum's raw coordinate i has std σ·S·√n / weight_i. `ibs` is
@@ -56,6 +58,13 @@ def metric_noise_std(plan: RunPlan, record: dict[str, Any]) -> dict[str, float]:
     """
     layout = MetricsLayout()
     metrics = record.get("metrics", {})
+    recorded = {
+        name: float(metrics[f"{name}_se"])
+        for name in ("ibs", "c_windowed")
+        if name in metrics and f"{name}_se" in metrics
+    }
+    if recorded:  # the coordinator's own errors (noise and sampling, federation/metric_intervals)
+        return recorded
     n = max(len(record.get("survivors", [])), 1)
     base = plan.privacy.metrics_noise_multiplier * layout.sensitivity * math.sqrt(n)
     std = [base / w for w in layout.weights]
@@ -180,8 +189,8 @@ def build_model_card(
                 " Harrell's C; runs well below it); compare across rounds",
                 "ibs": "integrated Brier score with IPCW weights clipped at 4 (biased low)",
             },
-            "intervals": "95% intervals of the DP noise alone (public σ); sampling variance is"
-            " not released. c_windowed's assumes comparable pairs = events × 10 (a lower estimate)",
+            "intervals": "95% intervals from the coordinator's standard errors: the known DP noise"
+            " (public σ, delta method) and the sampling error (federation/metric_intervals.py)",
             "results": metrics_out,
         },
         "evaluation_data": {

@@ -315,8 +315,8 @@ def write_report(
     if rows:
         body = _img(plots.training_curve(rows), "training curve") + (
             '<p class="note">Consortium metrics of each evaluation on the sites\' held-out'
-            " splits. Shaded: 95% interval of the DP noise alone (public σ), not sampling"
-            " error; c_windowed's assumes events × 10 comparable pairs.</p>"
+            " splits. Shaded: 95% interval from the coordinator's standard errors (the known DP"
+            " noise and the sampling error, federation/metric_intervals.py).</p>"
         )
     else:
         body = '<p class="note">No evaluation with figures was released in this run.</p>'
