@@ -12,42 +12,10 @@ through its own ledger's accountant, which never reports less than this exact fi
 
 from __future__ import annotations
 
-import math
-
+from federation.gaussian import calibrate_gaussian, gaussian_delta
 from federation.plan import RunPlan
 
-
-def _phi(x: float) -> float:
-    """Standard normal CDF."""
-    return 0.5 * math.erfc(-x / math.sqrt(2.0))
-
-
-def gaussian_delta(noise_multiplier: float, epsilon: float) -> float:
-    """The exact δ at which one Gaussian release with noise std `noise_multiplier` × sensitivity
-    is (ε, δ)-DP (Balle & Wang 2018, Theorem 8)."""
-    if noise_multiplier <= 0:
-        return 1.0
-    a = 1.0 / (2.0 * noise_multiplier)
-    b = epsilon * noise_multiplier
-    return _phi(a - b) - math.exp(epsilon) * _phi(-a - b)
-
-
-def calibrate_gaussian(epsilon: float, delta: float, tolerance: float = 1e-6) -> float:
-    """The smallest σ (to relative `tolerance`) whose single Gaussian release is (ε, δ)-DP."""
-    if not (epsilon > 0 and 0 < delta < 1):
-        raise ValueError(f"need ε > 0 and 0 < δ < 1, got ε={epsilon}, δ={delta}")
-    lo, hi = 0.0, 1.0
-    while gaussian_delta(hi, epsilon) > delta:
-        lo, hi = hi, hi * 2.0
-        if hi > 1e6:
-            raise ValueError(f"ε={epsilon} at δ={delta} needs σ > 1e6")
-    while hi - lo > tolerance * hi:
-        mid = (lo + hi) / 2.0
-        if gaussian_delta(mid, epsilon) > delta:
-            lo = mid
-        else:
-            hi = mid
-    return hi
+__all__ = ["calibrate_gaussian", "gaussian_delta", "stats_noise_multiplier"]
 
 
 def stats_noise_multiplier(plan: RunPlan) -> float:

@@ -15,6 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from federation.gaussian import gaussian_epsilon
 from federation.plan_messages import format_validation_error
 from survival.schema import Feature, FeatureSchema
 from survival.spec import ModelSpec
@@ -24,6 +25,11 @@ SITE_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{1,39}$"
 PURPOSE_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,79}$"
 DEFAULT_PURPOSE = "research.survival-model"
 """The processing purpose a plan declares when it names none (sites list `allowed_purposes`)."""
+
+
+MIN_TRAINING_HEADROOM = 1.1
+"""A plan's ε must exceed the statistics release's own ε by this factor, or training gets a
+noise multiplier in the hundreds: nothing a site could learn from."""
 
 
 class PlanError(ValueError):
@@ -289,6 +295,18 @@ class RunPlan(_Strict):
                 raise ValueError("sites: duplicate site id")
             if self.quorum > len(self.sites):
                 raise ValueError(f"quorum {self.quorum} exceeds the {len(self.sites)} listed sites")
+        stats_sigma = self.privacy.stats_noise_multiplier
+        if stats_sigma is not None:
+            floor = gaussian_epsilon(stats_sigma, self.privacy.delta)
+            if self.privacy.epsilon <= floor * MIN_TRAINING_HEADROOM:
+                raise ValueError(
+                    f"privacy.epsilon {self.privacy.epsilon:g} is below the minimum workable"
+                    f" {floor * MIN_TRAINING_HEADROOM:.3g} for this plan: the statistics release"
+                    f" alone (stats_noise_multiplier {stats_sigma:g}) costs ε = {floor:.3g} at"
+                    f" δ = {self.privacy.delta:g}, leaving nothing for training; raise"
+                    " privacy.epsilon, raise stats_noise_multiplier, or leave it unset to spend"
+                    " privacy.stats_epsilon_share of ε on it"
+                )
         if self.model.baseline == "per-site" and self.training.mode != "local":
             raise ValueError(
                 'model.baseline = "per-site" needs training.mode = "local": in distributed mode'

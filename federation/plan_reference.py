@@ -81,6 +81,9 @@ CROSS_FIELD_RULES = [
     '`model.baseline = "per-site"` needs `training.mode = "local"`',
     "`quorum` ≥ `secagg.max_colluding_sites` + 2",
     "`secagg.threshold`, when given, is at most `quorum`",
+    "with `privacy.stats_noise_multiplier` set, `privacy.epsilon` exceeds 1.1 × the ε of that"
+    " statistics release alone at `privacy.delta` (the minimum workable ε: e.g. 1.40 for σ = 3,"
+    " δ = 1e-5); unset, the release spends `privacy.stats_epsilon_share` of ε instead",
 ]
 """RunPlan's model validator, in words (a validator has no schema to generate them from)."""
 

@@ -119,3 +119,18 @@ def test_errors_split_on_the_separator_each_start_with_their_location() -> None:
         "training.rounds",
         "training.epochs",
     ]
+
+
+def test_a_plan_below_its_minimum_workable_epsilon_is_refused_with_the_figures() -> None:
+    from federation.gaussian import gaussian_epsilon
+    from federation.plan import MIN_TRAINING_HEADROOM
+
+    floor = gaussian_epsilon(3.0, 1e-5) * MIN_TRAINING_HEADROOM
+    base = 'name = "p"\n[time_grid]\ncuts = [100.0]\n[[features]]\nkind = "numeric"\n'
+    base += 'name = "age"\nmin = 0\nmax = 100\n[privacy]\nstats_noise_multiplier = 3.0\n'
+    with pytest.raises(PlanError, match=r"below the minimum workable 1\.4") as refused:
+        parse_plan(base + f"epsilon = {floor * 0.99}\n")
+    assert "costs ε = 1.27" in str(refused.value)
+    assert parse_plan(base + f"epsilon = {floor * 1.01}\n").privacy.epsilon > floor
+    # unset, the statistics take a share of ε: any ε is workable
+    assert parse_plan(base.replace("stats_noise_multiplier = 3.0\n", "") + "epsilon = 0.5\n")
