@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn
 
-from fedctl import audit, demo, dpia, provision, report, runs
+from fedctl import audit, demo, dpia, logs, provision, report, runs
 from fedctl.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, CliError
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "EXIT_OK", "CliError", "build_parser", "run"]
@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     provision.register(sub)
     runs.register(sub)
     audit.register(sub)
+    logs.register(sub)
     report.register(sub)
     dpia.register(sub)
     demo.register(sub)
