@@ -12,14 +12,21 @@ import grpc
 from grpc import aio
 
 from coordinator import convert
-from coordinator.app import Coordinator
+from coordinator.app import ConcurrentRunError, Coordinator
 from coordinator.auth import current_identity
 from coordinator.engine import RunEngine
-from federation.plan import PlanError, parse_plan
+from coordinator.federation_service import MAX_POLL_WAIT_S
+from federation.plan import PlanError
 from federation.vectors import encode_vector
 from federation.wire.v1 import admin_pb2, admin_pb2_grpc
 
-ONLINE_WINDOW_S = 60.0
+ONLINE_WINDOW_S = 2 * MAX_POLL_WAIT_S
+"""A site is ONLINE while its last RPC (Hello, PullTask or PushResult) is younger than this.
+
+A live agent opens a PullTask as soon as the previous one returns, and the coordinator holds one
+at most MAX_POLL_WAIT_S (25 s), so a healthy site is never silent for longer than one long-poll
+plus the time it takes to answer a task; twice the long-poll wait (50 s) tolerates one poll lost
+to a network blip, while a dead agent shows OFFLINE at most 50 s after its last call."""
 MAX_PLAN_BYTES = 1_000_000
 
 
@@ -34,7 +41,14 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.SubmitRunRequest, context: aio.ServicerContext
     ) -> admin_pb2.SubmitRunResponse:
         """Validate a plan and start it (or only validate it); errors name the plan's fields,
-        so an operator can fix them without reading a traceback."""
+        so an operator can fix them without reading a traceback.
+
+        A plan whose candidate sites are candidates of a live run is refused unless
+        `allow_concurrent` is set: one `candidates` error per shared site, naming its live runs
+        and the combined ε it could spend, then an `allow_concurrent` error saying how to go
+        ahead. A validate-only request gets the same errors (not a warning): it answers what
+        the submission would get, so a dry run that passes means the real one starts. Every
+        refusal, validate-only or not, is audited as `run_refused`."""
         identity = current_identity.get()
         fmt: Literal["toml", "json"] = (
             "json" if request.format == admin_pb2.PLAN_FORMAT_JSON else "toml"
@@ -45,15 +59,32 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             )
         try:
             if request.validate_only:
-                plan = parse_plan(request.plan_text, fmt)
+                plan, _, _ = self.c.check_submission(
+                    request.plan_text, fmt, allow_concurrent=request.allow_concurrent
+                )
                 return admin_pb2.SubmitRunResponse(plan_sha256=plan.sha256())
-            engine = self.c.submit(request.plan_text, fmt, identity.uri)
+            engine = self.c.submit(
+                request.plan_text, fmt, identity.uri, allow_concurrent=request.allow_concurrent
+            )
         except PlanError as exc:
             errors = [
                 admin_pb2.FieldError(field=part.split(":", 1)[0].strip(), message=part.strip())
                 for part in str(exc).removeprefix("invalid plan: ").split("; ")
             ]
             self.c.store.audit.append(identity.uri, "run_refused", {"reason": str(exc)[:500]})
+            return admin_pb2.SubmitRunResponse(errors=errors)
+        except ConcurrentRunError as exc:
+            errors = [
+                admin_pb2.FieldError(field="candidates", message=overlap.message())
+                for overlap in exc.overlaps
+            ]
+            errors.append(admin_pb2.FieldError(field="allow_concurrent", message=exc.HINT))
+            detail = {
+                "reason": "candidates overlap live runs",
+                "validate_only": request.validate_only,
+                "overlaps": [overlap.to_json() for overlap in exc.overlaps],
+            }
+            self.c.store.audit.append(identity.uri, "run_refused", detail)
             return admin_pb2.SubmitRunResponse(errors=errors)
         return admin_pb2.SubmitRunResponse(run_id=engine.run_id, plan_sha256=engine.plan.sha256())
 
@@ -117,21 +148,25 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     async def ListSites(
         self, request: admin_pb2.ListSitesRequest, context: aio.ServicerContext
     ) -> admin_pb2.ListSitesResponse:
-        """Every site that ever said Hello: online or not, its policy, and its answer to the
-        live run it is a candidate of, so an operator sees who is holding a run up."""
+        """Every site that ever said Hello: online or not (its last RPC younger than
+        ONLINE_WINDOW_S, and how long ago that was), its policy with the lifetime ε of its
+        latest result, and its answer to (and ε spent in) the live run it is a candidate of, so
+        an operator sees who is holding a run up."""
         now = self.c.clock()
-        response = admin_pb2.ListSitesResponse()
+        response = admin_pb2.ListSitesResponse(online_timeout_s=ONLINE_WINDOW_S)
         live = [engine.progress() for engine in self.c.engines.values()]
         for row in self.c.store.sites():
+            age = max(0.0, now - row.last_seen)
             state = (
                 admin_pb2.SITE_STATE_ONLINE
-                if now - row.last_seen <= ONLINE_WINDOW_S
+                if age < ONLINE_WINDOW_S
                 else admin_pb2.SITE_STATE_OFFLINE
             )
             info = response.sites.add(
                 site_id=row.site_id,
                 state=state,
                 last_seen_unix_ms=int(row.last_seen * 1000),
+                last_seen_age_s=age,
                 agent_version=row.agent_version,
             )
             convert.policy_to_wire(row.policy, info.policy)

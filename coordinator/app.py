@@ -17,6 +17,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from coordinator import snapshot
@@ -35,13 +36,59 @@ from coordinator.messages import PendingTask, ResultRejected, SiteResult
 from coordinator.store import Aggregate, CoordinatorStore
 from federation.faults import Faults
 from federation.identity import Identity
-from federation.plan import parse_plan
+from federation.plan import RunPlan, parse_plan
 
 log = logging.getLogger("concordia.coordinator")
 
 TICK_INTERVAL_S = 0.5
 
 AuditEntry = tuple[str, str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class SiteOverlap:
+    """A candidate of a new run that is already a candidate of live runs: each run spends from
+    the same site budget, so the operator is told what the site could spend in all of them.
+
+    `combined_epsilon` is an upper bound: the sum of the plans' ε (a site's spend in a run never
+    exceeds its plan's ε), though a site may refuse, drop out of, or cap (max ε per run) any run."""
+
+    site: str
+    live_runs: tuple[tuple[str, float], ...]  # (run id, its plan's ε), by run id
+    new_epsilon: float
+
+    @property
+    def combined_epsilon(self) -> float:
+        """Σ plan ε over the live runs and the new one."""
+        return sum(eps for _, eps in self.live_runs) + self.new_epsilon
+
+    def message(self) -> str:
+        """One line for the operator: the site, its live runs and the bound."""
+        runs = ", ".join(f"{run_id} (ε {eps:g})" for run_id, eps in self.live_runs)
+        return (
+            f"site {self.site} is already in live run{'s' if len(self.live_runs) > 1 else ''}"
+            f" {runs}: with this plan (ε {self.new_epsilon:g}) it could spend up to"
+            f" ε {self.combined_epsilon:g} combined (an upper bound: the sum of the plans' ε)"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The spelling in audit entries."""
+        return {
+            "site": self.site,
+            "live_runs": {run_id: eps for run_id, eps in self.live_runs},
+            "combined_epsilon": self.combined_epsilon,
+        }
+
+
+class ConcurrentRunError(Exception):
+    """A submission whose candidates overlap live runs, without `allow_concurrent`: refused,
+    because a second run silently charges every shared site's budget again."""
+
+    HINT = "pass --allow-concurrent (SubmitRunRequest.allow_concurrent) to start it anyway"
+
+    def __init__(self, overlaps: Sequence[SiteOverlap]) -> None:
+        self.overlaps = tuple(overlaps)
+        super().__init__("; ".join([o.message() for o in self.overlaps] + [self.HINT]))
 
 
 class Coordinator:
@@ -119,28 +166,86 @@ class Coordinator:
             await asyncio.sleep(TICK_INTERVAL_S)
 
     # ------------------------------------------------------------------ runs
-    def submit(self, plan_text: str, fmt: Literal["toml", "json"], submitted_by: str) -> RunEngine:
-        """Start a run of a plan (raises PlanError); the candidates are the sites that have
-        said Hello and are active on the roster."""
-        plan = parse_plan(plan_text, fmt)
-        run_id = "run-" + secrets.token_hex(4)
+    def candidates(self) -> list[str]:
+        """The sites a run submitted now is offered to: those that have said Hello and are
+        active on the roster."""
         sites = [row.site_id for row in self.store.sites()]
         if self.roster is not None:
             active = self.roster.roster.active_site_names()
             sites = [site for site in sites if site in active]
+        return sites
+
+    def overlaps(self, plan: RunPlan, candidates: Sequence[str]) -> list[SiteOverlap]:
+        """The candidates that are also candidates of a live (not terminal) run, with those
+        runs. A site that refused a live run's offer spends nothing in it, so that run is not
+        counted against it."""
+        live = [
+            (engine.run_id, engine.plan.privacy.epsilon, engine.progress())
+            for engine in self.engines.values()
+        ]
+        found = []
+        for site in candidates:
+            runs = tuple(
+                sorted(
+                    (run_id, eps)
+                    for run_id, eps, progress in live
+                    if not progress.status.terminal
+                    and site in progress.candidates
+                    and progress.decision(site) != "refused"
+                )
+            )
+            if runs:
+                found.append(SiteOverlap(site, runs, plan.privacy.epsilon))
+        return found
+
+    def check_submission(
+        self, plan_text: str, fmt: Literal["toml", "json"], *, allow_concurrent: bool = False
+    ) -> tuple[RunPlan, list[str], list[SiteOverlap]]:
+        """Everything `submit` checks, storing nothing (a validate-only request): the plan, its
+        candidates and their overlaps with live runs. Raises PlanError, or ConcurrentRunError
+        when there are overlaps and `allow_concurrent` is not set."""
+        plan = parse_plan(plan_text, fmt)
+        sites = self.candidates()
+        overlaps = self.overlaps(plan, sites)
+        if overlaps and not allow_concurrent:
+            raise ConcurrentRunError(overlaps)
+        return plan, sites, overlaps
+
+    def submit(
+        self,
+        plan_text: str,
+        fmt: Literal["toml", "json"],
+        submitted_by: str,
+        *,
+        allow_concurrent: bool = False,
+    ) -> RunEngine:
+        """Start a run of a plan (raises PlanError, or ConcurrentRunError: see
+        `check_submission`); the candidates are the sites that have said Hello and are active
+        on the roster. A run allowed to overlap live runs says which in its audit entry."""
+        plan, sites, overlaps = self.check_submission(
+            plan_text, fmt, allow_concurrent=allow_concurrent
+        )
+        run_id = "run-" + secrets.token_hex(4)
         engine, effects = RunEngine.start(run_id, plan, sites, self.clock())
         self.engines[run_id] = engine
         self._submitted_by[run_id] = submitted_by
-        detail = {"run_id": run_id, "plan_sha256": plan.sha256(), "candidates": sites}
+        detail: dict[str, Any] = {
+            "run_id": run_id,
+            "plan_sha256": plan.sha256(),
+            "candidates": sites,
+        }
+        if overlaps:
+            detail["concurrent"] = [o.to_json() for o in overlaps]
         self._persist(engine, effects, [(submitted_by, "run_submitted", detail)])
         log.info(
-            "run %s submitted by %s: plan %r (%s mode, %d rounds), offered to %d sites",
+            "run %s submitted by %s: plan %r (%s mode, %d rounds), offered to %d sites%s",
             run_id,
             submitted_by,
             plan.name,
             plan.training.mode,
             plan.training.rounds,
             len(engine.candidates),
+            f", {len(overlaps)} of them also in live runs" if overlaps else "",
         )
         return engine
 
@@ -198,7 +303,14 @@ class Coordinator:
             if result.epsilon_run is not None:
                 detail["epsilon_run"] = result.epsilon_run
             audit.append((f"site:{site}", "result", detail))
-        self._persist(engine, effects, audit)
+        # every accepted result's privacy report refreshes the site's lifetime ε in the store
+        # (Hello alone would leave `fedctl sites` showing the budget as of the agent's start)
+        lifetime = (
+            {site: result.epsilon_lifetime}
+            if not duplicate and result.epsilon_lifetime is not None
+            else None
+        )
+        self._persist(engine, effects, audit, lifetime_epsilon=lifetime)
         return duplicate
 
     def reject_result(self, site: str, task_id: str, reason: str, run_id: str | None) -> None:
@@ -227,10 +339,16 @@ class Coordinator:
 
     # ------------------------------------------------------------------ persistence
     def _persist(
-        self, engine: RunEngine, effects: Sequence[Effect], audit: Sequence[AuditEntry]
+        self,
+        engine: RunEngine,
+        effects: Sequence[Effect],
+        audit: Sequence[AuditEntry],
+        lifetime_epsilon: dict[str, float] | None = None,
     ) -> None:
         """Save the engine if it changed (or there is something to audit), with every decoded
-        sum and its `aggregated` entry, in one transaction; then wake whoever waits."""
+        sum and its `aggregated` entry, in one transaction; then wake whoever waits.
+        `lifetime_epsilon` (a result's reported lifetime spend per site) joins that
+        transaction."""
         entries = list(audit)
         aggregates: list[Aggregate] = []
         wake = False
@@ -265,7 +383,7 @@ class Coordinator:
                 wake = True
         state, vectors = snapshot.dump(engine)
         text = json.dumps(state, sort_keys=True)
-        if entries or self._saved.get(engine.run_id) != text:
+        if entries or lifetime_epsilon or self._saved.get(engine.run_id) != text:
             self.store.save_run(
                 state,
                 vectors,
@@ -273,6 +391,7 @@ class Coordinator:
                 global_round=state["global_round"],
                 audit=entries,
                 aggregates=aggregates,
+                lifetime_epsilon=lifetime_epsilon,
             )
             self._saved[engine.run_id] = text
             wake = True

@@ -205,13 +205,26 @@ def run_status(engine: RunEngine, row: RunRow | None, sites: list[SiteRow]) -> a
         status.metrics_round = latest.round
         for name, value in sorted(latest.metrics.items()):
             status.latest_metrics.add(name=name, value=value)
+    # the whole course, not only the latest figures: `fedctl status --output json` is how a
+    # script (or the report) follows a metric across rounds without scraping watch output
+    for record in progress.history:
+        entry = status.history.add(
+            purpose=record.purpose.value,
+            round=record.round,
+            attempt=record.attempt,
+            participants=len(record.participants),
+            survivors=record.survivors,
+        )
+        for name, value in sorted(record.metrics.items()):
+            entry.metrics.add(name=name, value=value)
     return status
 
 
 def site_decision(progress: RunProgress, site: str, out: admin_pb2.SiteInfo) -> None:
-    """A site's answer to a live run's offer, on its ListSites row (the reason only if it
-    refused, where ListSites has room for one)."""
+    """A site's answer to a live run's offer and the ε it last reported spending in it, on its
+    ListSites row (the reason only if it refused, where ListSites has room for one)."""
     out.run_id = progress.run_id
+    out.run_epsilon_spent = progress.privacy.get(site, {}).get("epsilon_run", 0.0)
     decision = progress.decision(site)
     out.decision = DECISION_TO_WIRE[decision]
     if decision == "refused":

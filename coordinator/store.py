@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,6 +155,23 @@ class CoordinatorStore:
             "UPDATE sites SET last_seen = ? WHERE site_id = ?", (self._clock(), site_id)
         )
 
+    def _record_lifetime_epsilon(self, site_id: str, epsilon: float) -> None:
+        """Overwrite the lifetime ε of a site's stored policy with the figure its latest result
+        reported. The policy otherwise comes from Hello only, so without this `fedctl sites`
+        would show the budget as it stood when the agent connected, however much it has spent
+        since. The latest report wins (not the largest): a site answers one task at a time, so
+        its latest report is its ledger as it stands now."""
+        row = self._conn.execute(
+            "SELECT policy_json FROM sites WHERE site_id = ?", (site_id,)
+        ).fetchone()
+        if row is None:
+            return
+        policy = json.loads(row[0])
+        policy["lifetime_epsilon_spent"] = float(epsilon)
+        self._conn.execute(
+            "UPDATE sites SET policy_json = ? WHERE site_id = ?", (json.dumps(policy), site_id)
+        )
+
     def sites(self) -> list[SiteRow]:
         """Every site ever seen, by id: the run candidates and ListSites."""
         rows = self._conn.execute(
@@ -180,8 +197,13 @@ class CoordinatorStore:
         global_round: int | None = None,
         audit: Sequence[tuple[str, str, dict[str, Any]]] = (),
         aggregates: Sequence[Aggregate] = (),
+        lifetime_epsilon: Mapping[str, float] | None = None,
     ) -> None:
         """Persist an engine snapshot (and any audit entries) atomically.
+
+        `lifetime_epsilon` ({site: ε}) is what the result being saved reported as the site's
+        lifetime spend: written to its sites row in the same transaction, so the figure
+        operators see never runs ahead of (or behind) the result that carried it.
 
         A vector is rewritten only when its bytes differ from the ones last written (compared
         by SHA-256, never by object identity: an array updated in place is still the same
@@ -238,6 +260,8 @@ class CoordinatorStore:
                         np.ascontiguousarray(total, dtype="<u4").tobytes(),
                     ),
                 )
+            for site_id, epsilon in (lifetime_epsilon or {}).items():
+                self._record_lifetime_epsilon(site_id, epsilon)
             for actor, action, detail in audit:
                 self.audit.append(actor, action, detail)
         # only once committed: after a rollback the next save writes them again

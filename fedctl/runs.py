@@ -27,6 +27,12 @@ def register(sub: Any) -> None:
     p.add_argument("plan", type=Path, help="run plan (TOML, or JSON with a .json suffix)")
     p.add_argument("--validate-only", action="store_true", help="check the plan, submit nothing")
     p.add_argument("--detach", action="store_true", help="submit and return without following")
+    p.add_argument(
+        "--allow-concurrent",
+        action="store_true",
+        help="start the run even if some of its sites are in a live run (each run spends from"
+        " the same site budgets; without this such a plan is refused with the combined ε)",
+    )
     add_config_argument(p, follows=True)
     p.set_defaults(handler=cmd_run)
 
@@ -122,7 +128,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     stub, _channel = admin_stub(args.config)
     try:
         response = stub.SubmitRun(
-            admin_pb2.SubmitRunRequest(format=fmt, plan_text=text, validate_only=args.validate_only)
+            admin_pb2.SubmitRunRequest(
+                format=fmt,
+                plan_text=text,
+                validate_only=args.validate_only,
+                allow_concurrent=args.allow_concurrent,
+            )
         )
     except grpc.RpcError as exc:
         raise rpc_error(exc) from None
@@ -202,18 +213,39 @@ def cmd_sites(args: argparse.Namespace) -> int:
     if args.output == "json":
         print(_json(response))
         return EXIT_OK
+    if not response.sites:
+        print("no site has connected yet")
+        return EXIT_OK
+    print(f"online = last call < {response.online_timeout_s:g} s ago")
     for site in response.sites:
         state = admin_pb2.SiteState.Name(site.state).removeprefix("SITE_STATE_").lower()
         policy = site.policy
-        print(
-            f"{site.site_id:<20} {state:<8} agent {site.agent_version or '?':<10} "
+        line = (
+            f"{site.site_id:<20} {state:<8} seen {format_age(site.last_seen_age_s):>7} ago "
+            f"agent {site.agent_version or '?':<10} "
             f"max ε/run {policy.max_epsilon_per_run:g} "
             f"lifetime ε {policy.lifetime_epsilon_spent:.2f}"
             f"/{policy.lifetime_epsilon_budget:g}"
         )
-    if not response.sites:
-        print("no site has connected yet")
+        if site.run_id:
+            line += f" · {site.run_id} ε {site.run_epsilon_spent:.2f}"
+        print(line)
     return EXIT_OK
+
+
+def format_age(seconds: float) -> str:
+    """A last-seen age as an operator reads it: 4s, 3m05s, 2h07m, 3d04h."""
+    total = max(0, int(seconds))
+    if total < 60:
+        return f"{total}s"
+    minutes, secs = divmod(total, 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours:02d}h"
 
 
 def cmd_stop(args: argparse.Namespace) -> int:

@@ -67,14 +67,16 @@ SITE_STATE_ONLINE: SiteState
 SITE_STATE_OFFLINE: SiteState
 
 class SubmitRunRequest(_message.Message):
-    __slots__ = ("format", "plan_text", "validate_only")
+    __slots__ = ("format", "plan_text", "validate_only", "allow_concurrent")
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     PLAN_TEXT_FIELD_NUMBER: _ClassVar[int]
     VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_CONCURRENT_FIELD_NUMBER: _ClassVar[int]
     format: PlanFormat
     plan_text: str
     validate_only: bool
-    def __init__(self, format: _Optional[_Union[PlanFormat, str]] = ..., plan_text: _Optional[str] = ..., validate_only: _Optional[bool] = ...) -> None: ...
+    allow_concurrent: bool
+    def __init__(self, format: _Optional[_Union[PlanFormat, str]] = ..., plan_text: _Optional[str] = ..., validate_only: _Optional[bool] = ..., allow_concurrent: _Optional[bool] = ...) -> None: ...
 
 class FieldError(_message.Message):
     __slots__ = ("field", "message")
@@ -118,8 +120,24 @@ class Metric(_message.Message):
     value: float
     def __init__(self, name: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
 
+class RoundHistory(_message.Message):
+    __slots__ = ("purpose", "round", "attempt", "participants", "survivors", "metrics")
+    PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
+    SURVIVORS_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    purpose: str
+    round: int
+    attempt: int
+    participants: int
+    survivors: _containers.RepeatedScalarFieldContainer[str]
+    metrics: _containers.RepeatedCompositeFieldContainer[Metric]
+    def __init__(self, purpose: _Optional[str] = ..., round: _Optional[int] = ..., attempt: _Optional[int] = ..., participants: _Optional[int] = ..., survivors: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Iterable[_Union[Metric, _Mapping]]] = ...) -> None: ...
+
 class RunStatus(_message.Message):
-    __slots__ = ("run_id", "plan_name", "state", "stage", "round", "total_rounds", "attempt", "sites_alive", "sites", "latest_metrics", "metrics_round", "submitted_unix_ms", "updated_unix_ms", "message")
+    __slots__ = ("run_id", "plan_name", "state", "stage", "round", "total_rounds", "attempt", "sites_alive", "sites", "latest_metrics", "metrics_round", "submitted_unix_ms", "updated_unix_ms", "message", "history")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     PLAN_NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -134,6 +152,7 @@ class RunStatus(_message.Message):
     SUBMITTED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     UPDATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     plan_name: str
     state: _federation_pb2.RunState
@@ -148,7 +167,8 @@ class RunStatus(_message.Message):
     submitted_unix_ms: int
     updated_unix_ms: int
     message: str
-    def __init__(self, run_id: _Optional[str] = ..., plan_name: _Optional[str] = ..., state: _Optional[_Union[_federation_pb2.RunState, str]] = ..., stage: _Optional[_Union[RunStage, str]] = ..., round: _Optional[int] = ..., total_rounds: _Optional[int] = ..., attempt: _Optional[int] = ..., sites_alive: _Optional[int] = ..., sites: _Optional[_Iterable[_Union[SiteRunStatus, _Mapping]]] = ..., latest_metrics: _Optional[_Iterable[_Union[Metric, _Mapping]]] = ..., metrics_round: _Optional[int] = ..., submitted_unix_ms: _Optional[int] = ..., updated_unix_ms: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+    history: _containers.RepeatedCompositeFieldContainer[RoundHistory]
+    def __init__(self, run_id: _Optional[str] = ..., plan_name: _Optional[str] = ..., state: _Optional[_Union[_federation_pb2.RunState, str]] = ..., stage: _Optional[_Union[RunStage, str]] = ..., round: _Optional[int] = ..., total_rounds: _Optional[int] = ..., attempt: _Optional[int] = ..., sites_alive: _Optional[int] = ..., sites: _Optional[_Iterable[_Union[SiteRunStatus, _Mapping]]] = ..., latest_metrics: _Optional[_Iterable[_Union[Metric, _Mapping]]] = ..., metrics_round: _Optional[int] = ..., submitted_unix_ms: _Optional[int] = ..., updated_unix_ms: _Optional[int] = ..., message: _Optional[str] = ..., history: _Optional[_Iterable[_Union[RoundHistory, _Mapping]]] = ...) -> None: ...
 
 class ListRunsRequest(_message.Message):
     __slots__ = ("limit",)
@@ -187,7 +207,7 @@ class ListSitesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class SiteInfo(_message.Message):
-    __slots__ = ("site_id", "state", "last_seen_unix_ms", "agent_version", "policy", "run_id", "decision", "reason")
+    __slots__ = ("site_id", "state", "last_seen_unix_ms", "agent_version", "policy", "run_id", "decision", "reason", "last_seen_age_s", "run_epsilon_spent")
     SITE_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     LAST_SEEN_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
@@ -196,6 +216,8 @@ class SiteInfo(_message.Message):
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     DECISION_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_AGE_S_FIELD_NUMBER: _ClassVar[int]
+    RUN_EPSILON_SPENT_FIELD_NUMBER: _ClassVar[int]
     site_id: str
     state: SiteState
     last_seen_unix_ms: int
@@ -204,13 +226,17 @@ class SiteInfo(_message.Message):
     run_id: str
     decision: PlanDecision
     reason: str
-    def __init__(self, site_id: _Optional[str] = ..., state: _Optional[_Union[SiteState, str]] = ..., last_seen_unix_ms: _Optional[int] = ..., agent_version: _Optional[str] = ..., policy: _Optional[_Union[_federation_pb2.PolicySummary, _Mapping]] = ..., run_id: _Optional[str] = ..., decision: _Optional[_Union[PlanDecision, str]] = ..., reason: _Optional[str] = ...) -> None: ...
+    last_seen_age_s: float
+    run_epsilon_spent: float
+    def __init__(self, site_id: _Optional[str] = ..., state: _Optional[_Union[SiteState, str]] = ..., last_seen_unix_ms: _Optional[int] = ..., agent_version: _Optional[str] = ..., policy: _Optional[_Union[_federation_pb2.PolicySummary, _Mapping]] = ..., run_id: _Optional[str] = ..., decision: _Optional[_Union[PlanDecision, str]] = ..., reason: _Optional[str] = ..., last_seen_age_s: _Optional[float] = ..., run_epsilon_spent: _Optional[float] = ...) -> None: ...
 
 class ListSitesResponse(_message.Message):
-    __slots__ = ("sites",)
+    __slots__ = ("sites", "online_timeout_s")
     SITES_FIELD_NUMBER: _ClassVar[int]
+    ONLINE_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     sites: _containers.RepeatedCompositeFieldContainer[SiteInfo]
-    def __init__(self, sites: _Optional[_Iterable[_Union[SiteInfo, _Mapping]]] = ...) -> None: ...
+    online_timeout_s: float
+    def __init__(self, sites: _Optional[_Iterable[_Union[SiteInfo, _Mapping]]] = ..., online_timeout_s: _Optional[float] = ...) -> None: ...
 
 class GetAuditRequest(_message.Message):
     __slots__ = ("after_seq", "limit")

@@ -224,6 +224,11 @@ def test_run_status_of_a_finished_run(
     companions = ("", "_se", "_lo", "_hi", "_resolvable")  # federation/metric_intervals.py
     assert set(metrics) == {f + c for f in figures for c in companions}
     assert metrics["c_windowed"] == pytest.approx(200 / 260, abs=0.01)
+    # the whole course is there too, for `fedctl status --output json`
+    history = [(h.purpose, h.round, h.participants, list(h.survivors)) for h in status.history]
+    assert history == [(p, r, 3, NAMES) for p, r in (("stats", 0), ("update", 1), ("metrics", 1))]
+    assert {m.name: m.value for m in status.history[-1].metrics} == metrics
+    assert [m.name for m in status.history[0].metrics] == ["patients"]  # the statistics count
 
 
 def test_run_status_shows_the_open_secagg_stage() -> None:
