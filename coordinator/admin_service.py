@@ -48,7 +48,10 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         and the combined ε it could spend, then an `allow_concurrent` error saying how to go
         ahead. A validate-only request gets the same errors (not a warning): it answers what
         the submission would get, so a dry run that passes means the real one starts. Every
-        refusal, validate-only or not, is audited as `run_refused`."""
+        refusal, validate-only or not, is audited as `run_refused`.
+
+        `dry_run` starts a run that only asks each site whether it would accept the plan (see
+        `RunEngine`); the overlap check does not apply to it, as it charges nothing."""
         identity = current_identity.get()
         fmt: Literal["toml", "json"] = (
             "json" if request.format == admin_pb2.PLAN_FORMAT_JSON else "toml"
@@ -60,11 +63,17 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         try:
             if request.validate_only:
                 plan, _, _ = self.c.check_submission(
-                    request.plan_text, fmt, allow_concurrent=request.allow_concurrent
+                    request.plan_text,
+                    fmt,
+                    allow_concurrent=request.allow_concurrent or request.dry_run,
                 )
                 return admin_pb2.SubmitRunResponse(plan_sha256=plan.sha256())
             engine = self.c.submit(
-                request.plan_text, fmt, identity.uri, allow_concurrent=request.allow_concurrent
+                request.plan_text,
+                fmt,
+                identity.uri,
+                allow_concurrent=request.allow_concurrent,
+                dry_run=request.dry_run,
             )
         except PlanError as exc:
             errors = [

@@ -178,10 +178,11 @@ class Coordinator:
     def overlaps(self, plan: RunPlan, candidates: Sequence[str]) -> list[SiteOverlap]:
         """The candidates that are also candidates of a live (not terminal) run, with those
         runs. A site that refused a live run's offer spends nothing in it, so that run is not
-        counted against it."""
+        counted against it, nor is a dry run, which charges no site anything."""
         live = [
             (engine.run_id, engine.plan.privacy.epsilon, engine.progress())
             for engine in self.engines.values()
+            if not engine.dry_run
         ]
         found = []
         for site in candidates:
@@ -218,15 +219,21 @@ class Coordinator:
         submitted_by: str,
         *,
         allow_concurrent: bool = False,
+        dry_run: bool = False,
     ) -> RunEngine:
         """Start a run of a plan (raises PlanError, or ConcurrentRunError: see
         `check_submission`); the candidates are the sites that have said Hello and are active
-        on the roster. A run allowed to overlap live runs says which in its audit entry."""
+        on the roster. A run allowed to overlap live runs says which in its audit entry.
+
+        A dry run (`dry_run`) only asks the sites whether they would accept: it charges no
+        budget, so the overlap check, which guards budgets, does not apply to it."""
         plan, sites, overlaps = self.check_submission(
-            plan_text, fmt, allow_concurrent=allow_concurrent
+            plan_text, fmt, allow_concurrent=allow_concurrent or dry_run
         )
+        if dry_run:
+            overlaps = []
         run_id = "run-" + secrets.token_hex(4)
-        engine, effects = RunEngine.start(run_id, plan, sites, self.clock())
+        engine, effects = RunEngine.start(run_id, plan, sites, self.clock(), dry_run=dry_run)
         self.engines[run_id] = engine
         self._submitted_by[run_id] = submitted_by
         detail: dict[str, Any] = {
@@ -234,11 +241,14 @@ class Coordinator:
             "plan_sha256": plan.sha256(),
             "candidates": sites,
         }
+        if dry_run:
+            detail["dry_run"] = True
         if overlaps:
             detail["concurrent"] = [o.to_json() for o in overlaps]
         self._persist(engine, effects, [(submitted_by, "run_submitted", detail)])
         log.info(
-            "run %s submitted by %s: plan %r (%s mode, %d rounds), offered to %d sites%s",
+            "%s %s submitted by %s: plan %r (%s mode, %d rounds), offered to %d sites%s",
+            "dry run" if dry_run else "run",
             run_id,
             submitted_by,
             plan.name,

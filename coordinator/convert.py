@@ -82,6 +82,7 @@ def task_to_wire(
     if kind is TaskKind.PLAN_OFFER:
         message.plan_offer.plan_json = plan.canonical_json()
         message.plan_offer.plan_sha256 = plan.sha256()
+        message.plan_offer.dry_run = engine.dry_run
     elif kind is TaskKind.FEDERATED_STATS:
         message.federated_stats.spec_json = json.dumps({"plan_sha256": plan.sha256()})
     elif kind in (TaskKind.TRAIN, TaskKind.EVALUATE):
@@ -198,6 +199,7 @@ def run_status(engine: RunEngine, row: RunRow | None, sites: list[SiteRow]) -> a
             reason=progress.refusals.get(site, progress.awaiting.get(site, "")),
             alive=site in alive,
             epsilon_spent=progress.privacy.get(site, {}).get("epsilon_run", 0.0),
+            epsilon_lifetime=progress.privacy.get(site, {}).get("epsilon_lifetime", 0.0),
             last_seen_unix_ms=int(seen.get(site, 0.0) * 1000),
         )
     latest = progress.latest_metrics()

@@ -13,6 +13,11 @@ aggregation session over the vector they prepared, and the engine decodes the su
 
     offer → stats → [train_r → (evaluate_r)] for r = 1..R → finished
 
+A *dry run* (`fedctl run --dry-run`) is the offer phase alone: its offers ask each site only to
+check the plan (PlanOffer.dry_run), and when the phase closes the run finishes — COMPLETED if at
+least the quorum would accept, FAILED otherwise, the same rule a real run's offer phase applies —
+without a statistics step or a RunFinished task (the sites kept nothing of it to clean up).
+
 A step whose session aborts (fewer than t survivors) or that is interrupted by a coordinator
 restart is retried from its local part with attempt + 1 and fresh secagg keys; sites decide
 themselves whether their cached release may be reused (never after they answered an Unmask).
@@ -20,6 +25,7 @@ themselves whether their cached release may be reused (never after they answered
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -56,9 +62,17 @@ class RunEngine:
     The attributes are the run's state; `snapshot.py` persists them, everyone else reads
     `progress()` and `task_for()` and feeds inputs."""
 
-    def __init__(self, run_id: str, plan: RunPlan, ids: Callable[[], str] = new_task_id) -> None:
+    def __init__(
+        self,
+        run_id: str,
+        plan: RunPlan,
+        ids: Callable[[], str] = new_task_id,
+        *,
+        dry_run: bool = False,
+    ) -> None:
         self.run_id = run_id
         self.plan = plan
+        self.dry_run = dry_run
         self._ids = ids
         self.status = RunStatus.PENDING
         self.message = ""
@@ -95,9 +109,12 @@ class RunEngine:
         candidates: list[str],
         now: float,
         ids: Callable[[], str] = new_task_id,
+        *,
+        dry_run: bool = False,
     ) -> tuple[RunEngine, list[Effect]]:
-        """A new run: offer the plan to every candidate site the plan does not exclude."""
-        engine = cls(run_id, plan, ids)
+        """A new run: offer the plan to every candidate site the plan does not exclude (a dry
+        run: ask them only whether they would accept it)."""
+        engine = cls(run_id, plan, ids, dry_run=dry_run)
         wanted = set(plan.sites) if plan.sites is not None else None
 
         def offer() -> None:
@@ -140,6 +157,15 @@ class RunEngine:
                 f"site {site}: result for task {result.task_id[:12]} is not outstanding", "stale"
             )
         task.check(site, result, now)
+        if (
+            task.kind is TaskKind.PLAN_OFFER
+            and result.error_code == "approval_pending"
+            and self.dry_run
+        ):
+            # A dry run waits for nobody: "needs a person's approval" is an accept with a note
+            # (kept where a pending approval's reason is, so the operator reads it per site).
+            result = dataclasses.replace(result, error_code=None)
+            self.awaiting[site] = result.error_message or "needs manual approval at the site"
         if task.kind is TaskKind.PLAN_OFFER and result.error_code == "approval_pending":
             # The site's policy waits for a person's approval: the offer stays outstanding (the
             # site answers it again once decided) until the offer deadline closes the phase.
@@ -280,6 +306,9 @@ class RunEngine:
             if self.tasks and not deadline_passed:
                 return False
             self.tasks.clear()
+            if self.dry_run:
+                self._finish_dry_run(now)
+                return True
             if len(self.accepted) < self.plan.quorum:
                 refused = "; ".join(f"{s}: {r}" for s, r in sorted(self.refusals.items()))
                 self._finish(
@@ -425,6 +454,18 @@ class RunEngine:
         else:
             self._begin_step(Phase.TRAIN, self.round + 1, now)
 
+    def _finish_dry_run(self, now: float) -> None:
+        """The end of a dry run's offer phase: its answer is how many would accept."""
+        would, of = len(self.accepted), len(self.candidates)
+        status = RunStatus.COMPLETED if would >= self.plan.quorum else RunStatus.FAILED
+        silent = sorted(set(self.candidates) - set(self.accepted) - set(self.refusals))
+        message = f"dry run: {would} of {of} sites would accept (quorum {self.plan.quorum})"
+        if self.refusals:
+            message += "; refused: " + ", ".join(sorted(self.refusals))
+        if silent:
+            message += "; no answer: " + ", ".join(silent)
+        self._finish(status, message, now)
+
     def _finish(self, status: RunStatus, message: str, now: float) -> None:
         self.status = status
         self.message = message
@@ -432,6 +473,7 @@ class RunEngine:
         self.tasks.clear()
         self.phase = Phase.FINISHING
         self.step_deadline = now + FINISH_TIMEOUT_S
-        for site in self.accepted or self.candidates:
+        # A dry run's sites saved no plan and hold nothing of it: no RunFinished to send.
+        for site in [] if self.dry_run else self.accepted or self.candidates:
             self._assign(site, TaskKind.RUN_FINISHED, self.step_deadline)
         self._effects.append(RunFinished(status, message))

@@ -35,6 +35,7 @@ def dump(engine: RunEngine) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     state: dict[str, Any] = {
         "run_id": engine.run_id,
         "plan": engine.plan.model_dump(mode="json"),
+        "dry_run": engine.dry_run,
         "status": engine.status.value,
         "message": engine.message,
         "phase": engine.phase.value,
@@ -77,7 +78,9 @@ def load(
 ) -> RunEngine:
     """The engine `dump` described, exactly as it was (without its session): for read-only
     views of finished runs, and the first half of `restore`."""
-    engine = RunEngine(state["run_id"], RunPlan.model_validate(state["plan"]), ids)
+    # a restarted coordinator must not turn a dry run into a real one (absent before dry runs)
+    dry_run = bool(state.get("dry_run", False))
+    engine = RunEngine(state["run_id"], RunPlan.model_validate(state["plan"]), ids, dry_run=dry_run)
     engine.status = RunStatus(state["status"])
     engine.message = state["message"]
     engine.phase = Phase(state["phase"])

@@ -28,6 +28,13 @@ def register(sub: Any) -> None:
     p.add_argument("--validate-only", action="store_true", help="check the plan, submit nothing")
     p.add_argument("--detach", action="store_true", help="submit and return without following")
     p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="ask every connected site whether it would accept the plan (its reasons and ε"
+        " estimate), print a per-site table; nothing is released, charged or recorded as a run."
+        " Exit 0 if at least the quorum would accept, else 1",
+    )
+    p.add_argument(
         "--allow-concurrent",
         action="store_true",
         help="start the run even if some of its sites are in a live run (each run spends from"
@@ -118,6 +125,56 @@ def follow(
     return progress.follow(stub, run_id, output, plan_epsilon=plan_epsilon, detachable=detachable)
 
 
+DRY_RUN_ANSWER: dict[int, str] = {
+    admin_pb2.PLAN_DECISION_ACCEPTED: "would accept",
+    admin_pb2.PLAN_DECISION_REFUSED: "refuses",
+}
+
+
+def dry_run_table(status: admin_pb2.RunStatus) -> str:
+    """A dry run's answer, one row per candidate site: would it accept, the ε the plan would
+    spend there, its lifetime ε spent so far, and its reason (a refusal's, or a note such as
+    "needs manual approval"). The reason comes last: it is the one column of unbounded width."""
+    header = ("site", "answer", "ε run", "ε lifetime", "reason")
+    rows = [
+        (
+            site.site_id,
+            DRY_RUN_ANSWER.get(site.decision, "no answer"),
+            f"{site.epsilon_spent:.2f}"
+            if site.decision != admin_pb2.PLAN_DECISION_PENDING
+            else "-",
+            f"{site.epsilon_lifetime:.2f}"
+            if site.decision != admin_pb2.PLAN_DECISION_PENDING
+            else "-",
+            site.reason or "-",
+        )
+        for site in status.sites
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
+    lines = [
+        "  ".join(
+            [*(cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)), row[4]]
+        ).rstrip()
+        for row in [header, *rows]
+    ]
+    return "\n".join([*lines, status.message])
+
+
+def _follow_dry_run(stub: Any, run_id: str, output: str) -> int:
+    """Follow a dry run to its end, then print its per-site table (the JSON status with
+    `--output json`). The exit code is `follow`'s: the coordinator completes a dry run only
+    if at least the plan's quorum would accept."""
+    code = follow(stub, run_id, output if output == "json" else "text")
+    if code not in (EXIT_OK, EXIT_FAILED):
+        return code  # interrupted: the table is not final yet
+    try:
+        status = stub.GetRun(admin_pb2.GetRunRequest(run_id=run_id))
+    except grpc.RpcError as exc:
+        raise rpc_error(exc) from None
+    print(_json(status) if output == "json" else dry_run_table(status), flush=True)
+    return code
+
+
 # ---------------------------------------------------------------------- commands
 def cmd_run(args: argparse.Namespace) -> int:
     try:
@@ -133,6 +190,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 plan_text=text,
                 validate_only=args.validate_only,
                 allow_concurrent=args.allow_concurrent,
+                dry_run=args.dry_run,
             )
         )
     except grpc.RpcError as exc:
@@ -149,9 +207,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.output == "json":
         print(_json(response), flush=True)
     else:
-        print(f"submitted {response.run_id} (plan sha256 {response.plan_sha256[:16]})", flush=True)
+        what = "dry run" if args.dry_run else "submitted"
+        print(f"{what} {response.run_id} (plan sha256 {response.plan_sha256[:16]})", flush=True)
     if args.detach:
         return EXIT_OK
+    if args.dry_run:
+        return _follow_dry_run(stub, response.run_id, args.output)
     return follow(stub, response.run_id, args.output, plan_epsilon=_plan_epsilon(text, fmt))
 
 

@@ -347,7 +347,10 @@ class SiteAgent:
                     log.warning("coordinator rejected our result: %s", exc.details())
                     continue
                 raise
-            if result.error.code == federation_pb2.TASK_ERROR_APPROVAL_PENDING:
+            if (
+                result.error.code == federation_pb2.TASK_ERROR_APPROVAL_PENDING
+                and not task.plan_offer.dry_run  # a dry run's note: nothing to ask again
+            ):
                 # The offer stays open until a person decides; ask again in a while, not in a
                 # tight loop (the coordinator hands the same offer back at once).
                 await asyncio.sleep(APPROVAL_POLL_S)

@@ -125,24 +125,27 @@ class TaskHandlers(PlanOffers, ReleaseCharging):
         kind = task_kind_from_wire(task.kind)
         self._crash_if_asked(task, kind)
         result = federation_pb2.TaskResult(task_id=task.task_id, kind=task.kind)
+        dry_run = kind is TaskKind.PLAN_OFFER and task.plan_offer.dry_run
         try:
             result.payload = self._dispatch(task, kind)
         except TaskFailed as exc:
             result.error.code = exc.code  # type: ignore[assignment]
             result.error.message = exc.message
             if not exc.audited:
-                self.audit.append(
-                    self.site_id,
-                    "task_refused",
-                    {"run_id": task.run_id, "kind": _audit_kind(task.kind), "reason": exc.message},
-                )
+                detail: dict[str, object] = {"run_id": task.run_id, "kind": _audit_kind(task.kind)}
+                if dry_run:
+                    detail["dry_run"] = True  # a check only: no run of this plan was refused
+                detail["reason"] = exc.message
+                self.audit.append(self.site_id, "task_refused", detail)
         except Exception as exc:  # never let one bad task kill the agent
             # The detail (it may hold a local path or a value) stays in the site log.
             log.exception("task %s failed", _audit_kind(task.kind))
             result.error.code = K.TASK_ERROR_INTERNAL
             result.error.message = f"internal error ({type(exc).__name__}); see the site log"
         run = self.runs.get(task.run_id)
-        if run is not None:
+        if dry_run:
+            self.dry_run_estimate(task, result)  # accepted or refused: no run here to report
+        elif run is not None:
             delta = run.plan.privacy.delta
             result.privacy.epsilon_spent_run = self.ledger.epsilon_run(task.run_id, delta)
             result.privacy.epsilon_spent_lifetime = self.ledger.epsilon_lifetime(delta)

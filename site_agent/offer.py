@@ -4,6 +4,13 @@ Split from `site_agent.handlers` (whose `TaskHandlers` inherits it) because acce
 its own job: the purpose, the data as the plan reads it, the policy, data refusals, a person's
 approval under `policy.approval = "manual"`, the records of processing, and the saved,
 hash-pinned plan every later task is checked against.
+
+A *dry-run* offer (PlanOffer.dry_run, `fedctl run --dry-run`) runs the same checks and answers
+with the same refusals, but keeps nothing: no saved plan, no record of processing, no approval
+request (a plan awaiting a person is reported as an accept that needs manual approval), and an
+audit entry `plan_checked` in place of `plan_accepted`. Its answer carries the site's ε estimate
+(`dry_run_estimate`). No task of a dry run follows, and a later real offer of the same plan is
+judged afresh.
 """
 
 from __future__ import annotations
@@ -83,7 +90,8 @@ class PlanOffers:
 
     def _plan_offer(self, task: federation_pb2.Task) -> None:
         """Accept the plan if it is intact and fits the local policy and data; else refuse with
-        every reason (the operator fixes the plan in one go)."""
+        every reason (the operator fixes the plan in one go). A dry-run offer stops after the
+        checks (`_plan_checked`)."""
         verify.check_plan_text(task.plan_offer)
         try:
             plan = RunPlan.model_validate_json(task.plan_offer.plan_json)
@@ -122,6 +130,9 @@ class PlanOffers:
             log.warning("refused plan of run %s: %s", task.run_id, reason)
             raise TaskFailed(K.TASK_ERROR_POLICY_REFUSED, reason)
         warnings = data.quality.warnings if data.quality is not None else []
+        if task.plan_offer.dry_run:
+            self._plan_checked(task, plan, data, cohort, warnings)
+            return
         approved_by = self._approval(task, plan)
         for warning in warnings:
             log.warning("run %s, data: %s", task.run_id, warning)
@@ -153,13 +164,66 @@ class PlanOffers:
             },
         )
 
-    def _approval(self, task: federation_pb2.Task, plan: RunPlan) -> str | None:
-        """Under `policy.approval = "manual"`: who approved this plan, or a refusal (rejected)
-        or an "approval pending" answer (the offer stays open until someone decides)."""
+    def _plan_checked(
+        self,
+        task: federation_pb2.Task,
+        plan: RunPlan,
+        data: LocalDataset,
+        cohort: int,
+        warnings: list[str],
+    ) -> None:
+        """A dry-run offer that passed every check: audit `plan_checked` and keep nothing.
+
+        A plan a person must still approve is an accept with that note (sent as an "approval
+        pending" answer, which a dry run's coordinator closes as an accept); no approval is
+        requested, since nobody should be asked to approve a run that will not happen."""
+        approved_by = self._approved_by(plan)
+        needs_approval = self.config.policy.approval == "manual" and approved_by is None
+        self.audit.append(
+            self.site_id,
+            "plan_checked",
+            {
+                "run_id": task.run_id,
+                "plan_sha256": plan.sha256(),
+                "dry_run": True,
+                "rows": data.n_rows,
+                "excluded": data.excluded,
+                "training_rows": cohort,
+                "warnings": warnings,
+                "approved_by": approved_by,
+                "needs_approval": needs_approval,
+            },
+        )
+        if needs_approval:
+            note = TaskFailed(
+                K.TASK_ERROR_APPROVAL_PENDING,
+                f"would accept; needs manual approval at the site (plan {plan.sha256()[:12]})",
+            )
+            note.audited = True  # as plan_checked, above
+            raise note
+
+    def dry_run_estimate(
+        self, task: federation_pb2.Task, result: federation_pb2.TaskResult
+    ) -> None:
+        """A dry-run answer's privacy report: the ε the plan would spend here (its ε, capped by
+        policy.max_epsilon_per_run) and the site's lifetime ε spent so far, so the operator sees
+        each site's budget before a real run charges it. Nothing for a plan that cannot be read."""
+        try:
+            plan = RunPlan.model_validate_json(task.plan_offer.plan_json)
+        except ValueError:
+            return
+        delta = plan.privacy.delta
+        policy = self.config.policy
+        result.privacy.epsilon_spent_run = min(plan.privacy.epsilon, policy.max_epsilon_per_run)
+        result.privacy.epsilon_spent_lifetime = self.ledger.epsilon_lifetime(delta)
+        result.privacy.delta = delta
+
+    def _approved_by(self, plan: RunPlan) -> str | None:
+        """Who approved this plan under `policy.approval = "manual"` (None: nobody yet, or the
+        policy is "auto"); a rejected plan is refused."""
         if self.config.policy.approval == "auto":
             return None
-        sha = plan.sha256()
-        decided = self.approvals.get(sha)
+        decided = self.approvals.get(plan.sha256())
         if decided is not None and decided.status == "approved":
             return decided.decided_by
         if decided is not None and decided.status == "rejected":
@@ -168,6 +232,17 @@ class PlanOffers:
                 K.TASK_ERROR_POLICY_REFUSED,
                 f"plan rejected at the site by {decided.decided_by}{why}",
             )
+        return None
+
+    def _approval(self, task: federation_pb2.Task, plan: RunPlan) -> str | None:
+        """Under `policy.approval = "manual"`: who approved this plan, or a refusal (rejected)
+        or an "approval pending" answer (the offer stays open until someone decides)."""
+        if self.config.policy.approval == "auto":
+            return None
+        sha = plan.sha256()
+        approved_by = self._approved_by(plan)
+        if approved_by is not None:
+            return approved_by
         if self.approvals.request(plan):
             self.audit.append(
                 self.site_id, "plan_pending", {"run_id": task.run_id, "plan_sha256": sha}

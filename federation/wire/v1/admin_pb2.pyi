@@ -67,16 +67,18 @@ SITE_STATE_ONLINE: SiteState
 SITE_STATE_OFFLINE: SiteState
 
 class SubmitRunRequest(_message.Message):
-    __slots__ = ("format", "plan_text", "validate_only", "allow_concurrent")
+    __slots__ = ("format", "plan_text", "validate_only", "allow_concurrent", "dry_run")
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     PLAN_TEXT_FIELD_NUMBER: _ClassVar[int]
     VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
     ALLOW_CONCURRENT_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
     format: PlanFormat
     plan_text: str
     validate_only: bool
     allow_concurrent: bool
-    def __init__(self, format: _Optional[_Union[PlanFormat, str]] = ..., plan_text: _Optional[str] = ..., validate_only: _Optional[bool] = ..., allow_concurrent: _Optional[bool] = ...) -> None: ...
+    dry_run: bool
+    def __init__(self, format: _Optional[_Union[PlanFormat, str]] = ..., plan_text: _Optional[str] = ..., validate_only: _Optional[bool] = ..., allow_concurrent: _Optional[bool] = ..., dry_run: _Optional[bool] = ...) -> None: ...
 
 class FieldError(_message.Message):
     __slots__ = ("field", "message")
@@ -97,20 +99,22 @@ class SubmitRunResponse(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., errors: _Optional[_Iterable[_Union[FieldError, _Mapping]]] = ..., plan_sha256: _Optional[str] = ...) -> None: ...
 
 class SiteRunStatus(_message.Message):
-    __slots__ = ("site_id", "decision", "reason", "alive", "epsilon_spent", "last_seen_unix_ms")
+    __slots__ = ("site_id", "decision", "reason", "alive", "epsilon_spent", "last_seen_unix_ms", "epsilon_lifetime")
     SITE_ID_FIELD_NUMBER: _ClassVar[int]
     DECISION_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     ALIVE_FIELD_NUMBER: _ClassVar[int]
     EPSILON_SPENT_FIELD_NUMBER: _ClassVar[int]
     LAST_SEEN_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_LIFETIME_FIELD_NUMBER: _ClassVar[int]
     site_id: str
     decision: PlanDecision
     reason: str
     alive: bool
     epsilon_spent: float
     last_seen_unix_ms: int
-    def __init__(self, site_id: _Optional[str] = ..., decision: _Optional[_Union[PlanDecision, str]] = ..., reason: _Optional[str] = ..., alive: _Optional[bool] = ..., epsilon_spent: _Optional[float] = ..., last_seen_unix_ms: _Optional[int] = ...) -> None: ...
+    epsilon_lifetime: float
+    def __init__(self, site_id: _Optional[str] = ..., decision: _Optional[_Union[PlanDecision, str]] = ..., reason: _Optional[str] = ..., alive: _Optional[bool] = ..., epsilon_spent: _Optional[float] = ..., last_seen_unix_ms: _Optional[int] = ..., epsilon_lifetime: _Optional[float] = ...) -> None: ...
 
 class Metric(_message.Message):
     __slots__ = ("name", "value")

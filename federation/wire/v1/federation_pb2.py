@@ -24,21 +24,21 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#federation/wire/v1/federation.proto\x12\x17\x63oncordia.federation.v1\"\xd0\x01\n\rPolicySummary\x12\x18\n\x10\x61llowed_features\x18\x01 \x03(\t\x12\x1b\n\x13max_epsilon_per_run\x18\x02 \x01(\x01\x12\x1f\n\x17lifetime_epsilon_budget\x18\x03 \x01(\x01\x12\x1e\n\x16lifetime_epsilon_spent\x18\x04 \x01(\x01\x12\x11\n\tmax_delta\x18\x05 \x01(\x01\x12\x17\n\x0fmin_cohort_size\x18\x06 \x01(\r\x12\x1b\n\x13\x61llowed_model_kinds\x18\x07 \x03(\t\"n\n\x0cHelloRequest\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x15\n\ragent_version\x18\x02 \x01(\t\x12\x36\n\x06policy\x18\x03 \x01(\x0b\x32&.concordia.federation.v1.PolicySummary\"j\n\rHelloResponse\x12\x16\n\x0e\x63oordinator_id\x18\x01 \x01(\t\x12\x1b\n\x13server_time_unix_ms\x18\x02 \x01(\x03\x12\x14\n\x0cpoll_wait_ms\x18\x03 \x01(\r\x12\x0e\n\x06roster\x18\x04 \x01(\x0c\"3\n\x0fPullTaskRequest\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x0f\n\x07wait_ms\x18\x02 \x01(\r\"B\n\x0cGlobalVector\x12\x12\n\nfloat32_le\x18\x01 \x01(\x0c\x12\x0e\n\x06length\x18\x02 \x01(\r\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"@\n\x0fStandardisation\x12\x10\n\x08\x66\x65\x61tures\x18\x01 \x03(\t\x12\x0c\n\x04mean\x18\x02 \x03(\x01\x12\r\n\x05scale\x18\x03 \x03(\x01\"3\n\tPlanOffer\x12\x11\n\tplan_json\x18\x01 \x01(\t\x12\x13\n\x0bplan_sha256\x18\x02 \x01(\t\"\'\n\x12\x46\x65\x64\x65ratedStatsTask\x12\x11\n\tspec_json\x18\x01 \x01(\t\"\xa6\x01\n\tTrainTask\x12<\n\rglobal_vector\x18\x01 \x01(\x0b\x32%.concordia.federation.v1.GlobalVector\x12\x41\n\x0fstandardisation\x18\x02 \x01(\x0b\x32(.concordia.federation.v1.Standardisation\x12\x18\n\x10\x63onsortium_count\x18\x03 \x01(\x01\"\xb0\x01\n\x0c\x45valuateTask\x12<\n\rglobal_vector\x18\x01 \x01(\x0b\x32%.concordia.federation.v1.GlobalVector\x12\x41\n\x0fstandardisation\x18\x02 \x01(\x0b\x32(.concordia.federation.v1.Standardisation\x12\x0e\n\x06\x65vents\x18\x03 \x03(\x01\x12\x0f\n\x07\x61t_risk\x18\x04 \x03(\x01\"Z\n\x16ParticipantCertificate\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x02 \x01(\t\x12\x16\n\x0eparticipant_id\x18\x03 \x01(\r\"\xc9\x01\n\nSecaggTask\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x37\n\x07purpose\x18\x02 \x01(\x0e\x32&.concordia.federation.v1.SecaggPurpose\x12\x0f\n\x07message\x18\x03 \x01(\x0c\x12\x16\n\x0esession_config\x18\x04 \x01(\x0c\x12\x45\n\x0cparticipants\x18\x05 \x03(\x0b\x32/.concordia.federation.v1.ParticipantCertificate\"P\n\x0bRunFinished\x12\x30\n\x05state\x18\x01 \x01(\x0e\x32!.concordia.federation.v1.RunState\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x9c\x04\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\r\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\r\x12/\n\x04kind\x18\x05 \x01(\x0e\x32!.concordia.federation.v1.TaskKind\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\x06 \x01(\x03\x12\x16\n\x0eretry_after_ms\x18\x07 \x01(\r\x12\x38\n\nplan_offer\x18\n \x01(\x0b\x32\".concordia.federation.v1.PlanOfferH\x00\x12\x46\n\x0f\x66\x65\x64\x65rated_stats\x18\x0b \x01(\x0b\x32+.concordia.federation.v1.FederatedStatsTaskH\x00\x12\x33\n\x05train\x18\x0c \x01(\x0b\x32\".concordia.federation.v1.TrainTaskH\x00\x12\x35\n\x06secagg\x18\r \x01(\x0b\x32#.concordia.federation.v1.SecaggTaskH\x00\x12\x39\n\x08\x65valuate\x18\x0e \x01(\x0b\x32%.concordia.federation.v1.EvaluateTaskH\x00\x12<\n\x0crun_finished\x18\x0f \x01(\x0b\x32$.concordia.federation.v1.RunFinishedH\x00\x42\t\n\x07payload\"R\n\tTaskError\x12\x34\n\x04\x63ode\x18\x01 \x01(\x0e\x32&.concordia.federation.v1.TaskErrorCode\x12\x0f\n\x07message\x18\x02 \x01(\t\"Y\n\rPrivacyReport\x12\x19\n\x11\x65psilon_spent_run\x18\x01 \x01(\x01\x12\x1e\n\x16\x65psilon_spent_lifetime\x18\x02 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x03 \x01(\x01\"\xcb\x01\n\nTaskResult\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12/\n\x04kind\x18\x02 \x01(\x0e\x32!.concordia.federation.v1.TaskKind\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x31\n\x05\x65rror\x18\x04 \x01(\x0b\x32\".concordia.federation.v1.TaskError\x12\x37\n\x07privacy\x18\x05 \x01(\x0b\x32&.concordia.federation.v1.PrivacyReport\"-\n\x07PushAck\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tduplicate\x18\x02 \x01(\x08*\xe9\x02\n\x08TaskKind\x12\x19\n\x15TASK_KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0eTASK_KIND_IDLE\x10\x01\x12\x18\n\x14TASK_KIND_PLAN_OFFER\x10\x02\x12\x1d\n\x19TASK_KIND_FEDERATED_STATS\x10\x03\x12\x13\n\x0fTASK_KIND_TRAIN\x10\x04\x12#\n\x1fTASK_KIND_SECAGG_ADVERTISE_KEYS\x10\x05\x12\x1f\n\x1bTASK_KIND_SECAGG_SHARE_KEYS\x10\x06\x12!\n\x1dTASK_KIND_SECAGG_MASKED_INPUT\x10\x07\x12&\n\"TASK_KIND_SECAGG_CONSISTENCY_CHECK\x10\x08\x12\x1b\n\x17TASK_KIND_SECAGG_UNMASK\x10\t\x12\x16\n\x12TASK_KIND_EVALUATE\x10\n\x12\x1a\n\x16TASK_KIND_RUN_FINISHED\x10\x0b*\x90\x01\n\rSecaggPurpose\x12\x1e\n\x1aSECAGG_PURPOSE_UNSPECIFIED\x10\x00\x12\"\n\x1eSECAGG_PURPOSE_FEDERATED_STATS\x10\x01\x12\x1f\n\x1bSECAGG_PURPOSE_MODEL_UPDATE\x10\x02\x12\x1a\n\x16SECAGG_PURPOSE_METRICS\x10\x03*\x99\x01\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11RUN_STATE_PENDING\x10\x01\x12\x15\n\x11RUN_STATE_RUNNING\x10\x02\x12\x17\n\x13RUN_STATE_COMPLETED\x10\x03\x12\x14\n\x10RUN_STATE_FAILED\x10\x04\x12\x15\n\x11RUN_STATE_STOPPED\x10\x05*\x96\x02\n\rTaskErrorCode\x12\x1a\n\x16TASK_ERROR_UNSPECIFIED\x10\x00\x12\x1d\n\x19TASK_ERROR_POLICY_REFUSED\x10\x01\x12\x1f\n\x1bTASK_ERROR_BUDGET_EXHAUSTED\x10\x02\x12\x1b\n\x17TASK_ERROR_INVALID_TASK\x10\x03\x12\x13\n\x0fTASK_ERROR_DATA\x10\x04\x12\"\n\x1eTASK_ERROR_SECAGG_VERIFICATION\x10\x05\x12\x17\n\x13TASK_ERROR_INTERNAL\x10\x06\x12\x1f\n\x1bTASK_ERROR_APPROVAL_PENDING\x10\x07\x12\x19\n\x15TASK_ERROR_NO_HOLDOUT\x10\x08\x32\x8e\x02\n\nFederation\x12V\n\x05Hello\x12%.concordia.federation.v1.HelloRequest\x1a&.concordia.federation.v1.HelloResponse\x12S\n\x08PullTask\x12(.concordia.federation.v1.PullTaskRequest\x1a\x1d.concordia.federation.v1.Task\x12S\n\nPushResult\x12#.concordia.federation.v1.TaskResult\x1a .concordia.federation.v1.PushAckb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#federation/wire/v1/federation.proto\x12\x17\x63oncordia.federation.v1\"\xd0\x01\n\rPolicySummary\x12\x18\n\x10\x61llowed_features\x18\x01 \x03(\t\x12\x1b\n\x13max_epsilon_per_run\x18\x02 \x01(\x01\x12\x1f\n\x17lifetime_epsilon_budget\x18\x03 \x01(\x01\x12\x1e\n\x16lifetime_epsilon_spent\x18\x04 \x01(\x01\x12\x11\n\tmax_delta\x18\x05 \x01(\x01\x12\x17\n\x0fmin_cohort_size\x18\x06 \x01(\r\x12\x1b\n\x13\x61llowed_model_kinds\x18\x07 \x03(\t\"n\n\x0cHelloRequest\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x15\n\ragent_version\x18\x02 \x01(\t\x12\x36\n\x06policy\x18\x03 \x01(\x0b\x32&.concordia.federation.v1.PolicySummary\"j\n\rHelloResponse\x12\x16\n\x0e\x63oordinator_id\x18\x01 \x01(\t\x12\x1b\n\x13server_time_unix_ms\x18\x02 \x01(\x03\x12\x14\n\x0cpoll_wait_ms\x18\x03 \x01(\r\x12\x0e\n\x06roster\x18\x04 \x01(\x0c\"3\n\x0fPullTaskRequest\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x0f\n\x07wait_ms\x18\x02 \x01(\r\"B\n\x0cGlobalVector\x12\x12\n\nfloat32_le\x18\x01 \x01(\x0c\x12\x0e\n\x06length\x18\x02 \x01(\r\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"@\n\x0fStandardisation\x12\x10\n\x08\x66\x65\x61tures\x18\x01 \x03(\t\x12\x0c\n\x04mean\x18\x02 \x03(\x01\x12\r\n\x05scale\x18\x03 \x03(\x01\"D\n\tPlanOffer\x12\x11\n\tplan_json\x18\x01 \x01(\t\x12\x13\n\x0bplan_sha256\x18\x02 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x03 \x01(\x08\"\'\n\x12\x46\x65\x64\x65ratedStatsTask\x12\x11\n\tspec_json\x18\x01 \x01(\t\"\xa6\x01\n\tTrainTask\x12<\n\rglobal_vector\x18\x01 \x01(\x0b\x32%.concordia.federation.v1.GlobalVector\x12\x41\n\x0fstandardisation\x18\x02 \x01(\x0b\x32(.concordia.federation.v1.Standardisation\x12\x18\n\x10\x63onsortium_count\x18\x03 \x01(\x01\"\xb0\x01\n\x0c\x45valuateTask\x12<\n\rglobal_vector\x18\x01 \x01(\x0b\x32%.concordia.federation.v1.GlobalVector\x12\x41\n\x0fstandardisation\x18\x02 \x01(\x0b\x32(.concordia.federation.v1.Standardisation\x12\x0e\n\x06\x65vents\x18\x03 \x03(\x01\x12\x0f\n\x07\x61t_risk\x18\x04 \x03(\x01\"Z\n\x16ParticipantCertificate\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x02 \x01(\t\x12\x16\n\x0eparticipant_id\x18\x03 \x01(\r\"\xc9\x01\n\nSecaggTask\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x37\n\x07purpose\x18\x02 \x01(\x0e\x32&.concordia.federation.v1.SecaggPurpose\x12\x0f\n\x07message\x18\x03 \x01(\x0c\x12\x16\n\x0esession_config\x18\x04 \x01(\x0c\x12\x45\n\x0cparticipants\x18\x05 \x03(\x0b\x32/.concordia.federation.v1.ParticipantCertificate\"P\n\x0bRunFinished\x12\x30\n\x05state\x18\x01 \x01(\x0e\x32!.concordia.federation.v1.RunState\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x9c\x04\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\r\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\r\x12/\n\x04kind\x18\x05 \x01(\x0e\x32!.concordia.federation.v1.TaskKind\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\x06 \x01(\x03\x12\x16\n\x0eretry_after_ms\x18\x07 \x01(\r\x12\x38\n\nplan_offer\x18\n \x01(\x0b\x32\".concordia.federation.v1.PlanOfferH\x00\x12\x46\n\x0f\x66\x65\x64\x65rated_stats\x18\x0b \x01(\x0b\x32+.concordia.federation.v1.FederatedStatsTaskH\x00\x12\x33\n\x05train\x18\x0c \x01(\x0b\x32\".concordia.federation.v1.TrainTaskH\x00\x12\x35\n\x06secagg\x18\r \x01(\x0b\x32#.concordia.federation.v1.SecaggTaskH\x00\x12\x39\n\x08\x65valuate\x18\x0e \x01(\x0b\x32%.concordia.federation.v1.EvaluateTaskH\x00\x12<\n\x0crun_finished\x18\x0f \x01(\x0b\x32$.concordia.federation.v1.RunFinishedH\x00\x42\t\n\x07payload\"R\n\tTaskError\x12\x34\n\x04\x63ode\x18\x01 \x01(\x0e\x32&.concordia.federation.v1.TaskErrorCode\x12\x0f\n\x07message\x18\x02 \x01(\t\"Y\n\rPrivacyReport\x12\x19\n\x11\x65psilon_spent_run\x18\x01 \x01(\x01\x12\x1e\n\x16\x65psilon_spent_lifetime\x18\x02 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x03 \x01(\x01\"\xcb\x01\n\nTaskResult\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12/\n\x04kind\x18\x02 \x01(\x0e\x32!.concordia.federation.v1.TaskKind\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x31\n\x05\x65rror\x18\x04 \x01(\x0b\x32\".concordia.federation.v1.TaskError\x12\x37\n\x07privacy\x18\x05 \x01(\x0b\x32&.concordia.federation.v1.PrivacyReport\"-\n\x07PushAck\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tduplicate\x18\x02 \x01(\x08*\xe9\x02\n\x08TaskKind\x12\x19\n\x15TASK_KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0eTASK_KIND_IDLE\x10\x01\x12\x18\n\x14TASK_KIND_PLAN_OFFER\x10\x02\x12\x1d\n\x19TASK_KIND_FEDERATED_STATS\x10\x03\x12\x13\n\x0fTASK_KIND_TRAIN\x10\x04\x12#\n\x1fTASK_KIND_SECAGG_ADVERTISE_KEYS\x10\x05\x12\x1f\n\x1bTASK_KIND_SECAGG_SHARE_KEYS\x10\x06\x12!\n\x1dTASK_KIND_SECAGG_MASKED_INPUT\x10\x07\x12&\n\"TASK_KIND_SECAGG_CONSISTENCY_CHECK\x10\x08\x12\x1b\n\x17TASK_KIND_SECAGG_UNMASK\x10\t\x12\x16\n\x12TASK_KIND_EVALUATE\x10\n\x12\x1a\n\x16TASK_KIND_RUN_FINISHED\x10\x0b*\x90\x01\n\rSecaggPurpose\x12\x1e\n\x1aSECAGG_PURPOSE_UNSPECIFIED\x10\x00\x12\"\n\x1eSECAGG_PURPOSE_FEDERATED_STATS\x10\x01\x12\x1f\n\x1bSECAGG_PURPOSE_MODEL_UPDATE\x10\x02\x12\x1a\n\x16SECAGG_PURPOSE_METRICS\x10\x03*\x99\x01\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11RUN_STATE_PENDING\x10\x01\x12\x15\n\x11RUN_STATE_RUNNING\x10\x02\x12\x17\n\x13RUN_STATE_COMPLETED\x10\x03\x12\x14\n\x10RUN_STATE_FAILED\x10\x04\x12\x15\n\x11RUN_STATE_STOPPED\x10\x05*\x96\x02\n\rTaskErrorCode\x12\x1a\n\x16TASK_ERROR_UNSPECIFIED\x10\x00\x12\x1d\n\x19TASK_ERROR_POLICY_REFUSED\x10\x01\x12\x1f\n\x1bTASK_ERROR_BUDGET_EXHAUSTED\x10\x02\x12\x1b\n\x17TASK_ERROR_INVALID_TASK\x10\x03\x12\x13\n\x0fTASK_ERROR_DATA\x10\x04\x12\"\n\x1eTASK_ERROR_SECAGG_VERIFICATION\x10\x05\x12\x17\n\x13TASK_ERROR_INTERNAL\x10\x06\x12\x1f\n\x1bTASK_ERROR_APPROVAL_PENDING\x10\x07\x12\x19\n\x15TASK_ERROR_NO_HOLDOUT\x10\x08\x32\x8e\x02\n\nFederation\x12V\n\x05Hello\x12%.concordia.federation.v1.HelloRequest\x1a&.concordia.federation.v1.HelloResponse\x12S\n\x08PullTask\x12(.concordia.federation.v1.PullTaskRequest\x1a\x1d.concordia.federation.v1.Task\x12S\n\nPushResult\x12#.concordia.federation.v1.TaskResult\x1a .concordia.federation.v1.PushAckb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'federation.wire.v1.federation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TASKKIND']._serialized_start=2474
-  _globals['_TASKKIND']._serialized_end=2835
-  _globals['_SECAGGPURPOSE']._serialized_start=2838
-  _globals['_SECAGGPURPOSE']._serialized_end=2982
-  _globals['_RUNSTATE']._serialized_start=2985
-  _globals['_RUNSTATE']._serialized_end=3138
-  _globals['_TASKERRORCODE']._serialized_start=3141
-  _globals['_TASKERRORCODE']._serialized_end=3419
+  _globals['_TASKKIND']._serialized_start=2491
+  _globals['_TASKKIND']._serialized_end=2852
+  _globals['_SECAGGPURPOSE']._serialized_start=2855
+  _globals['_SECAGGPURPOSE']._serialized_end=2999
+  _globals['_RUNSTATE']._serialized_start=3002
+  _globals['_RUNSTATE']._serialized_end=3155
+  _globals['_TASKERRORCODE']._serialized_start=3158
+  _globals['_TASKERRORCODE']._serialized_end=3436
   _globals['_POLICYSUMMARY']._serialized_start=65
   _globals['_POLICYSUMMARY']._serialized_end=273
   _globals['_HELLOREQUEST']._serialized_start=275
@@ -52,29 +52,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STANDARDISATION']._serialized_start=616
   _globals['_STANDARDISATION']._serialized_end=680
   _globals['_PLANOFFER']._serialized_start=682
-  _globals['_PLANOFFER']._serialized_end=733
-  _globals['_FEDERATEDSTATSTASK']._serialized_start=735
-  _globals['_FEDERATEDSTATSTASK']._serialized_end=774
-  _globals['_TRAINTASK']._serialized_start=777
-  _globals['_TRAINTASK']._serialized_end=943
-  _globals['_EVALUATETASK']._serialized_start=946
-  _globals['_EVALUATETASK']._serialized_end=1122
-  _globals['_PARTICIPANTCERTIFICATE']._serialized_start=1124
-  _globals['_PARTICIPANTCERTIFICATE']._serialized_end=1214
-  _globals['_SECAGGTASK']._serialized_start=1217
-  _globals['_SECAGGTASK']._serialized_end=1418
-  _globals['_RUNFINISHED']._serialized_start=1420
-  _globals['_RUNFINISHED']._serialized_end=1500
-  _globals['_TASK']._serialized_start=1503
-  _globals['_TASK']._serialized_end=2043
-  _globals['_TASKERROR']._serialized_start=2045
-  _globals['_TASKERROR']._serialized_end=2127
-  _globals['_PRIVACYREPORT']._serialized_start=2129
-  _globals['_PRIVACYREPORT']._serialized_end=2218
-  _globals['_TASKRESULT']._serialized_start=2221
-  _globals['_TASKRESULT']._serialized_end=2424
-  _globals['_PUSHACK']._serialized_start=2426
-  _globals['_PUSHACK']._serialized_end=2471
-  _globals['_FEDERATION']._serialized_start=3422
-  _globals['_FEDERATION']._serialized_end=3692
+  _globals['_PLANOFFER']._serialized_end=750
+  _globals['_FEDERATEDSTATSTASK']._serialized_start=752
+  _globals['_FEDERATEDSTATSTASK']._serialized_end=791
+  _globals['_TRAINTASK']._serialized_start=794
+  _globals['_TRAINTASK']._serialized_end=960
+  _globals['_EVALUATETASK']._serialized_start=963
+  _globals['_EVALUATETASK']._serialized_end=1139
+  _globals['_PARTICIPANTCERTIFICATE']._serialized_start=1141
+  _globals['_PARTICIPANTCERTIFICATE']._serialized_end=1231
+  _globals['_SECAGGTASK']._serialized_start=1234
+  _globals['_SECAGGTASK']._serialized_end=1435
+  _globals['_RUNFINISHED']._serialized_start=1437
+  _globals['_RUNFINISHED']._serialized_end=1517
+  _globals['_TASK']._serialized_start=1520
+  _globals['_TASK']._serialized_end=2060
+  _globals['_TASKERROR']._serialized_start=2062
+  _globals['_TASKERROR']._serialized_end=2144
+  _globals['_PRIVACYREPORT']._serialized_start=2146
+  _globals['_PRIVACYREPORT']._serialized_end=2235
+  _globals['_TASKRESULT']._serialized_start=2238
+  _globals['_TASKRESULT']._serialized_end=2441
+  _globals['_PUSHACK']._serialized_start=2443
+  _globals['_PUSHACK']._serialized_end=2488
+  _globals['_FEDERATION']._serialized_start=3439
+  _globals['_FEDERATION']._serialized_end=3709
 # @@protoc_insertion_point(module_scope)

@@ -150,12 +150,14 @@ class Standardisation(_message.Message):
     def __init__(self, features: _Optional[_Iterable[str]] = ..., mean: _Optional[_Iterable[float]] = ..., scale: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class PlanOffer(_message.Message):
-    __slots__ = ("plan_json", "plan_sha256")
+    __slots__ = ("plan_json", "plan_sha256", "dry_run")
     PLAN_JSON_FIELD_NUMBER: _ClassVar[int]
     PLAN_SHA256_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
     plan_json: str
     plan_sha256: str
-    def __init__(self, plan_json: _Optional[str] = ..., plan_sha256: _Optional[str] = ...) -> None: ...
+    dry_run: bool
+    def __init__(self, plan_json: _Optional[str] = ..., plan_sha256: _Optional[str] = ..., dry_run: _Optional[bool] = ...) -> None: ...
 
 class FederatedStatsTask(_message.Message):
     __slots__ = ("spec_json",)
