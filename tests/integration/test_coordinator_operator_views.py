@@ -14,43 +14,24 @@ import pytest
 from coordinator.admin_service import ONLINE_WINDOW_S
 from fedctl.cli import run as fedctl
 from fedctl.localfed import LocalFederation
-from federation.tls import TlsKit, TransportSettings, secure_channel
-from federation.wire.v1 import admin_pb2, federation_pb2, federation_pb2_grpc
+from federation.wire.v1 import admin_pb2, federation_pb2
+from tests.integration.coordinator_process import (
+    AGE_PLAN,
+    TWO_SITES,
+    coordinator_only,
+    site_stub,
+)
 
 pytestmark = pytest.mark.integration
 
-PLAN = """
-name = "concurrent"
-quorum = 2
-[[features]]
-kind = "numeric"
-name = "age"
-min = 40
-max = 110
-[time_grid]
-cuts = [1000.0, 2000.0]
-[privacy]
-epsilon = {epsilon}
-"""
-SITES = ("hospital-a", "hospital-b")
+PLAN = AGE_PLAN.replace("{name}", "concurrent") + "[privacy]\nepsilon = {epsilon}\n"
+SITES = TWO_SITES
 
 
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFederation]:
-    federation = LocalFederation(tmp_path_factory.mktemp("views") / "fed", SITES)
-    federation.prepare()
-    federation.start_coordinator()
-    try:
-        federation.wait_ready(federation.admin())
+    with coordinator_only(tmp_path_factory.mktemp("views") / "fed", SITES) as federation:
         yield federation
-    finally:
-        federation.stop_all()
-
-
-def _site_stub(fed: LocalFederation, site: str) -> federation_pb2_grpc.FederationStub:
-    kit = TlsKit.from_kit_dir(fed.site_kit(site))
-    channel = secure_channel(f"localhost:{fed.port}", kit, TransportSettings())
-    return federation_pb2_grpc.FederationStub(channel)  # type: ignore[no-untyped-call]
 
 
 def _plan(tmp_path: Path, epsilon: float) -> str:
@@ -62,7 +43,7 @@ def _plan(tmp_path: Path, epsilon: float) -> str:
 def test_overlapping_runs_are_refused_unless_allowed_and_sites_show_fresh_epsilon(
     fed: LocalFederation, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    sites = {name: _site_stub(fed, name) for name in SITES}
+    sites = {name: site_stub(fed, name) for name in SITES}
     policy = federation_pb2.PolicySummary(max_epsilon_per_run=5.0, lifetime_epsilon_budget=10.0)
     for name, stub in sites.items():
         stub.Hello(federation_pb2.HelloRequest(site_id=name, agent_version="t", policy=policy))

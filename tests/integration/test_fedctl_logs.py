@@ -14,47 +14,30 @@ import pytest
 
 from fedctl.cli import run as fedctl
 from fedctl.localfed import LocalFederation
-from federation.tls import TlsKit, TransportSettings, secure_channel
-from federation.wire.v1 import admin_pb2, federation_pb2, federation_pb2_grpc
+from federation.wire.v1 import admin_pb2, federation_pb2
+from tests.integration.coordinator_process import (
+    AGE_PLAN,
+    TWO_SITES,
+    coordinator_only,
+    site_stub,
+)
 
 pytestmark = pytest.mark.integration
 
-PLAN = """
-name = "logs"
-quorum = 2
-[[features]]
-kind = "numeric"
-name = "age"
-min = 40
-max = 110
-[time_grid]
-cuts = [1000.0, 2000.0]
-"""
-SITES = ("hospital-a", "hospital-b")
+PLAN = AGE_PLAN.format(name="logs")
+SITES = TWO_SITES
 
 
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFederation]:
-    federation = LocalFederation(tmp_path_factory.mktemp("logs") / "fed", SITES)
-    federation.prepare()
-    federation.start_coordinator()
-    try:
-        federation.wait_ready(federation.admin())
+    with coordinator_only(tmp_path_factory.mktemp("logs") / "fed", SITES) as federation:
         yield federation
-    finally:
-        federation.stop_all()
-
-
-def _site_stub(fed: LocalFederation, site: str) -> federation_pb2_grpc.FederationStub:
-    kit = TlsKit.from_kit_dir(fed.site_kit(site))
-    channel = secure_channel(f"localhost:{fed.port}", kit, TransportSettings())
-    return federation_pb2_grpc.FederationStub(channel)  # type: ignore[no-untyped-call]
 
 
 def _answer_offers(fed: LocalFederation, run_id: str) -> None:
     """hospital-a accepts the plan, hospital-b refuses it on policy: the run fails at once."""
     for site in SITES:
-        stub = _site_stub(fed, site)
+        stub = site_stub(fed, site)
         task = stub.PullTask(federation_pb2.PullTaskRequest(site_id=site, wait_ms=5000))
         while task.kind == federation_pb2.TASK_KIND_RUN_FINISHED:  # an earlier test's run
             stub.PushResult(federation_pb2.TaskResult(task_id=task.task_id, kind=task.kind))
@@ -70,7 +53,7 @@ def _answer_offers(fed: LocalFederation, run_id: str) -> None:
 def _submit(fed: LocalFederation) -> str:
     admin = fed.admin()
     for site in SITES:
-        _site_stub(fed, site).Hello(federation_pb2.HelloRequest(site_id=site))
+        site_stub(fed, site).Hello(federation_pb2.HelloRequest(site_id=site))
     run_id: str = admin.SubmitRun(admin_pb2.SubmitRunRequest(plan_text=PLAN)).run_id
     assert run_id
     return run_id
