@@ -16,7 +16,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
 from coordinator import snapshot
@@ -67,6 +67,7 @@ class Coordinator:
         self.faults = faults if faults is not None else Faults()
         self.engines: dict[str, RunEngine] = {}
         self._changed = asyncio.Event()
+        self._site_changed: dict[str, asyncio.Event] = {}
         self._saved: dict[str, str] = {}
         self._submitted_by: dict[str, str] = {}
 
@@ -85,14 +86,28 @@ class Coordinator:
             resumed.append(row.run_id)
         return resumed
 
-    def notify(self) -> None:
-        """Wake every long-poll and watcher: something they may be waiting for changed."""
+    def notify(self, sites: Iterable[str] | None = None) -> None:
+        """Wake the watchers (something changed) and the long-polls of `sites`, whose task is
+        new, replaced or withdrawn (None: every site). Waking only those sites keeps a stage
+        at n wake-ups, not n²/2: a parked site that has nothing new stays parked."""
         self._changed.set()
         self._changed = asyncio.Event()
+        targets = list(self._site_changed) if sites is None else sites
+        for site in targets:
+            event = self._site_changed.pop(site, None)
+            if event is not None:
+                event.set()
 
     async def wait_for_change(self, timeout: float) -> None:
-        """Until the next `notify` or `timeout` seconds, whichever comes first."""
+        """Until the next `notify` or `timeout` seconds, whichever comes first (watchers)."""
         event = self._changed
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
+
+    async def wait_for_task(self, site: str, timeout: float) -> None:
+        """Until `site`'s task changes or `timeout` seconds, whichever comes first (PullTask).
+        Every parked call of one site shares one event, dropped once it fires."""
+        event = self._site_changed.setdefault(site, asyncio.Event())
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), timeout)
 
@@ -295,6 +310,7 @@ class Coordinator:
         transaction."""
         entries = list(audit)
         aggregates: list[Aggregate] = []
+        woken: set[str] = set()
         wake = False
         for effect in effects:
             if isinstance(effect, StepAggregated):
@@ -324,6 +340,7 @@ class Coordinator:
             elif isinstance(effect, RunFinished):
                 log.info("run %s %s: %s", engine.run_id, effect.status.value, effect.message)
             elif isinstance(effect, TasksChanged):
+                woken.update(effect.sites)
                 wake = True
         state, vectors = snapshot.dump(engine)
         text = json.dumps(state, sort_keys=True)
@@ -340,4 +357,4 @@ class Coordinator:
             self._saved[engine.run_id] = text
             wake = True
         if wake:
-            self.notify()
+            self.notify(woken)

@@ -87,7 +87,7 @@ class FederationService(federation_pb2_grpc.FederationServicer):
                 return federation_pb2.Task(
                     task_id="", kind=federation_pb2.TASK_KIND_IDLE, retry_after_ms=0
                 )
-            await self.c.wait_for_change(remaining)
+            await self.c.wait_for_task(site, remaining)
 
     async def PushResult(
         self, request: federation_pb2.TaskResult, context: aio.ServicerContext

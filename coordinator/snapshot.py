@@ -49,7 +49,9 @@ def dump(engine: RunEngine) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         "awaiting": engine.awaiting,
         "acked": engine.acked,
         "session_sites": {str(k): v for k, v in engine.session_sites.items()},
-        "tasks": [task_to_json(t) for t in engine.tasks.values()],
+        "tasks": [task_to_json(t) for t in engine.tasks.values()]
+        if resumable_tasks(engine)
+        else [],
         "answered": engine.answered,
         "history": [r.to_json() for r in engine.history],
         "privacy": engine.privacy,
@@ -69,6 +71,14 @@ def dump(engine: RunEngine) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     if engine.global_vector is not None:
         vectors[GLOBAL_VECTOR] = engine.global_vector
     return state, vectors
+
+
+def resumable_tasks(engine: RunEngine) -> bool:
+    """Whether a restart would use the engine's pending tasks. Tasks of a live secure-aggregation
+    session die with the process (`RunEngine.resume` discards them), so they are not stored:
+    every result of a session would otherwise rewrite every site's whole session message, which
+    grows as n² per snapshot and n³ per round."""
+    return not (engine.step is StepPart.SECAGG and not engine.status.terminal)
 
 
 def load(
