@@ -12,10 +12,11 @@ import grpc
 from grpc import aio
 
 from coordinator import convert
-from coordinator.app import ConcurrentRunError, Coordinator
+from coordinator.app import Coordinator
 from coordinator.auth import current_identity
 from coordinator.engine import RunEngine
 from coordinator.federation_service import MAX_POLL_WAIT_S
+from coordinator.overlaps import ConcurrentRunError
 from federation.plan import PlanError
 from federation.vectors import encode_vector
 from federation.wire.v1 import admin_pb2, admin_pb2_grpc

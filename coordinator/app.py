@@ -256,6 +256,8 @@ class Coordinator:
                 "round": progress.round,
                 "bytes": size,
             }
+            if progress.purpose is not None:  # which release a session result belongs to
+                detail["purpose"] = progress.purpose.value
             if result.error_code:
                 detail["error"] = result.error_code
                 detail["message"] = result.error_message
@@ -343,8 +345,9 @@ class Coordinator:
                 woken.update(effect.sites)
                 wake = True
         state, vectors = snapshot.dump(engine)
-        text = json.dumps(state, sort_keys=True)
-        if entries or lifetime_epsilon or self._saved.get(engine.run_id) != text:
+        text = json.dumps(snapshot.restart_view(engine, state), sort_keys=True)
+        changed = self._saved.get(engine.run_id) != text
+        if entries or lifetime_epsilon or changed:
             self.store.save_run(
                 state,
                 vectors,
@@ -353,6 +356,7 @@ class Coordinator:
                 audit=entries,
                 aggregates=aggregates,
                 lifetime_epsilon=lifetime_epsilon,
+                write_state=changed,
             )
             self._saved[engine.run_id] = text
             wake = True

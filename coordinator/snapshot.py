@@ -81,6 +81,16 @@ def resumable_tasks(engine: RunEngine) -> bool:
     return not (engine.step is StepPart.SECAGG and not engine.status.terminal)
 
 
+def restart_view(engine: RunEngine, state: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of `dump`'s state a restart would act on: whether it changed decides whether a
+    result rewrites the run's row. Inside a live session that leaves out who has answered (the
+    session's results die with it), so its n results per stage write only their audit entries,
+    not n copies of the state."""
+    if resumable_tasks(engine):
+        return dict(state)
+    return {key: value for key, value in state.items() if key != "answered"}
+
+
 def load(
     state: Mapping[str, Any],
     vectors: Mapping[str, np.ndarray],

@@ -198,8 +198,13 @@ class CoordinatorStore:
         audit: Sequence[tuple[str, str, dict[str, Any]]] = (),
         aggregates: Sequence[Aggregate] = (),
         lifetime_epsilon: Mapping[str, float] | None = None,
+        write_state: bool = True,
     ) -> None:
         """Persist an engine snapshot (and any audit entries) atomically.
+
+        `write_state=False`: the run's row is left as it is (nothing a restart reads changed;
+        see `snapshot.restart_view`) and only the rest is written: a result inside a session
+        costs its audit entry, not a copy of the whole state.
 
         `lifetime_epsilon` ({site: ε}) is what the result being saved reported as the site's
         lifetime spend: written to its sites row in the same transaction, so the figure
@@ -215,13 +220,8 @@ class CoordinatorStore:
         written: list[tuple[tuple[str, str], bytes]] = []
         round_written: int | None = None
         with self.transaction():
-            self._conn.execute(
-                """INSERT INTO runs (run_id, submitted, updated, status, submitted_by, state_json)
-                   VALUES (?, ?, ?, ?, ?, ?)
-                   ON CONFLICT(run_id) DO UPDATE SET updated = excluded.updated,
-                       status = excluded.status, state_json = excluded.state_json""",
-                (run_id, now, now, state["status"], submitted_by, json.dumps(state)),
-            )
+            if write_state:
+                self._write_state(run_id, now, state, submitted_by)
             for name, vector in vectors.items():
                 key = (run_id, name)
                 array = np.ascontiguousarray(vector, dtype="<f4")
@@ -268,6 +268,18 @@ class CoordinatorStore:
         self._saved_vectors.update(written)
         if round_written is not None:
             self._saved_rounds[run_id] = round_written
+
+    def _write_state(
+        self, run_id: str, now: float, state: dict[str, Any], submitted_by: str
+    ) -> None:
+        """The run's row: its JSON state, status and times (inside the caller's transaction)."""
+        self._conn.execute(
+            """INSERT INTO runs (run_id, submitted, updated, status, submitted_by, state_json)
+               VALUES (?, ?, ?, ?, ?, ?)
+               ON CONFLICT(run_id) DO UPDATE SET updated = excluded.updated,
+                   status = excluded.status, state_json = excluded.state_json""",
+            (run_id, now, now, state["status"], submitted_by, json.dumps(state)),
+        )
 
     def runs(self, limit: int = 0) -> list[RunRow]:
         """Runs, newest first (`limit` 0: all): what a restart resumes and ListRuns shows."""

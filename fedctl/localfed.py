@@ -189,6 +189,12 @@ class LocalFederation:
             args += ["--record-updates", str(record)]
         self._spawn(hospital, args, env)
 
+    def start_simulated_sites(self, name: str = "simulator") -> None:
+        """Every hospital as a `SiteAgent` in one simulator process (`site_agent.simulator`),
+        instead of one process each: for scale (one torch import for all of them)."""
+        configs = [str(path) for _, path in self.site_configs()]
+        self._spawn(name, ["-m", "site_agent.simulator", *configs], None)
+
     def kill(self, name: str) -> None:
         """SIGKILL: no cleanup, no goodbye — a crash."""
         process = self.processes[name]

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from coordinator import convert, snapshot
-from coordinator.app import ConcurrentRunError
 from coordinator.effects import Phase, RunFinished, RunStatus
 from coordinator.engine import RunEngine
 from coordinator.messages import SiteResult
+from coordinator.overlaps import ConcurrentRunError
 from federation.tasks import TaskKind
 from tests.unit.coordinator.test_app import NAMES, Clock, _coordinator
 from tests.unit.coordinator.test_engine import PLAN, _plan

@@ -105,3 +105,22 @@ def test_a_result_wakes_the_sites_whose_task_changed_and_no_other(tmp_path: Path
     # the first two answers withdraw only the answering site's task: nobody else is woken;
     # the last one completes the stage and gives every site its next task
     assert woken == [[NAMES[0]], [NAMES[1]], sorted(NAMES)]
+
+
+def test_a_result_inside_a_session_writes_its_audit_entry_but_not_the_run_row(
+    tmp_path: Path,
+) -> None:
+    app, _, sites = _in_update_session(tmp_path)
+    engine = next(iter(app.engines.values()))
+    before = app.store.run(engine.run_id)
+    entries = len(app.store.audit.entries(after=0, limit=100_000))
+    found = app.find_task(NAMES[0])
+    assert found is not None and found[1].kind.is_secagg
+    app.take_result(found[0], NAMES[0], sites[NAMES[0]].answer(found[1], found[0]), 0)
+    after = app.store.run(engine.run_id)
+    assert before is not None and after is not None
+    assert after.state == before.state  # the row was not rewritten for one answer
+    assert engine.answered[NAMES[0]] == found[1].task_id  # though the engine knows it
+    logged = app.store.audit.entries(after=0, limit=100_000)
+    assert len(logged) == entries + 1 and logged[-1].action == "result"
+    assert logged[-1].detail["purpose"] == "update"
