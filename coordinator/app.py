@@ -70,6 +70,10 @@ class Coordinator:
         self._site_changed: dict[str, asyncio.Event] = {}
         self._saved: dict[str, str] = {}
         self._submitted_by: dict[str, str] = {}
+        # run id -> site -> the number of the pull that last handed the site that run's task
+        # (`find_task`: the run that served a site least recently goes first)
+        self._served: dict[str, dict[str, int]] = {}
+        self._pulls = 0
 
     # ------------------------------------------------------------------ lifecycle
     def resume(self) -> list[str]:
@@ -127,6 +131,7 @@ class Coordinator:
             self._persist(engine, effects, audit)
             if engine.progress().phase is Phase.DONE:
                 self.engines.pop(engine.run_id, None)
+                self._served.pop(engine.run_id, None)
 
     async def tick_forever(self) -> None:
         """The clock input of every engine, every TICK_INTERVAL_S."""
@@ -220,12 +225,20 @@ class Coordinator:
         return engine
 
     def find_task(self, site: str) -> tuple[RunEngine, PendingTask] | None:
-        """The task a site should do now, and its run; a site takes part in one task at a time."""
-        for engine in self.engines.values():
-            task = engine.task_for(site)
-            if task is not None:
-                return engine, task
-        return None
+        """The task a site should do now, and its run; a site takes part in one task at a time.
+
+        When several live runs have a task for the site, the run that served it least recently
+        goes first (never served: submission order). Always taking the first run with a task
+        would starve the others: in lockstep one run keeps every site busy until it ends while
+        the other's deadlines pass, and a site whose policy holds one run's offer for a person
+        answers that offer again and again and never sees another run's task."""
+        found = [(e, t) for e in self.engines.values() if (t := e.task_for(site)) is not None]
+        if not found:
+            return None
+        engine, task = min(found, key=lambda f: self._served.get(f[0].run_id, {}).get(site, -1))
+        self._pulls += 1
+        self._served.setdefault(engine.run_id, {})[site] = self._pulls
+        return engine, task
 
     def engine_for_result(self, site: str, task_id: str) -> RunEngine | None:
         """The live run a result belongs to (its task is outstanding, or was just answered)."""
