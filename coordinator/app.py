@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from coordinator import snapshot
 from coordinator.auth import RosterWatcher
+from coordinator.certificates import CertificateIndex
 from coordinator.effects import (
     DuplicateResult,
     Effect,
@@ -66,6 +67,7 @@ class Coordinator:
         # Test fault injection, built once at start-up (server.main); the default does nothing.
         self.faults = faults if faults is not None else Faults()
         self.engines: dict[str, RunEngine] = {}
+        self.certificates = CertificateIndex(store)  # what sessions name participants by
         self._changed = asyncio.Event()
         self._site_changed: dict[str, asyncio.Event] = {}
         self._saved: dict[str, str] = {}

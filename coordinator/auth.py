@@ -50,6 +50,7 @@ AUTHORISATION: Mapping[str, frozenset[Principal]] = MappingProxyType(
         _FEDERATION + "Hello": SITE,
         _FEDERATION + "PullTask": SITE,
         _FEDERATION + "PushResult": SITE,
+        _FEDERATION + "GetCertificates": SITE,
         # operator -> coordinator: changing runs or taking a model out needs the admin role
         _ADMIN + "SubmitRun": ADMIN,
         _ADMIN + "StopRun": ADMIN,

@@ -64,12 +64,13 @@ MAX_ERROR_MESSAGE = 500
 
 
 def task_to_wire(
-    task: PendingTask, engine: RunEngine, certificate: Callable[[str], str | None]
+    task: PendingTask, engine: RunEngine, fingerprint: Callable[[str], str | None]
 ) -> federation_pb2.Task:
     """The protobuf Task a site pulls. Train and Evaluate carry the engine's *current* global
     vector and standardisation (not a copy taken when the task was made), and the first task of
-    a session carries every participant's certificate (`certificate(site)`, from the store) so
-    that each site can check the others' key signatures itself."""
+    a session names every participant's certificate by fingerprint (`fingerprint(site)`, of the
+    certificate it said Hello with): each site checks the others' key signatures itself, with
+    certificates it fetched once (GetCertificates), not n of them in every session."""
     message = federation_pb2.Task(
         task_id=task.task_id,
         run_id=engine.run_id,
@@ -113,7 +114,7 @@ def task_to_wire(
             message.secagg.session_config = task.session_config
             for ident, site in task.participants:
                 message.secagg.participants.add(
-                    site_id=site, participant_id=ident, certificate_pem=certificate(site) or ""
+                    site_id=site, participant_id=ident, certificate_sha256=fingerprint(site) or ""
                 )
     return message
 

@@ -16,6 +16,7 @@ from grpc import aio
 from coordinator import convert
 from coordinator.app import Coordinator
 from coordinator.auth import current_identity
+from coordinator.certificates import CertificateRequestError
 from coordinator.messages import ResultRejected
 from coordinator.validation import SiteInputError, check_policy_summary, check_privacy_report
 from federation.tasks import task_kind_from_wire
@@ -81,7 +82,7 @@ class FederationService(federation_pb2_grpc.FederationServicer):
             found = self.c.find_task(site)
             if found is not None:
                 engine, task = found
-                return convert.task_to_wire(task, engine, self.c.store.certificate)
+                return convert.task_to_wire(task, engine, self.c.certificates.fingerprint)
             remaining = give_up - loop.time()
             if remaining <= 0:
                 return federation_pb2.Task(
@@ -125,3 +126,24 @@ class FederationService(federation_pb2_grpc.FederationServicer):
             await context.abort(code, exc.reason)
             raise AssertionError("unreachable") from None
         return federation_pb2.PushAck(task_id=request.task_id, duplicate=duplicate)
+
+    async def GetCertificates(
+        self, request: federation_pb2.GetCertificatesRequest, context: aio.ServicerContext
+    ) -> federation_pb2.GetCertificatesResponse:
+        """The certificates (site, PEM, fingerprint) of the sites with these fingerprints, so a
+        site fetches each participant's certificate once instead of in every session. They are
+        public; the site checks each one at session time (CA, name, roster, fingerprint)."""
+        await self._site("", context)
+        try:
+            found = self.c.certificates.certificates(request.sha256)
+        except CertificateRequestError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise AssertionError("unreachable") from None
+        return federation_pb2.GetCertificatesResponse(
+            certificates=[
+                federation_pb2.ParticipantCertificate(
+                    site_id=site, certificate_pem=pem, certificate_sha256=sha256
+                )
+                for site, pem, sha256 in found
+            ]
+        )

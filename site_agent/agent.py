@@ -38,6 +38,7 @@ from site_agent.config import SiteConfig
 from site_agent.connection import ConnectionProblem, check_own_certificate, diagnose
 from site_agent.handlers import TaskHandlers, kind_label
 from site_agent.ledger import PrivacyLedger
+from site_agent.peer_certificates import PeerCertificates
 from site_agent.policy import policy_summary
 from site_agent.pseudonyms import pseudonym_key
 from site_agent.records import ProcessingRecords
@@ -112,6 +113,7 @@ class SiteAgent:
         )
         for problem in self.roster.problems:
             log.warning("ignored a roster copy: %s", problem)
+        self.peer_certificates = PeerCertificates(db)
         self.secagg = SecaggAdapter(
             self.site_id,
             config.policy,
@@ -121,6 +123,7 @@ class SiteAgent:
             self.cache,
             self.audit,
             check_participant=self.roster.check_participant,
+            peer_certificates=self.peer_certificates,
         )
         self.handlers = TaskHandlers(
             config,
@@ -315,6 +318,23 @@ class SiteAgent:
                 self.site_id, "roster_updated", {"version": self.roster.version, "change": change}
             )
 
+    async def _fetch_certificates(
+        self, stub: federation_pb2_grpc.FederationStub, task: federation_pb2.Task
+    ) -> None:
+        """A session names its participants by certificate fingerprint: fetch, once, those this
+        site does not hold yet. What comes back is filed under its own fingerprint and checked
+        at session time like any certificate (site_agent/peer_certificates.py), so a wrong
+        answer can only make the session refuse, never let a stranger in."""
+        if not task.HasField("secagg"):
+            return
+        wanted = [p.certificate_sha256 for p in task.secagg.participants if not p.certificate_pem]
+        missing = self.peer_certificates.missing(wanted)
+        if not missing:
+            return
+        response = await stub.GetCertificates(federation_pb2.GetCertificatesRequest(sha256=missing))
+        filed = self.peer_certificates.add(c.certificate_pem for c in response.certificates)
+        log.info("fetched %d of %d participant certificates", len(filed), len(missing))
+
     async def _serve(self, stub: federation_pb2_grpc.FederationStub) -> None:
         """Pull, answer, push, forever; a result the coordinator rejects is logged, not retried
         (it answers no outstanding task), any other RPC failure reconnects."""
@@ -328,6 +348,7 @@ class SiteAgent:
                 continue
             started = time.monotonic()
             self.last_task = kind_label(task.kind)
+            await self._fetch_certificates(stub, task)
             result = await asyncio.to_thread(self.handle, task)
             log.info(
                 "%s %s round %d: %s in %.3f s",

@@ -20,8 +20,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from federation.audit import AuditLog
-from federation.identity import IdentityError, verify_peer_certificate
+from federation.identity import IdentityError, load_certificate, verify_peer_certificate
 from federation.plan import RunPlan
+from federation.roster import certificate_fingerprint
 from federation.tasks import PURPOSE_FROM_WIRE, SessionKey
 from federation.wire.v1 import federation_pb2
 from secagg.client import ClientSession
@@ -31,6 +32,7 @@ from secagg.messages import UnmaskRequest
 from site_agent.cache import ReleaseBound, ReleaseCache, SessionStore
 from site_agent.config import SitePolicy
 from site_agent.errors import TaskFailed
+from site_agent.peer_certificates import PeerCertificates
 from site_agent.sessions import SessionRefused, check_offered, check_step, check_survivors
 from site_agent.sessions import expected_config as derive_config
 
@@ -66,8 +68,11 @@ class SecaggAdapter:
         cache: ReleaseCache,
         audit: AuditLog,
         check_participant: ParticipantCheck | None = None,
+        peer_certificates: PeerCertificates | None = None,
     ) -> None:
         self.site_id = site_id
+        # Where a participant named by fingerprint only is looked up (site_agent/peer_certificates)
+        self.peer_certificates = peer_certificates
         self.policy = policy
         self.identity_key = identity_key
         self.ca_certificate = ca_certificate
@@ -180,9 +185,10 @@ class SecaggAdapter:
         verified: dict[int, Participant] = {}
         for entry in body.participants:
             ident, site = int(entry.participant_id), entry.site_id
+            pem = self._certificate_of(entry)
             try:
                 identity = verify_peer_certificate(
-                    entry.certificate_pem.encode(), self.ca_certificate, expected_kind="site"
+                    pem.encode(), self.ca_certificate, expected_kind="site"
                 )
             except (ValueError, IdentityError) as exc:
                 raise SessionRefused(f"participant {ident} ({site}): {exc}") from None
@@ -194,11 +200,35 @@ class SecaggAdapter:
                 raise SessionRefused(f"participant id {ident} is listed twice")
             if self.check_participant is not None:
                 try:
-                    self.check_participant(site, entry.certificate_pem)
+                    self.check_participant(site, pem)
                 except ValueError as exc:
                     raise SessionRefused(f"participant {site}: {exc}") from None
-            verified[ident] = Participant(ident, site, entry.certificate_pem)
+            verified[ident] = Participant(ident, site, pem)
         return [verified[i] for i in sorted(verified)]
+
+    def _certificate_of(self, entry: federation_pb2.ParticipantCertificate) -> str:
+        """A participant's certificate: sent in the session (older coordinators), or named by
+        fingerprint and held here. Either way it must hash to the fingerprint named, if any."""
+        ident, site, sha256 = int(entry.participant_id), entry.site_id, entry.certificate_sha256
+        pem = entry.certificate_pem
+        if not pem and sha256 and self.peer_certificates is not None:
+            pem = self.peer_certificates.get(sha256) or ""
+        if not pem:
+            raise SessionRefused(
+                f"participant {ident} ({site}): no certificate with fingerprint {sha256[:16]}"
+                " is held here (the coordinator did not provide it)"
+            )
+        if sha256:
+            try:
+                actual = certificate_fingerprint(load_certificate(pem))
+            except (IdentityError, ValueError) as exc:
+                raise SessionRefused(f"participant {ident} ({site}): {exc}") from None
+            if actual != sha256.lower():
+                raise SessionRefused(
+                    f"participant {ident} ({site}): the certificate sent is not the one its"
+                    " fingerprint names"
+                )
+        return pem
 
 
 def _key(step: SessionKey) -> tuple[str, str, int, int]:

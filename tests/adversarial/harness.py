@@ -215,6 +215,9 @@ class Session:
     session_id: bytes = b""
     clients: dict[int, ClientSession] = field(default_factory=dict)
     colluder_inputs: dict[int, np.ndarray] = field(default_factory=dict)
+    # The fingerprint the attacker names each listed site by (as today's coordinator does, the
+    # certificates held by the sites); None: certificates sent inside the session.
+    named_by: dict[str, str] | None = None
 
     @property
     def ids(self) -> dict[str, int]:
@@ -254,6 +257,11 @@ class Session:
             task = self._secagg_task(site, pb.TASK_KIND_SECAGG_ADVERTISE_KEYS)
             task.secagg.session_config = config_bytes or self.config.to_bytes()
             for i, s in sorted(listed.items()):
+                if self.named_by is not None:
+                    task.secagg.participants.add(
+                        site_id=s, participant_id=i, certificate_sha256=self.named_by[s]
+                    )
+                    continue
                 pem = (certificates or {}).get(s) or consortium.certificate(s)
                 task.secagg.participants.add(site_id=s, participant_id=i, certificate_pem=pem)
             payload = self._ask(site, task)

@@ -188,14 +188,28 @@ class EvaluateTask(_message.Message):
     def __init__(self, global_vector: _Optional[_Union[GlobalVector, _Mapping]] = ..., standardisation: _Optional[_Union[Standardisation, _Mapping]] = ..., events: _Optional[_Iterable[float]] = ..., at_risk: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ParticipantCertificate(_message.Message):
-    __slots__ = ("site_id", "certificate_pem", "participant_id")
+    __slots__ = ("site_id", "certificate_pem", "participant_id", "certificate_sha256")
     SITE_ID_FIELD_NUMBER: _ClassVar[int]
     CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
     PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_SHA256_FIELD_NUMBER: _ClassVar[int]
     site_id: str
     certificate_pem: str
     participant_id: int
-    def __init__(self, site_id: _Optional[str] = ..., certificate_pem: _Optional[str] = ..., participant_id: _Optional[int] = ...) -> None: ...
+    certificate_sha256: str
+    def __init__(self, site_id: _Optional[str] = ..., certificate_pem: _Optional[str] = ..., participant_id: _Optional[int] = ..., certificate_sha256: _Optional[str] = ...) -> None: ...
+
+class GetCertificatesRequest(_message.Message):
+    __slots__ = ("sha256",)
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    sha256: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, sha256: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetCertificatesResponse(_message.Message):
+    __slots__ = ("certificates",)
+    CERTIFICATES_FIELD_NUMBER: _ClassVar[int]
+    certificates: _containers.RepeatedCompositeFieldContainer[ParticipantCertificate]
+    def __init__(self, certificates: _Optional[_Iterable[_Union[ParticipantCertificate, _Mapping]]] = ...) -> None: ...
 
 class SecaggTask(_message.Message):
     __slots__ = ("session_id", "purpose", "message", "session_config", "participants")

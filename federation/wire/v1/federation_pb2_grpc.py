@@ -49,6 +49,11 @@ class FederationStub:
                 request_serializer=federation_dot_wire_dot_v1_dot_federation__pb2.TaskResult.SerializeToString,
                 response_deserializer=federation_dot_wire_dot_v1_dot_federation__pb2.PushAck.FromString,
                 _registered_method=True)
+        self.GetCertificates = channel.unary_unary(
+                '/concordia.federation.v1.Federation/GetCertificates',
+                request_serializer=federation_dot_wire_dot_v1_dot_federation__pb2.GetCertificatesRequest.SerializeToString,
+                response_deserializer=federation_dot_wire_dot_v1_dot_federation__pb2.GetCertificatesResponse.FromString,
+                _registered_method=True)
 
 
 class FederationServicer:
@@ -78,6 +83,15 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetCertificates(self, request, context):
+        """The certificates with these SHA-256 fingerprints, of sites that have said Hello. A
+        session names its participants by fingerprint; a site fetches a certificate it does not
+        hold yet once, and checks it (CA, name, roster, fingerprint) like any other.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FederationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -95,6 +109,11 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.PushResult,
                     request_deserializer=federation_dot_wire_dot_v1_dot_federation__pb2.TaskResult.FromString,
                     response_serializer=federation_dot_wire_dot_v1_dot_federation__pb2.PushAck.SerializeToString,
+            ),
+            'GetCertificates': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCertificates,
+                    request_deserializer=federation_dot_wire_dot_v1_dot_federation__pb2.GetCertificatesRequest.FromString,
+                    response_serializer=federation_dot_wire_dot_v1_dot_federation__pb2.GetCertificatesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +197,33 @@ class Federation:
             '/concordia.federation.v1.Federation/PushResult',
             federation_dot_wire_dot_v1_dot_federation__pb2.TaskResult.SerializeToString,
             federation_dot_wire_dot_v1_dot_federation__pb2.PushAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCertificates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/concordia.federation.v1.Federation/GetCertificates',
+            federation_dot_wire_dot_v1_dot_federation__pb2.GetCertificatesRequest.SerializeToString,
+            federation_dot_wire_dot_v1_dot_federation__pb2.GetCertificatesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -26,7 +26,8 @@ NAMES = ["site-0", "site-1", "site-2"]
 
 
 def certificate(site: str) -> str | None:
-    return f"PEM of {site}"
+    """Stands in for the fingerprint of the certificate the site said Hello with."""
+    return f"sha256 of {site}"
 
 
 def _wire_tasks() -> tuple[RunEngine, dict[TaskKind, federation_pb2.Task]]:
@@ -120,9 +121,11 @@ def test_secagg_tasks_name_their_session(
     if kind is TaskKind.ADVERTISE_KEYS:
         config = SessionConfig.from_bytes(message.secagg.session_config)
         assert config.participants == (1, 2, 3)
+        # participants are named by certificate fingerprint; the certificates are not resent
         assert [
-            (p.participant_id, p.site_id, p.certificate_pem) for p in message.secagg.participants
-        ] == [(i + 1, site, f"PEM of {site}") for i, site in enumerate(NAMES)]
+            (p.participant_id, p.site_id, p.certificate_sha256, p.certificate_pem)
+            for p in message.secagg.participants
+        ] == [(i + 1, site, f"sha256 of {site}", "") for i, site in enumerate(NAMES)]
         assert message.secagg.message == b""
     else:
         assert not message.secagg.session_config and not message.secagg.participants
