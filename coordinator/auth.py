@@ -4,8 +4,10 @@ An interceptor wraps every handler: it reads the mutual-TLS peer certificate, ma
 Identity (site, operator with role, or nothing), checks that this very certificate is the
 identity's active one on the signed consortium roster (a CA signature alone is not enough: a
 revoked, superseded or never-rostered certificate is refused), then checks the method against
-`AUTHORISATION`, before the handler runs. Denials are audited and answered with
-PERMISSION_DENIED / UNAUTHENTICATED.
+`AUTHORISATION`, before the handler runs. Denials are audited, answered with
+PERMISSION_DENIED / UNAUTHENTICATED, and logged (rate-limited) as one line naming the peer
+address, the certificate's subject and fingerprint, the reason and what to do: after a successful
+handshake this is where a revoked, superseded or unrostered certificate shows.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import grpc
 from cryptography import x509
 from grpc import aio
 
+from coordinator.guard import RateLimitedLog
 from federation.identity import (
     Identity,
     IdentityError,
@@ -31,7 +34,7 @@ from federation.identity import (
     identity_from_certificate,
     load_certificate,
 )
-from federation.roster import Roster, RosterError, load_signed_roster
+from federation.roster import Roster, RosterError, certificate_fingerprint, load_signed_roster
 from federation.tls import PEER_CERT_KEY
 
 log = logging.getLogger("concordia.coordinator.auth")
@@ -193,9 +196,33 @@ def _peer(context: aio.ServicerContext) -> tuple[Identity | None, x509.Certifica
         return None, None
     try:
         cert = load_certificate(pems[0])
-        return identity_from_certificate(cert), cert
     except IdentityError:
         return None, None
+    try:
+        return identity_from_certificate(cert), cert
+    except IdentityError:
+        return None, cert
+
+
+_ROSTER_ADVICE = {
+    "superseded": "the site still uses its old kit: install the renewed one",
+    "revoked": "revoked with `fedctl provision revoke`; `fedctl provision renew SITE` re-admits it",
+    "not on": "copy the newest OUT/ca/roster.json to the coordinator, or re-issue the kit",
+}
+
+
+def refusal_line(peer: str, cert: x509.Certificate | None, method: str, reason: str) -> str:
+    """The coordinator's log line for a refused caller: who (peer address, certificate subject
+    and fingerprint, the roster's key), what it tried, why, and what to do. Only certificate
+    fields and the address: nothing a site holds about patients."""
+    who = peer.removeprefix("ipv4:").removeprefix("ipv6:")
+    if cert is not None:
+        who += f" ({cert.subject.rfc4514_string()}, sha256 {certificate_fingerprint(cert)[:16]})"
+    advice = next(
+        (text for key, text in _ROSTER_ADVICE.items() if key in reason),
+        "check the caller's kit and role",
+    )
+    return f"refused {who} calling {method.rsplit('/', 1)[-1]}: {reason}; {advice}"
 
 
 class AuthorisationInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
@@ -207,6 +234,7 @@ class AuthorisationInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
     ) -> None:
         self._on_denied = on_denied
         self._roster = roster
+        self._refusals = RateLimitedLog(log)
 
     async def intercept_service(
         self,
@@ -240,6 +268,12 @@ class AuthorisationInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
             reason = self._roster.roster.check(identity, cert)
         reason = reason or authorise(method, identity)
         if reason is not None:
+            peer = context.peer() or "an unknown address"
+            self._refusals.log(
+                f"{peer.rsplit(':', 1)[0]} {reason}",
+                logging.WARNING,
+                refusal_line(peer, cert, method, reason),
+            )
             self._on_denied(identity, method, reason)
             code = (
                 grpc.StatusCode.UNAUTHENTICATED

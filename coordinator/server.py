@@ -27,7 +27,8 @@ from coordinator.config import (
     split_host_port,
 )
 from coordinator.federation_service import FederationService
-from coordinator.guard import RequestGuard, describe, quiet_grpc_loggers
+from coordinator.guard import RateLimitedLog, RequestGuard, describe, quiet_grpc_loggers
+from coordinator.handshake_log import HandshakeFailure, capture_handshake_failures
 from coordinator.store import CoordinatorStore
 from federation.faults import Faults, FaultSpecError
 from federation.roster import Roster, RosterError
@@ -206,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, required=True, help="coordinator.toml")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
+    # Before logging is set up: Python's stderr moves off fd 2, which the gRPC core's handshake
+    # records now go through, so a failed handshake becomes one line naming the peer.
+    capture = capture_handshake_failures(_handshake_logger())
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
@@ -217,4 +221,19 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, TlsError, RosterError, FaultSpecError) as exc:
         print(f"concordia-coordinator: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if capture is not None:
+            capture.close()
     return 0
+
+
+def _handshake_logger() -> Callable[[HandshakeFailure], None]:
+    """One WARNING per failed handshake, at most 10 per peer host and cause per 10 s: a site
+    retrying with an expired certificate says so, without filling the log."""
+    limiter = RateLimitedLog(logging.getLogger("concordia.coordinator.tls"))
+
+    def on_failure(failure: HandshakeFailure) -> None:
+        host = failure.peer.rsplit(":", 1)[0]
+        limiter.log(f"{host} {failure.kind}", logging.WARNING, failure.line())
+
+    return on_failure

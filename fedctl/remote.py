@@ -17,8 +17,24 @@ from fedctl.errors import CliError
 from federation.configfile import ConfigError, apply_env_overrides, read_toml
 from federation.tls import TlsError, TlsKit, TransportSettings, secure_channel
 from federation.wire.v1 import admin_pb2_grpc
+from site_agent.connection import diagnose
 
 DEFAULT_CONFIG = "fedctl.toml"
+DIAGNOSE_TIMEOUT_S = 5.0
+_target: dict[str, tuple[str, TlsKit]] = {}
+"""The address and kit of the last `admin_stub`: what `rpc_error` diagnoses when the
+coordinator is unreachable (a fedctl process talks to one coordinator)."""
+_FOR_OPERATOR = (
+    # site_agent.connection words its diagnosis for a site; the steps are the same for fedctl
+    (
+        "renewed site kit (fedctl provision renew SITE)",
+        "renewed operator kit (fedctl provision renew NAME)",
+    ),
+    ("ask the operator whether the coordinator is running", "check that the coordinator runs"),
+    ("site.toml", "fedctl.toml"),
+    ("this site's", "this operator's"),
+    ("this site", "this operator"),
+)
 ENV_KEYS = {"coordinator": ("address",)}
 """The keys of `fedctl.toml` an environment variable may override (an operator's shell often
 has a CONCORDIA_… variable meant for something else, so only these are looked up)."""
@@ -65,7 +81,25 @@ def admin_stub(given: Path | None) -> tuple[admin_pb2_grpc.AdminStub, grpc.Chann
     except TlsError as exc:
         raise CliError(str(exc)) from None
     channel = secure_channel(address, kit, TransportSettings())
+    _target["current"] = (address, kit)
     return admin_pb2_grpc.AdminStub(channel), channel  # type: ignore[no-untyped-call]
+
+
+def unreachable(details: str) -> str:
+    """Why the coordinator cannot be reached, as one line naming the address and the cause
+    (DNS, refused, unknown CA, expired certificate, host name mismatch, ...): gRPC says only
+    UNAVAILABLE, so the connection is repeated step by step (`site_agent.connection.diagnose`)."""
+    target = _target.get("current")
+    if target is None:
+        return f"coordinator unreachable: {details}"
+    address, kit = target
+    problem = diagnose(address, kit.ca_pem, kit.cert_pem, kit.key_pem, DIAGNOSE_TIMEOUT_S)
+    if problem is None:  # name, TCP and TLS all work now: say what gRPC said
+        return f"coordinator at {address} unreachable: {details}"
+    message = problem.message
+    for site_words, operator_words in _FOR_OPERATOR:
+        message = message.replace(site_words, operator_words)
+    return f"coordinator unreachable [{problem.code}]: {message}"
 
 
 def rpc_error(exc: grpc.RpcError) -> CliError:
@@ -73,7 +107,7 @@ def rpc_error(exc: grpc.RpcError) -> CliError:
     code = exc.code() if hasattr(exc, "code") else None
     details = exc.details() if hasattr(exc, "details") else str(exc)
     if code == grpc.StatusCode.UNAVAILABLE:
-        return CliError(f"coordinator unreachable: {details}")
+        return CliError(unreachable(str(details)))
     if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
         return CliError(f"not allowed: {details}")
     if code == grpc.StatusCode.NOT_FOUND:

@@ -10,14 +10,15 @@ from typing import Any
 
 import grpc
 import numpy as np
-from google.protobuf.json_format import MessageToDict
 
-from fedctl import progress
+from fedctl import json_output, progress
 from fedctl.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, CliError
 from fedctl.remote import add_config_argument, admin_stub, rpc_error
+from fedctl.run_status import decision_name, stage_name, state_name
+from fedctl.wire_names import SITE_STATES, word
 from federation.plan import PlanError, RunPlan, parse_plan
 from federation.vectors import VectorError, decode_vector
-from federation.wire.v1 import admin_pb2, federation_pb2
+from federation.wire.v1 import admin_pb2
 
 TERMINAL = progress.TERMINAL
 
@@ -78,8 +79,7 @@ def register(sub: Any) -> None:
 
 # ---------------------------------------------------------------------- formatting
 def status_line(status: admin_pb2.RunStatus) -> str:
-    state = federation_pb2.RunState.Name(status.state).removeprefix("RUN_STATE_").lower()
-    stage = admin_pb2.RunStage.Name(status.stage).removeprefix("RUN_STAGE_").lower()
+    state, stage = state_name(status), stage_name(status)
     eps = " ".join(f"{s.site_id}={s.epsilon_spent:.2f}" for s in status.sites if s.epsilon_spent)
     values = {m.name: m.value for m in status.latest_metrics}
     metrics = progress.format_metrics(values, progress.KEY_METRICS)
@@ -105,12 +105,16 @@ def status_line(status: admin_pb2.RunStatus) -> str:
 
 
 def _json(message: Any) -> str:
-    return json.dumps(
-        MessageToDict(
-            message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-        ),
-        sort_keys=True,
-    )
+    """`--output json` of a reply: fields by name and enum words (fedctl/json_output.py)."""
+    if isinstance(message, admin_pb2.RunStatus):
+        return json_output.dumps(json_output.run_json(message))
+    if isinstance(message, admin_pb2.ListRunsResponse):
+        return json_output.dumps(json_output.runs_json(message))
+    if isinstance(message, admin_pb2.ListSitesResponse):
+        return json_output.dumps(json_output.sites_json(message))
+    if isinstance(message, admin_pb2.SubmitRunResponse):
+        return json_output.dumps(json_output.submit_json(message))
+    raise TypeError(f"no JSON form for {type(message).__name__}")
 
 
 def follow(
@@ -242,7 +246,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(status_line(status))
     for site in status.sites:
-        decision = admin_pb2.PlanDecision.Name(site.decision).removeprefix("PLAN_DECISION_").lower()
+        decision = decision_name(site)
         alive = "alive" if site.alive else "-"
         line = f"  {site.site_id:<20} {decision:<9} {alive:<6} ε={site.epsilon_spent:.3f}"
         print(line + (f"  {site.reason}" if site.reason else ""))
@@ -279,7 +283,7 @@ def cmd_sites(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"online = last call < {response.online_timeout_s:g} s ago")
     for site in response.sites:
-        state = admin_pb2.SiteState.Name(site.state).removeprefix("SITE_STATE_").lower()
+        state = word(SITE_STATES, site.state)
         policy = site.policy
         line = (
             f"{site.site_id:<20} {state:<8} seen {format_age(site.last_seen_age_s):>7} ago "

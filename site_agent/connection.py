@@ -34,7 +34,10 @@ _PROBE_READ_S = 2.0
 TLS 1.3 the server checks the client certificate after the client's side of the handshake is
 done, so its alert arrives on the first read."""
 
-RENEW = "ask the consortium operator for a renewed site kit (fedctl renew) and install it"
+RENEW = (
+    "ask the consortium operator for a renewed site kit (fedctl provision renew SITE) and"
+    " install it"
+)
 
 
 class ProblemCode(enum.StrEnum):

@@ -31,6 +31,7 @@ OFFER, TRAIN = admin_pb2.RUN_STAGE_PLAN_OFFER, admin_pb2.RUN_STAGE_TRAIN
 EVALUATE, DONE = admin_pb2.RUN_STAGE_EVALUATE, admin_pb2.RUN_STAGE_DONE
 ACCEPTED, PENDING_D = admin_pb2.PLAN_DECISION_ACCEPTED, admin_pb2.PLAN_DECISION_PENDING
 REFUSED = admin_pb2.PLAN_DECISION_REFUSED
+LIFETIME_BEFORE = 1.5  # ε each site had spent before this run
 
 
 def status(
@@ -60,6 +61,8 @@ def status(
                 decision=decision,
                 alive=alive,
                 epsilon_spent=eps,
+                epsilon_lifetime=eps + LIFETIME_BEFORE if eps else 0.0,
+                last_seen_unix_ms=updated,
                 reason=(reason or {}).get(name, ""),
             )
             for name, decision, alive, eps in sites
@@ -237,6 +240,7 @@ def test_json_event_shape() -> None:
         "decision": "accepted",
         "alive": True,
         "epsilon": 0.8,
+        "epsilon_lifetime": 0.8 + LIFETIME_BEFORE,
         "reason": "",
     }
     assert train["metrics"] == M1 and train["metrics_round"] == 1
@@ -334,3 +338,40 @@ def test_ctrl_c_propagates_when_not_detachable() -> None:
             detachable=False,
         )
     assert err.getvalue() == ""
+
+
+def test_the_live_view_shows_each_sites_epsilon_spent_run_limit_and_lifetime() -> None:
+    """The site table of one rendered frame (rich, recorded instead of a terminal)."""
+    from rich.console import Console
+
+    from fedctl.live_view import LiveView
+
+    now = 1_800_000_000.0
+    view = LiveView(io.StringIO(), clock=lambda: now, plan_epsilon=3.0)
+    view.show(status(rnd=2, sites=sites(0.8), updated=int((now - 7) * 1000)))
+    console = Console(file=io.StringIO(), width=140, record=True)
+    console.print(view._render())
+    frame = console.export_text()
+    assert "ε spent / run limit" in frame and "lifetime ε" in frame
+    rows = [line for line in frame.splitlines() if line.startswith(("a ", "b "))]
+    assert len(rows) == 2, frame
+    for row in rows:
+        assert "0.80 / 3" in row and f"{0.8 + LIFETIME_BEFORE:.2f}" in row, row
+        assert "7s ago" in row and "accepted" in row, row
+
+
+def test_the_live_view_keeps_subgroup_figures_out_of_its_metrics_line() -> None:
+    """A real run releases dozens of `subgroup:…` figures; the view shows the overall ones and
+    how many more the summary holds."""
+    from fedctl.live_view import LiveView
+
+    metrics = {"c_windowed": 0.61, "subgroup:sex=F:c_windowed": 0.6, "subgroup:sex=M:ibs": 0.2}
+    view = LiveView(io.StringIO(), clock=lambda: 0.0, plan_epsilon=3.0)
+    view.show(status(rnd=1, sites=sites(0.8), metrics=metrics, metrics_round=1))
+    from rich.console import Console
+
+    console = Console(file=io.StringIO(), width=140, record=True)
+    console.print(view._render())
+    line = next(x for x in console.export_text().splitlines() if x.startswith("metrics"))
+    assert "c_windowed=0.610" in line and "sex=" not in line, line
+    assert "+2 subgroup/feature figures" in line, line
