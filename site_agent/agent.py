@@ -46,6 +46,7 @@ from site_agent.retention import PurgeCounts, purge_expired
 from site_agent.roster import SiteRoster
 from site_agent.sealing import StateSealer, load_state_key
 from site_agent.secagg_adapter import SecaggAdapter
+from site_agent.session_peers import prepare_session
 from site_agent.split import split_fingerprint
 
 log = logging.getLogger("concordia.site")
@@ -318,23 +319,6 @@ class SiteAgent:
                 self.site_id, "roster_updated", {"version": self.roster.version, "change": change}
             )
 
-    async def _fetch_certificates(
-        self, stub: federation_pb2_grpc.FederationStub, task: federation_pb2.Task
-    ) -> None:
-        """A session names its participants by certificate fingerprint: fetch, once, those this
-        site does not hold yet. What comes back is filed under its own fingerprint and checked
-        at session time like any certificate (site_agent/peer_certificates.py), so a wrong
-        answer can only make the session refuse, never let a stranger in."""
-        if not task.HasField("secagg"):
-            return
-        wanted = [p.certificate_sha256 for p in task.secagg.participants if not p.certificate_pem]
-        missing = self.peer_certificates.missing(wanted)
-        if not missing:
-            return
-        response = await stub.GetCertificates(federation_pb2.GetCertificatesRequest(sha256=missing))
-        filed = self.peer_certificates.add(c.certificate_pem for c in response.certificates)
-        log.info("fetched %d of %d participant certificates", len(filed), len(missing))
-
     async def _serve(self, stub: federation_pb2_grpc.FederationStub) -> None:
         """Pull, answer, push, forever; a result the coordinator rejects is logged, not retried
         (it answers no outstanding task), any other RPC failure reconnects."""
@@ -348,7 +332,9 @@ class SiteAgent:
                 continue
             started = time.monotonic()
             self.last_task = kind_label(task.kind)
-            await self._fetch_certificates(stub, task)
+            await prepare_session(
+                stub, task, self.roster, self.peer_certificates, lambda: self._hello(stub)
+            )
             result = await asyncio.to_thread(self.handle, task)
             log.info(
                 "%s %s round %d: %s in %.3f s",

@@ -5,16 +5,15 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from federation.identity import Identity
 from federation.pki import CertificateAuthority
-from federation.roster import certificate_fingerprint
+from federation.roster import Roster, RosterEntry, certificate_fingerprint
 from federation.wire.v1 import federation_pb2
-from site_agent.agent import SiteAgent
 from site_agent.peer_certificates import PeerCertificates
+from site_agent.session_peers import fetch_certificates, prepare_session
 
 pytestmark = pytest.mark.unit
 
@@ -76,14 +75,44 @@ def _task(names: dict[str, str]) -> federation_pb2.Task:
 def test_the_agent_fetches_only_what_it_lacks_and_only_once(
     tmp_path: Path, pems: dict[str, str]
 ) -> None:
-    agent = SimpleNamespace(peer_certificates=PeerCertificates(tmp_path / "s.sqlite"))
-    agent.peer_certificates.add([pems["a"]])
+    peers = PeerCertificates(tmp_path / "s.sqlite")
+    peers.add([pems["a"]])
     names = {n: _fp(p) for n, p in pems.items()}
     stub = _Stub([pems["b"], pems["c"]])
-    fetch = SiteAgent._fetch_certificates
-    asyncio.run(fetch(agent, stub, _task(names)))  # type: ignore[arg-type]
+    asyncio.run(fetch_certificates(stub, _task(names), peers))  # type: ignore[arg-type]
     assert stub.asked == [[names["b"], names["c"]]]
-    asyncio.run(fetch(agent, stub, _task(names)))  # type: ignore[arg-type]
+    asyncio.run(fetch_certificates(stub, _task(names), peers))  # type: ignore[arg-type]
     assert len(stub.asked) == 1  # all held now: no second fetch
-    asyncio.run(fetch(agent, stub, federation_pb2.Task()))  # type: ignore[arg-type]
-    assert len(stub.asked) == 1  # not a session task
+
+
+class _Roster:
+    """A SiteRoster stand-in holding one signed roster version."""
+
+    def __init__(self, roster: Roster) -> None:
+        self.roster = roster
+        self.version = roster.version
+
+
+def test_a_session_naming_a_certificate_the_roster_lacks_says_hello_again(
+    tmp_path: Path, pems: dict[str, str]
+) -> None:
+    from federation.identity import load_certificate
+
+    entries = tuple(RosterEntry.from_certificate(load_certificate(pems[n])) for n in ("a", "b"))
+    roster = _Roster(Roster("c", 1, NOW, entries))
+    peers = PeerCertificates(tmp_path / "s.sqlite")
+    hellos: list[int] = []
+
+    async def hello() -> None:
+        hellos.append(1)
+
+    stub = _Stub([])
+    known = _task({"aa": _fp(pems["a"]), "bb": _fp(pems["b"])})
+    peers.add([pems["a"], pems["b"]])
+    asyncio.run(prepare_session(stub, known, roster, peers, hello))  # type: ignore[arg-type]
+    assert hellos == []  # everyone is on our roster: no extra Hello
+    added = _task({"aa": _fp(pems["a"]), "cc": _fp(pems["c"])})
+    asyncio.run(prepare_session(stub, added, roster, peers, hello))  # type: ignore[arg-type]
+    assert hellos == [1]  # cc is not (yet) on it: ask for the newest roster first
+    asyncio.run(prepare_session(stub, federation_pb2.Task(), roster, peers, hello))  # type: ignore[arg-type]
+    assert hellos == [1] and stub.asked == [[_fp(pems["c"])]]
