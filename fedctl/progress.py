@@ -204,7 +204,8 @@ def _final(
     metrics: admin_pb2.RunStatus | None,
 ) -> admin_pb2.RunStatus:
     """The status to summarise: the last one streamed, completed by a GetRun when the stream ended
-    before the run did (a coordinator restart) or without metrics (`evaluate_every` > 1)."""
+    before the run did (a coordinator restart) or without metrics (a status between
+    evaluations: by default the final model's is the only one)."""
     final = last
     if last.state not in TERMINAL or not last.latest_metrics:
         try:

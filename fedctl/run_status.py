@@ -191,8 +191,27 @@ def summary(status: admin_pb2.RunStatus, plan_epsilon: float | None = None) -> l
     of = f" (plan ε {plan_epsilon:g})" if plan_epsilon else ""
     lines.append(f"  ε spent: {epsilon_text(status) or 'no site'}{of}")
     if status.latest_metrics:
-        metrics = metrics_text(list(status.latest_metrics), only_key=False)
+        overall = [m for m in status.latest_metrics if ":" not in m.name]
+        metrics = metrics_text(overall, only_key=False)
         lines.append(f"  metrics (round {status.metrics_round}): {metrics}")
+        lines += breakdown_lines(list(status.latest_metrics))
     else:
         lines.append("  metrics: none released")
+    return lines
+
+
+def breakdown_lines(metrics: list[admin_pb2.Metric]) -> list[str]:
+    """One line per subgroup level or permuted feature (figure names `subgroup:sex=F:ibs`,
+    `importance:age:delta_c`), in the order released: a few readable lines rather than dozens
+    of figures on the metrics line."""
+    groups: dict[str, dict[str, float]] = {}
+    for metric in metrics:
+        group, sep, name = metric.name.rpartition(":")
+        if sep:
+            groups.setdefault(group, {})[name] = metric.value
+    lines = []
+    for group, values in groups.items():
+        kind, _, label = group.partition(":")
+        names = [n for n in values if not _is_companion(n, values)]
+        lines.append(f"    {kind} {label}: {format_metrics(values, names)}")
     return lines

@@ -227,7 +227,10 @@ class SiteAgent:
                     grpc.StatusCode.PERMISSION_DENIED,
                     grpc.StatusCode.UNAUTHENTICATED,
                 ):
-                    log.error("coordinator refused this site: %s", exc.details())
+                    refusal = f"coordinator refused this site: {exc.details()}"
+                    if refusal != self._reported:  # once per cause, not once per retry
+                        log.error("%s; retrying with backoff (logged once)", refusal)
+                        self._reported = refusal
                 elif exc.code() == grpc.StatusCode.UNAVAILABLE:
                     await self._report_unavailable(exc, backoff)
                 else:

@@ -326,3 +326,53 @@ def test_repeated_failures_log_the_diagnosis_once_and_the_recovery(
     assert "this message repeats only if the cause changes" in warnings[0]
     infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
     assert any(f"coordinator at {address} restored after" in m for m in infos), infos
+
+
+class RefusingServicer(pb_grpc.FederationServicer):
+    """A coordinator that refuses this site on every Hello (revoked, or an old kit)."""
+
+    def __init__(self) -> None:
+        self.hellos = 0
+
+    async def Hello(self, request: pb.HelloRequest, context: Any) -> pb.HelloResponse:
+        self.hellos += 1
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, "certificate revoked")
+        raise AssertionError("unreachable")
+
+
+def test_a_refused_site_logs_the_refusal_once_however_often_it_retries(
+    ca: CertificateAuthority,
+    site: TlsKit,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(agent_module, "INITIAL_BACKOFF_S", 0.02)
+    monkeypatch.setattr(agent_module, "MAX_BACKOFF_S", 0.05)
+    address = f"127.0.0.1:{free_port()}"
+    servicer = RefusingServicer()
+
+    async def hello(stub: Any) -> None:
+        await stub.Hello(pb.HelloRequest(site_id="hospital-a"), timeout=TIMEOUT)
+
+    async def scenario() -> None:
+        cert = coordinator_cert(ca)
+        kit = TlsKit(ca.issued.certificate_pem, cert.certificate_pem, cert.key_pem)
+        server = grpc.aio.server(options=server_options())
+        pb_grpc.add_FederationServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+        server.add_secure_port(address, server_credentials(kit))
+        await server.start()
+        loop = asyncio.create_task(bare_agent(address, site, hello)._connect_forever())
+        try:
+            while servicer.hellos < 4:
+                await asyncio.sleep(0.02)
+        finally:
+            loop.cancel()
+            await server.stop(grace=None)
+
+    with caplog.at_level(logging.INFO, logger="concordia.site"):
+        asyncio.run(asyncio.wait_for(scenario(), 60))
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert servicer.hellos >= 4
+    assert errors == [
+        "coordinator refused this site: certificate revoked; retrying with backoff (logged once)"
+    ]

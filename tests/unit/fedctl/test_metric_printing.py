@@ -80,3 +80,19 @@ def test_json_keeps_every_field_numeric() -> None:
 def test_metrics_without_uncertainty_print_as_before() -> None:
     line = progress.change_line(_status({"c_windowed": 0.61, "ibs": 0.18}))
     assert "c_windowed=0.610 ibs=0.180 (round 2)" in line
+
+
+def test_the_summary_gives_each_subgroup_and_permuted_feature_its_own_line() -> None:
+    breakdown = {f"subgroup:sex=F:{k}": v for k, v in RESOLVED.items()}
+    breakdown |= {f"subgroup:sex=M:{k}": v for k, v in DROWNED.items()}
+    breakdown |= {"importance:age:delta_c": 0.1, "importance:age:delta_c_se": 0.02 / Z95}
+    lines = progress.summary(_status({**RESOLVED, **breakdown}, federation_pb2.RUN_STATE_COMPLETED))
+    metrics_line = next(line for line in lines if line.startswith("  metrics"))
+    assert ":" not in metrics_line.split(": ", 1)[1]  # no subgroup figure on the consortium line
+    assert lines[-3:] == [
+        "    importance age: delta_c 0.100 ± 0.020",
+        "    subgroup sex=F: c_windowed 0.620 ± 0.050, events not resolvable at this ε (± 666),"
+        " ibs 0.180 ± 0.020",
+        "    subgroup sex=M: c_windowed not resolvable at this ε (± 0.310),"
+        " events not resolvable at this ε (± 666), ibs 0.180 ± 0.020",
+    ]
