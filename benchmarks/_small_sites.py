@@ -30,7 +30,8 @@ import numpy as np
 import pandas as pd
 
 from fedctl.demo import Scores, score
-from federation.plan import PlanError, RunPlan, TrainingPlan, parse_plan
+from federation.plan import PlanError, RunPlan, parse_plan
+from federation.plan_training import TrainingPlan
 from site_agent.config import DataConfig, SitePolicy
 from site_agent.data import load_local_data
 from survival.data import (

@@ -79,7 +79,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         except PlanError as exc:
             errors = [
                 admin_pb2.FieldError(field=part.split(":", 1)[0].strip(), message=part.strip())
-                for part in str(exc).removeprefix("invalid plan: ").split("; ")
+                for part in exc.problems
             ]
             self.c.store.audit.append(identity.uri, "run_refused", {"reason": str(exc)[:500]})
             return admin_pb2.SubmitRunResponse(errors=errors)

@@ -21,7 +21,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from federation.plan import TrainingPlan
+from federation.plan_training import TrainingPlan
 
 Vector = npt.NDArray[np.float32]
 Gradient = npt.NDArray[np.float64]

@@ -11,12 +11,22 @@ from __future__ import annotations
 import hashlib
 import json
 import tomllib
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from federation.gaussian import gaussian_epsilon
-from federation.plan_messages import format_validation_error
+from federation.metrics_noise import (
+    DEFAULT_METRICS_SIGMA,
+    METRICS_EPSILON_SHARE,
+    MIN_METRICS_SIGMA,
+    with_metrics_sigma,
+)
+from federation.plan_anonymity import KAnonymityPlan, check_layer
+from federation.plan_evaluation import EvaluationField, EvaluationPlan
+from federation.plan_messages import validation_problems
+from federation.plan_secagg import SECAGG_ADDED_DEFAULTS, SecAggPlan
+from federation.plan_training import TrainingPlan
 from survival.schema import Feature, FeatureSchema
 from survival.spec import ModelSpec
 from survival.timegrid import TimeGrid
@@ -33,113 +43,18 @@ noise multiplier in the hundreds: nothing a site could learn from."""
 
 
 class PlanError(ValueError):
-    """A plan that cannot be accepted; the message names every offending field."""
+    """A plan that cannot be accepted; the message names every offending field, and `problems`
+    holds them one by one (`location: message`), for callers that list them."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems: tuple[str, ...] = tuple(
+            problems if problems is not None else [message.removeprefix("invalid plan: ")]
+        )
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-TrainingMode = Literal["local", "distributed"]
-"""local: each site runs its own DP-SGD (its own full noise) and releases a model delta each
-round. distributed: each round every site takes one Poisson batch, releases the integer sum of
-clipped per-patient gradients plus a Skellam noise *share*, and secure aggregation adds the
-shares into one pooled noisy gradient (docs/model.md, "Distributed DP-SGD")."""
-
-
-class TrainingPlan(_Strict):
-    """Local or distributed DP-SGD and the server optimiser."""
-
-    mode: TrainingMode = Field(
-        default="local",
-        description=(
-            "local: each site runs its own DP-SGD and releases a model delta each round;"
-            " distributed: each round every site releases a noisy integer gradient sum share and"
-            " secure aggregation pools them into one DP-SGD step (docs/model.md)"
-        ),
-    )
-    rounds: int = Field(
-        default=5,
-        ge=1,
-        le=5000,
-        description="federated rounds; in distributed mode each round is one DP-SGD step",
-    )
-    local_epochs: int = Field(
-        default=2, ge=1, le=100, description="local mode: passes over a site's data per round"
-    )
-    batch_size: int = Field(
-        default=256, ge=8, le=65536, description="local mode: expected DP-SGD batch size at a site"
-    )
-    learning_rate: float = Field(
-        default=0.05, gt=0.0, le=10.0, description="step size of the optimiser at each site"
-    )
-    optimizer: Literal["sgd", "adam"] = Field(
-        default="adam", description="local mode: the optimiser a site's DP-SGD steps with"
-    )
-    max_grad_norm: float = Field(
-        default=1.0,
-        gt=0.0,
-        le=1000.0,
-        description="L2 bound each per-patient gradient is clipped to (the DP sensitivity)",
-    )
-    server_optimizer: Literal["fedavg", "fedadam", "fedyogi"] = Field(
-        default="fedavg",
-        description="how the coordinator applies the aggregated update (Reddi et al. 2021)",
-    )
-    server_learning_rate: float = Field(
-        default=1.0, gt=0.0, le=10.0, description="step size of the server optimiser"
-    )
-    # FedAdam / FedYogi (Reddi et al. 2021): decay of the first and second moment of the
-    # pseudo-gradient, and τ, which bounds the per-coordinate step (ignored by FedAvg).
-    server_beta1: float = Field(
-        default=0.9,
-        ge=0.0,
-        lt=1.0,
-        description="FedAdam/FedYogi: decay of the pseudo-gradient's first moment",
-    )
-    server_beta2: float = Field(
-        default=0.99,
-        ge=0.0,
-        lt=1.0,
-        description="FedAdam/FedYogi: decay of the pseudo-gradient's second moment",
-    )
-    server_tau: float = Field(
-        default=1e-3,
-        gt=0.0,
-        le=1.0,
-        description="FedAdam/FedYogi: τ, which bounds the per-coordinate step (FedAvg ignores it)",
-    )
-    evaluate_every: int = Field(
-        default=1, ge=1, description="release evaluation metrics every this many rounds"
-    )
-    aggregation: Literal["weighted", "unweighted"] = Field(
-        default="weighted",
-        description=(
-            "local mode: FedAvg weights each site by its own DP-noised cohort size from the"
-            " statistics release (weighted) or counts every site once (unweighted)"
-        ),
-    )
-    sample_rate: float = Field(
-        default=1.0,
-        gt=0.0,
-        le=1.0,
-        description=(
-            "distributed mode: every patient at every site joins a round's batch with this"
-            " probability (Poisson sampling; the same q everywhere). 1 = full-batch DP-GD, whose"
-            " Skellam accounting is tight; below 1 the only amplification bound proven for the"
-            " Skellam mechanism (Zhu & Wang 2019) is loose (docs/model.md)"
-        ),
-    )
-    holdout_min_site_rows: int = Field(
-        default=300,
-        ge=0,
-        le=10_000_000,
-        description=(
-            "a site with fewer usable rows holds nothing out: it trains on all of them and"
-            " releases no evaluation metrics (a fifth of a small site's data is worth more in"
-            " training than as a noisy metric); 0 = every site evaluates"
-        ),
-    )
 
 
 class PrivacyPlan(_Strict):
@@ -176,10 +91,25 @@ class PrivacyPlan(_Strict):
         ),
     )
     metrics_noise_multiplier: float = Field(
-        default=20.0,
-        ge=0.5,
+        default=DEFAULT_METRICS_SIGMA,
+        ge=MIN_METRICS_SIGMA,
         le=1000.0,
-        description="σ (noise std / sensitivity) of each evaluation-metrics release",
+        description=(
+            "σ (noise std / sensitivity) of each evaluation-metrics release; unset: calibrated"
+            " so that the plan's evaluations together spend metrics_epsilon_share of ε (the"
+            " default shown is that σ at the default ε, δ and one evaluation)"
+        ),
+    )
+    metrics_epsilon_share: float = Field(
+        default=METRICS_EPSILON_SHARE,
+        gt=0.0,
+        le=0.9,
+        description=(
+            "share of ε the evaluations may spend together on the held-out patients when"
+            " metrics_noise_multiplier is unset (composed in parallel with training: it takes"
+            " nothing from training's noise; at most 0.9, so that an RDP ledger, which charges"
+            " up to ~10 % more than the exact figure, still stays within ε)"
+        ),
     )
     noise_shares: int = Field(
         default=1,
@@ -191,56 +121,13 @@ class PrivacyPlan(_Strict):
             " trusts fewer sites (docs/model.md)"
         ),
     )
-
-
-class SecAggPlan(_Strict):
-    """Secure aggregation parameters.
-
-    The threshold of a session among n sites is max(threshold or ceil(2n/3), ⌊(n + c)/2⌋ + 1)
-    with c = `max_colluding_sites` (federation/sessions.py): every site re-derives it and joins
-    no session with another. A site whose policy assumes more colluders refuses the plan.
-    """
-
-    threshold: int | None = Field(
+    k_anonymity: KAnonymityPlan | None = Field(
         default=None,
-        ge=2,
-        description="shares needed to unmask a sum; unset: ceil(2n/3), raised as above",
-    )
-    max_colluding_sites: int = Field(
-        default=0,
-        ge=0,
-        le=1000,
-        description="sites assumed to collude with the coordinator; raises every threshold",
-    )
-    clip_norm: float = Field(
-        default=10.0, gt=0.0, description="L2 bound of a model delta before it is quantised"
-    )
-    coord_bound: float = Field(
-        default=2.0, gt=0.0, description="each coordinate is clipped to ± this before quantising"
-    )
-    scale_bits: int = Field(
-        default=18,
-        ge=4,
-        le=28,
-        description="quantisation scale 2^scale_bits (fixed-point precision; docs/secagg.md)",
-    )
-    offer_timeout_s: float = Field(
-        default=120.0,
-        gt=0.0,
-        le=7 * 86400.0,
-        description="how long the plan offer waits for answers (and for sites awaiting approval)",
-    )
-    train_timeout_s: float = Field(
-        default=300.0, gt=0.0, description="seconds sites have to train and mask one round"
-    )
-    stage_timeout_s: float = Field(
-        default=30.0, gt=0.0, description="seconds for each later secure-aggregation stage"
-    )
-    max_attempts: int = Field(
-        default=3,
-        ge=1,
-        le=20,
-        description="tries per round (fresh keys each) before the run fails",
+        exclude_if=lambda layer: layer is None,  # unset: the plan hashes as it did before
+        description=(
+            "[privacy.k_anonymity]: generalise the listed quasi-identifiers at each site and"
+            " suppress rows in classes smaller than k (docs/gdpr.md); absent: no layer"
+        ),
     )
 
 
@@ -286,10 +173,22 @@ class RunPlan(_Strict):
             " policy.allowed_purposes does not list, and excludes rows without consent for it"
         ),
     )
+    evaluation: EvaluationField = Field(
+        default=EvaluationPlan(),
+        description="subgroup and importance blocks of the final evaluation (docs/model.md)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _metrics_sigma(cls, data: Any) -> Any:
+        """The metrics σ a plan leaves unset, calibrated (`federation/metrics_noise.py`)."""
+        return with_metrics_sigma(data, PrivacyPlan, TrainingPlan)
 
     @model_validator(mode="after")
     def _consistent(self) -> RunPlan:
         FeatureSchema(features=self.features)  # duplicate names, bad bounds: one schema error
+        if self.privacy.k_anonymity is not None:
+            check_layer(self.privacy.k_anonymity, self.features)
         if self.sites is not None:
             if len(set(self.sites)) != len(self.sites):
                 raise ValueError("sites: duplicate site id")
@@ -340,18 +239,17 @@ class RunPlan(_Strict):
         body = self.model_dump(mode="json")
         if body.get("purpose") == DEFAULT_PURPOSE:
             del body["purpose"]
+        if body.get("evaluation") == EvaluationPlan().model_dump(mode="json"):
+            del body["evaluation"]  # likewise: plans without subgroups keep their hash
+        for key, default in SECAGG_ADDED_DEFAULTS.items():  # and all-pairs plans theirs
+            if body["secagg"].get(key) == default:
+                del body["secagg"][key]
         return json.dumps(body, sort_keys=True, separators=(",", ":"))
 
     def sha256(self) -> str:
         """The hash a site pins when it accepts the plan: every session context and audit entry
         names it, so a coordinator cannot later swap in a different plan under the same run."""
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
-
-
-def _format_validation_error(error: ValidationError, data: object = None) -> str:
-    """Every error in plain words, features named by their `name` (federation/plan_messages.py);
-    `data` is the submitted plan, which the locations are resolved against."""
-    return format_validation_error(error, RunPlan, data)
 
 
 def parse_plan(text: str, fmt: Literal["toml", "json"] = "toml") -> RunPlan:
@@ -365,4 +263,5 @@ def parse_plan(text: str, fmt: Literal["toml", "json"] = "toml") -> RunPlan:
     try:
         return RunPlan.model_validate(data)
     except ValidationError as exc:
-        raise PlanError(_format_validation_error(exc, data)) from None
+        problems = validation_problems(exc, RunPlan, data)
+        raise PlanError("invalid plan: " + "; ".join(problems), problems) from None

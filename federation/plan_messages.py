@@ -148,10 +148,12 @@ def plain_message(item: ErrorDetails, loc: _Location) -> str:
     return msg
 
 
-def format_validation_error(error: ValidationError, root: type[BaseModel], data: Any) -> str:
-    """Every error of one validation, each as `location: plain message`, in pydantic's order."""
+def validation_problems(error: ValidationError, root: type[BaseModel], data: Any) -> list[str]:
+    """Every error of one validation, each as `location: plain message`, in pydantic's order.
+    One entry per problem: a message may itself contain ";" or ":"."""
     lines = []
     for item in error.errors():
         loc = _Location(root, item["loc"], data)
         lines.append(f"{loc.where}: {plain_message(item, loc)}")
-    return "invalid plan: " + "; ".join(lines)
+    return lines
+

@@ -24,8 +24,12 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from federation.plan import PrivacyPlan, RunPlan, SecAggPlan, TrainingPlan
+from federation.plan import PrivacyPlan, RunPlan
+from federation.plan_anonymity import KAnonymityPlan
+from federation.plan_evaluation import EvaluationPlan
 from federation.plan_messages import is_list, models_in
+from federation.plan_secagg import SecAggPlan
+from federation.plan_training import TrainingPlan
 from survival.schema import CategoricalFeature, NumericFeature
 from survival.spec import ModelSpec
 from survival.timegrid import TimeGrid
@@ -67,7 +71,9 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("Top-level keys", RunPlan),
     ("[training]", TrainingPlan),
     ("[privacy]", PrivacyPlan),
+    ("[privacy.k_anonymity]", KAnonymityPlan),
     ("[secagg]", SecAggPlan),
+    ("[evaluation]", EvaluationPlan),
     ("[model]", ModelSpec),
     ("[time_grid]", TimeGrid),
     ('[[features]] with kind = "numeric"', NumericFeature),
@@ -84,6 +90,11 @@ CROSS_FIELD_RULES = [
     "with `privacy.stats_noise_multiplier` set, `privacy.epsilon` exceeds 1.1 × the ε of that"
     " statistics release alone at `privacy.delta` (the minimum workable ε: e.g. 1.40 for σ = 3,"
     " δ = 1e-5); unset, the release spends `privacy.stats_epsilon_share` of ε instead",
+    "`privacy.k_anonymity.quasi_identifiers` are plan feature names; `cuts` name numeric ones"
+    " among them (points strictly inside the feature's bounds), `hierarchies` categorical ones"
+    " (keys among the feature's levels)",
+    "`evaluation.subgroups` are distinct plan feature names; `evaluation.cuts` name numeric ones"
+    " among them (points strictly increasing, strictly inside the feature's bounds)",
 ]
 """RunPlan's model validator, in words (a validator has no schema to generate them from)."""
 
@@ -184,6 +195,8 @@ def _base_type(annotation: Any) -> str:
         return f'"{options[0]}"' if len(options) == 1 else "one of " + ", ".join(options)
     if typing.get_origin(annotation) is typing.Annotated:
         return _base_type(typing.get_args(annotation)[0])
+    if typing.get_origin(annotation) is dict:
+        return "table (key → " + _base_type(typing.get_args(annotation)[1]) + ")"
     if typing.get_origin(annotation) in (list, tuple):
         args = [arg for arg in typing.get_args(annotation) if arg is not Ellipsis]
         if models_in(annotation):
@@ -198,10 +211,18 @@ def _base_type(annotation: Any) -> str:
     return str(annotation)  # pragma: no cover - a new kind of field: visible in the page
 
 
-def _table_of(model: type[BaseModel]) -> str:
-    return next(
-        key for key, value in RunPlan.model_fields.items() if models_in(value.annotation) == [model]
-    )
+def _table_of(model: type[BaseModel], root: type[BaseModel] = RunPlan) -> str:
+    """The dotted TOML table of a model, searched through the plan's nested tables."""
+    for key, value in root.model_fields.items():
+        inner = models_in(value.annotation)
+        if inner == [model]:
+            return key
+        if len(inner) == 1 and inner[0] is not root:
+            try:
+                return f"{key}.{_table_of(model, inner[0])}"
+            except LookupError:
+                continue
+    raise LookupError(model.__name__)
 
 
 def plain_type(field: FieldInfo) -> str:

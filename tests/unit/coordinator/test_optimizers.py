@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from coordinator.optimizers import FedAdam, FedAvg, FedYogi, server_optimizer
-from federation.plan import PlanError, TrainingPlan, parse_plan
+from federation.plan import PlanError, parse_plan
+from federation.plan_training import TrainingPlan
 
 pytestmark = pytest.mark.unit
 

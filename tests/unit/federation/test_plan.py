@@ -102,3 +102,80 @@ def test_threshold_is_above_half_of_sites_plus_colluders(n: int, c: int, t: int)
 def test_quorum_must_leave_two_honest_sites() -> None:
     with pytest.raises(PlanError, match="max_colluding_sites"):
         parse_plan(MINIMAL + "\n[secagg]\nmax_colluding_sites = 1")
+
+
+# ------------------------------------------------------------------ evaluation and metrics noise
+def _with(table: str, body: str) -> RunPlan:
+    return parse_plan(MINIMAL + f"[{table}]\n{body}\n")
+
+
+def test_by_default_only_the_final_model_is_evaluated_with_a_calibrated_sigma() -> None:
+    from federation.gaussian import gaussian_epsilon
+
+    plan = parse_plan(MINIMAL)
+    assert plan.training.evaluate_every == 0  # the final model only: one metrics release
+    sigma = plan.privacy.metrics_noise_multiplier
+    share = plan.privacy.metrics_epsilon_share
+    spent = gaussian_epsilon(sigma, plan.privacy.delta)
+    # the one release spends at most its share, and not wastefully less (σ rounded up by 1e-3)
+    assert share * plan.privacy.epsilon * 0.99 <= spent <= share * plan.privacy.epsilon
+    assert sigma < 5.0  # resolvable: the earlier fixed default was 20
+
+
+def test_evaluating_every_round_spreads_the_same_budget_over_more_releases() -> None:
+    final = parse_plan(MINIMAL).privacy.metrics_noise_multiplier
+    every = _with("training", "rounds = 5\nevaluate_every = 1").privacy.metrics_noise_multiplier
+    # five releases compose like one at σ/√5: each figure is √5 times noisier
+    assert every == pytest.approx(final * 5**0.5, rel=2e-3)
+
+
+def test_the_metrics_sigma_follows_the_plans_own_epsilon_and_share() -> None:
+    low = _with("privacy", "epsilon = 1.0").privacy.metrics_noise_multiplier
+    wide = _with("privacy", "metrics_epsilon_share = 0.9").privacy.metrics_noise_multiplier
+    default = parse_plan(MINIMAL).privacy.metrics_noise_multiplier
+    assert low > default > wide
+
+
+def test_an_explicit_metrics_sigma_and_evaluate_every_are_kept() -> None:
+    plan = parse_plan(
+        MINIMAL + "[training]\nevaluate_every = 2\n[privacy]\nmetrics_noise_multiplier = 20.0\n"
+    )
+    assert plan.privacy.metrics_noise_multiplier == 20.0
+    assert plan.training.evaluate_every == 2
+
+
+def test_the_calibrated_sigma_is_pinned_in_the_canonical_json() -> None:
+    plan = parse_plan(MINIMAL)
+    body = json.loads(plan.canonical_json())
+    assert body["privacy"]["metrics_noise_multiplier"] == plan.privacy.metrics_noise_multiplier
+    # re-validating a plan built from Python objects calibrates the same way
+    again = RunPlan(
+        **{
+            **plan.model_dump(),
+            "privacy": plan.privacy.model_dump(exclude={"metrics_noise_multiplier"}),
+        }
+    )
+    assert again == plan
+
+
+@pytest.mark.parametrize("bad", ["evaluate_every = -1", "evaluate_every = 1.5"])
+def test_a_negative_evaluate_every_is_refused(bad: str) -> None:
+    with pytest.raises(PlanError, match="evaluate_every"):
+        _with("training", bad)
+
+
+@pytest.mark.parametrize("share", ["0.0", "0.95"])
+def test_a_metrics_share_outside_its_range_is_refused(share: str) -> None:
+    with pytest.raises(PlanError, match="metrics_epsilon_share"):
+        _with("privacy", f"metrics_epsilon_share = {share}")
+
+
+def test_the_largest_share_still_fits_the_ledgers_rdp_charge() -> None:
+    from site_agent.accounting import Entry, epsilon_of
+
+    for epsilon in ("0.5", "3.0", "10.0"):
+        plan = _with(
+            "privacy", f'epsilon = {epsilon}\nmetrics_epsilon_share = 0.9\naccountant = "rdp"'
+        )
+        entry = Entry(plan.privacy.metrics_noise_multiplier, 1.0, 1)
+        assert epsilon_of([entry], plan.privacy.delta, "rdp") <= plan.privacy.epsilon

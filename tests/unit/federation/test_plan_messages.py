@@ -134,3 +134,15 @@ def test_a_plan_below_its_minimum_workable_epsilon_is_refused_with_the_figures()
     assert parse_plan(base + f"epsilon = {floor * 1.01}\n").privacy.epsilon > floor
     # unset, the statistics take a share of ε: any ε is workable
     assert parse_plan(base.replace("stats_noise_multiplier = 3.0\n", "") + "epsilon = 0.5\n")
+
+
+def test_every_problem_is_listed_once_even_when_its_message_has_a_semicolon() -> None:
+    base = 'name = "p"\n[time_grid]\ncuts = [100.0]\n[[features]]\nkind = "numeric"\n'
+    base += 'name = "age"\nmin = 0\nmax = 100\n[privacy]\nstats_noise_multiplier = 3.0\n'
+    with pytest.raises(PlanError) as one:
+        parse_plan(base + "epsilon = 1.0\n")
+    assert len(one.value.problems) == 1 and ";" in one.value.problems[0]  # one, whole
+    with pytest.raises(PlanError) as two:
+        parse_plan(base + "epsilon = -1.0\ndelta = 2.0\n")
+    assert [p.split(":", 1)[0] for p in two.value.problems] == ["privacy.epsilon", "privacy.delta"]
+    assert str(two.value) == "invalid plan: " + "; ".join(two.value.problems)

@@ -59,4 +59,4 @@ def test_types_and_defaults_are_plain_words() -> None:
     assert "| `sample_rate` | number in (0, 1] | `1.0` |" in text
     assert '| `mode` | one of local, distributed | `"local"` |' in text
     assert "| `sites` | list of strings or absent | absent |" in text
-    assert "| `evaluate_every` | integer ≥ 1 |" in text
+    assert "| `evaluate_every` | integer ≥ 0 |" in text
