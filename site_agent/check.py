@@ -15,6 +15,12 @@ category, other) and says which the plan uses (`data_audit`); for the plan's qua
 reports k-anonymity and l-diversity of the event (`k_anonymity`). A direct identifier mapped as a
 feature is bad input (exit 2, naming the column and why). No cell value is ever printed. A run
 never reads unmapped columns.
+
+A plan with a `[privacy.k_anonymity]` layer is checked on the rows the layer leaves, exactly as a
+run would read them (site_agent/anonymity.py): `k_anonymity` then covers the layer's
+quasi-identifiers and adds `k_target`, `k_before` (exact values, before the layer) and
+`rows_suppressed`; whether the site would accept is judged on the remaining rows. The data
+quality report above it (rows read, valid, excluded) describes the export before the layer.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from typing import Any
 
 from federation.configfile import ConfigError
 from federation.plan import DEFAULT_PURPOSE, PlanError, RunPlan, parse_plan
+from site_agent.anonymity import AnonymisedDataset, anonymise
 from site_agent.config import SiteConfig, load_site_config
 from site_agent.data import DataError, LocalDataset, RowGate, load_local_data
 from site_agent.data_audit import audit_columns, k_anonymity
@@ -105,14 +112,28 @@ def build_report(config: SiteConfig, plan: RunPlan | None) -> dict[str, Any]:
         if entry is not None and entry["class"] != "direct_identifier":
             entry.update({"class": "direct_identifier", "why": why})
     report["k_anonymity"] = None
-    if plan is not None:
-        quasi = [
-            f.name
-            for f in plan.features
-            if report["data_audit"].get(config.data.local_column(f.name), {}).get("class")
-            == "quasi_identifier"
-        ]
+    rows = anonymise(plan, data) if plan is not None else data  # as a run of the plan reads
+    anonymity = rows.anonymity if isinstance(rows, AnonymisedDataset) else None
+    if anonymity is not None:
+        report["k_anonymity"] = anonymity.to_json()
+        quasi = anonymity.quasi_identifiers
+        left = [name for name in _audited_quasi(config, report, plan) if name not in quasi]
+        if left:
+            report["warnings"].append(
+                f"the data audit classifies plan features {left} as quasi-identifiers, but the"
+                " plan's k-anonymity layer does not generalise them: k holds over"
+                f" {quasi} only"
+            )
+        if anonymity.l == 1:
+            report["warnings"].append(
+                "l-diversity is 1 after the k-anonymity layer: in some class every patient has"
+                " the same event value, which k-anonymity does not hide from someone who knows a"
+                " patient is in that class (docs/gdpr.md, k-anonymity)"
+            )
+    elif plan is not None:
+        quasi = _audited_quasi(config, report, plan)
         report["k_anonymity"] = k_anonymity(plan.feature_schema, data.raw, data.event, quasi)
+    if report["k_anonymity"] is not None:
         k = report["k_anonymity"]["k"]
         if k is not None and k < policy.small_cell_threshold:
             report["warnings"].append(
@@ -121,8 +142,20 @@ def build_report(config: SiteConfig, plan: RunPlan | None) -> dict[str, Any]:
                 " aggregate is protected by differential privacy, not by k"
             )
     report["refusals"] = data_refusals(data.quality)
-    report["plan"] = None if plan is None else _plan_decision(config, plan, data)
+    report["plan"] = None if plan is None else _plan_decision(config, plan, rows)
     return report
+
+
+def _audited_quasi(config: SiteConfig, report: dict[str, Any], plan: RunPlan | None) -> list[str]:
+    """The plan features whose column the data audit classifies as a quasi-identifier."""
+    if plan is None:
+        return []
+    return [
+        f.name
+        for f in plan.features
+        if report["data_audit"].get(config.data.local_column(f.name), {}).get("class")
+        == "quasi_identifier"
+    ]
 
 
 def _gate(config: SiteConfig, plan: RunPlan | None) -> RowGate:
@@ -257,6 +290,13 @@ def format_text(report: dict[str, Any]) -> str:
             f" k = {anonymity['k']}, l = {anonymity['l']} (event) in {anonymity['classes']}"
             " classes"
         )
+        if "k_target" in anonymity:
+            lines.append(
+                f"  the plan's k-anonymity layer (target k = {anonymity['k_target']}): k"
+                f" {anonymity['k_before']} before it, {anonymity['k']} after generalisation and"
+                f" suppression; rows suppressed {anonymity['rows_suppressed']} (site-local:"
+                " this count is never sent)"
+            )
     if report["warnings"]:
         lines.append("warnings:")
         lines += [f"  ! {warning}" for warning in report["warnings"]]

@@ -10,7 +10,9 @@ classification names its reason (the header, or the pattern the values match), n
 
 For the plan's quasi-identifiers, `k_anonymity` reports k (the smallest equivalence class over
 the QIs as the model sees them: numeric QIs banded into `BANDS` equal bands between the plan's
-public bounds, categoricals by level) and l (the fewest distinct event values in a class).
+public bounds, categoricals by level) and l (the fewest distinct event values in a class). A plan
+with a `[privacy.k_anonymity]` layer is measured on the rows the layer leaves instead
+(site_agent/anonymity.py): its own bands and hierarchies, after suppression.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import csv
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -225,13 +227,32 @@ def k_anonymity(
             block = np.concatenate([band, block[:, 1:]], axis=1)
         blocks.append(block)
     keys = [tuple(row) for row in np.concatenate(blocks, axis=1).round(9).tolist()]
+    summary = class_summary(keys, event)
+    return {
+        "k": summary.k,
+        "l": summary.l,
+        "quasi_identifiers": list(quasi),
+        "classes": summary.classes,
+    }
+
+
+@dataclass(frozen=True)
+class ClassSummary:
+    """k (the smallest equivalence class), l (the fewest distinct event values in a class) and
+    the number of classes; k and l are None when there is no row."""
+
+    k: int | None
+    l: int | None  # noqa: E741 - l-diversity's own letter
+    classes: int
+
+
+def class_summary(keys: Sequence[Hashable], event: np.ndarray) -> ClassSummary:
+    """k, l and the class count of rows already keyed by their equivalence class (the layer of
+    site_agent/anonymity.py measures its generalised rows with this too)."""
     sizes = Counter(keys)
-    events: dict[tuple[float, ...], set[int]] = {}
+    if not sizes:
+        return ClassSummary(None, None, 0)
+    events: dict[Hashable, set[int]] = {}
     for key, value in zip(keys, event.tolist(), strict=True):
         events.setdefault(key, set()).add(int(value))
-    return {
-        "k": min(sizes.values()),
-        "l": min(len(v) for v in events.values()),
-        "quasi_identifiers": list(quasi),
-        "classes": len(sizes),
-    }
+    return ClassSummary(min(sizes.values()), min(len(v) for v in events.values()), len(sizes))

@@ -25,6 +25,7 @@ from federation.fsmodes import write_private_file_atomic
 from federation.plan import RunPlan
 from federation.wire.v1 import federation_pb2
 from site_agent import verify
+from site_agent.anonymity import anonymise, anonymity_record
 from site_agent.approvals import ApprovalStore
 from site_agent.cache import ReleaseCache, SessionStore
 from site_agent.cohort import training_rows
@@ -161,6 +162,7 @@ class PlanOffers:
                 "training_rows": cohort,
                 "warnings": warnings,
                 "approved_by": approved_by,
+                "k_anonymity": anonymity_record(data),  # site-local: never sent
             },
         )
 
@@ -261,8 +263,9 @@ class PlanOffers:
         raise pending
 
     def _load(self, plan: RunPlan) -> LocalDataset:
-        """The cohort as this plan reads it (its features, time unit and horizon)."""
-        return load_local_data(
+        """The cohort as this plan reads it (its features, time unit and horizon), through the
+        plan's k-anonymity layer if it has one: every release of the run reads these rows."""
+        data = load_local_data(
             self.config.data,
             plan.feature_schema,
             time_unit=plan.time_unit,
@@ -270,6 +273,7 @@ class PlanOffers:
             small_cell=self.config.policy.small_cell_threshold,
             gate=RowGate(plan.purpose, self.pseudonym_key, self.records.erased()),
         )
+        return anonymise(plan, data)
 
     def _check_not_erased(self, task: federation_pb2.Task, run: RunContext) -> None:
         """No release of a run whose loaded cohort holds a patient erased since: erasure
