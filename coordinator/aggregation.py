@@ -17,18 +17,18 @@ import numpy as np
 from coordinator.messages import ResultRejected
 from federation import distributed
 from federation.distributed import is_distributed
-from federation.metric_intervals import metrics_with_uncertainty
+from federation.evaluation_release import EvaluationRelease
 from federation.noise import stats_noise_multiplier
 from federation.plan import RunPlan
 from federation.releases import (
     ConsortiumStats,
-    MetricsLayout,
     Purpose,
     StatsLayout,
     UpdateLayout,
     decode_stats,
 )
 from federation.sessions import session_config
+from federation.subgroup_metrics import release_metrics
 from federation.tasks import TaskKind
 from secagg.config import Stage, StageTimeouts
 from secagg.errors import SecAggError
@@ -209,27 +209,36 @@ def mean_update(
     return result
 
 
-def metrics_noise_std(plan: RunPlan, survivors: int) -> float:
+def metrics_noise_std(plan: RunPlan, survivors: int, round_: int = 0) -> float:
     """The public std, per weighted coordinate, of the noise in a metrics sum over `survivors`
-    sites: each adds N(0, (σ·Δ)²) in local mode, so σ·Δ·√survivors. In distributed mode the
+    sites: each adds N(0, (σ·Δ)²) in local mode (Δ the sensitivity of the round's release, its
+    subgroup and importance blocks included), so σ·Δ·√survivors. In distributed mode the
     honest sites' shares add up to between σ·Δ (all trust each other) and σ·Δ·√survivors (each
     trusts only itself): the larger, so that the intervals built on it are never too narrow."""
     sigma = plan.privacy.metrics_noise_multiplier
-    return distributed.summed_noise_std(plan, sigma, MetricsLayout().sensitivity, survivors)
+    release = EvaluationRelease.for_round(plan, round_)
+    return distributed.summed_noise_std(plan, sigma, release.sensitivity, survivors)
 
 
 def decode_metrics_sum(
-    plan: RunPlan, total: np.ndarray, n: int, survivors: int | None = None
+    plan: RunPlan, total: np.ndarray, n: int, survivors: int | None = None, round_: int = 0
 ) -> dict[str, float]:
     """Consortium evaluation figures from the metrics sum of a session of n sites, of which
     `survivors` (default n) are in the sum: the coordinator only ever learns metrics as
     consortium totals, never one hospital's. Each figure comes with its standard error, 95 %
     interval and whether it is resolvable at the plan's noise (`federation/metric_intervals.py`),
-    so that a figure that is mostly noise is never shown as if it were a measurement."""
-    layout = MetricsLayout()
+    so that a figure that is mostly noise is never shown as if it were a measurement. The final
+    evaluation (`round_` = training.rounds) also carries the plan's subgroup and importance
+    blocks, decoded into prefixed figures (`federation/subgroup_metrics.py`)."""
+    release = EvaluationRelease.for_round(plan, round_)
     if is_distributed(plan):
-        weighted = distributed.encoding(plan, Purpose.METRICS).decode_sum(total)
+        weighted = distributed.encoding(plan, Purpose.METRICS, round_).decode_sum(total)
     else:
-        weighted = dequantize_sum(total, layout.quantization(n))
-    noise_std = metrics_noise_std(plan, n if survivors is None else survivors)
-    return metrics_with_uncertainty(layout.decode(weighted), layout, noise_std)
+        weighted = dequantize_sum(total, release.quantization(n))
+    noise_std = metrics_noise_std(plan, n if survivors is None else survivors, round_)
+    return release_metrics(release, release.decode(weighted), noise_std)
+
+
+def evaluation_metrics(plan: RunPlan, summed: Summed, n: int, round_: int) -> dict[str, float]:
+    """`decode_metrics_sum` of a finished evaluation session of n sites in `round_`."""
+    return decode_metrics_sum(plan, summed.total, n, len(summed.survivors), round_)

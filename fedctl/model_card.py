@@ -5,8 +5,10 @@ model_card`: plan, plan hash, history, per-site privacy, code version) and the r
 The coordinator's `model_card.json` is what `survival.export.load_model` reads, so it is left as
 it is; this card is a reader's document beside it (`model_card_mitchell.json` and `.md`). Every
 figure in it comes from the plan or from a DP release, never from a guess: where a section needs
-something the federation does not release (subgroup results, sampling intervals), the card says
-so instead of leaving the section out, because a missing section reads as "nothing to report".
+something the federation does not release (subgroup results when the plan names no subgroups,
+per-site figures), the card says so instead of leaving the section out, because a missing section
+reads as "nothing to report". Subgroup figures, their gaps and the permutation importances come
+from the final evaluation's prefixed metrics (`federation/subgroup_metrics.py`).
 
 The metric intervals are the DP noise's alone (its std is public: σ·Δ·√sites per coordinate of
 the summed release), not sampling intervals: the sites release no variance.
@@ -20,6 +22,7 @@ from typing import Any
 
 from federation.plan import RunPlan
 from federation.releases import MetricsLayout
+from federation.subgroup_metrics import importance_rows, subgroup_gaps, subgroup_rows
 from federation.version import __version__ as FEDCTL_VERSION
 from federation.wire.v1 import admin_pb2
 
@@ -179,9 +182,8 @@ def build_model_card(
         },
         "factors": {
             "features": _features(plan),
-            "groups": {"sites": sites},
-            "evaluation_factors": "consortium totals only: no per-site or per-subgroup"
-            " metrics are released (each would spend privacy budget)",
+            "groups": {"sites": sites, "subgroups": list(plan.evaluation.subgroups)},
+            "evaluation_factors": _evaluation_factors(plan),
         },
         "metrics": {
             "definitions": {
@@ -220,16 +222,16 @@ def build_model_card(
         },
         "quantitative_analyses": {
             "per_round": [
-                {"round": r["round"], "sites": r.get("survivors", []), **r["metrics"]}
+                {"round": r["round"], "sites": r.get("survivors", []), **_consortium(r)}
                 for r in evals
             ],
-            "subgroups": "not available: the federation releases consortium totals only",
+            **fairness_analyses(latest),
         },
         "ethical_considerations": [
             f"each site's data is protected by ({plan.privacy.epsilon:g}, {plan.privacy.delta:g})"
             "-differential privacy over the whole run; no patient row left a site",
             "sites' updates were summed by secure aggregation: no single site's release was seen",
-            "fairness across patient subgroups was not evaluated (no subgroup release)",
+            _fairness_statement(latest),
             f"processing purpose declared in the plan: {plan.purpose}",
         ],
         "caveats_and_recommendations": [
@@ -239,6 +241,76 @@ def build_model_card(
             "predictions exist only at the time grid's cuts",
         ],
     }
+
+
+def _consortium(record: dict[str, Any]) -> dict[str, Any]:
+    """A record's consortium figures: the subgroup and importance ones have their own part."""
+    return {k: v for k, v in record["metrics"].items() if ":" not in k}
+
+
+def _evaluation_factors(plan: RunPlan) -> str:
+    if not plan.evaluation.subgroups:
+        return (
+            "consortium totals only: the plan names no subgroups ([evaluation] subgroups), and"
+            " no per-site metrics are released"
+        )
+    return (
+        f"the final evaluation released per-subgroup consortium totals for"
+        f" {', '.join(plan.evaluation.subgroups)} (public levels and bands from the plan);"
+        " no per-site metrics are released"
+    )
+
+
+def fairness_analyses(latest: dict[str, Any] | None) -> dict[str, Any]:
+    """The final evaluation's subgroup figures, their gaps (flagged when larger than their
+    uncertainty) and the permutation importances, from the record's prefixed metrics."""
+    metrics = latest["metrics"] if latest else {}
+    rows = subgroup_rows(metrics)
+    out: dict[str, Any] = {
+        "subgroups": [_subgroup_entry(r) for r in rows]
+        or "not released: the plan names no subgroups ([evaluation] subgroups)",
+        "subgroup_gaps": subgroup_gaps(metrics),
+    }
+    importance = importance_rows(metrics)
+    if importance:
+        out["permutation_importance"] = [
+            {
+                "feature": r["feature"],
+                "delta_c": r["delta_c"],
+                "interval_95_dp_noise": [r["delta_c_lo"], r["delta_c_hi"]],
+                "resolvable": bool(r.get("delta_c_resolvable", 0.0) > 0.5),
+            }
+            for r in importance
+        ]
+    return out
+
+
+def _subgroup_entry(row: dict[str, Any]) -> dict[str, Any]:
+    entry: dict[str, Any] = {"feature": row["feature"], "level": row["level"]}
+    for name in ("patients", "events", "c_windowed", "ibs"):
+        if name in row:
+            entry[name] = row[name]
+            if name in ("c_windowed", "ibs") and f"{name}_lo" in row:
+                entry[f"{name}_interval_95"] = [row[f"{name}_lo"], row[f"{name}_hi"]]
+                entry[f"{name}_resolvable"] = bool(row.get(f"{name}_resolvable", 0.0) > 0.5)
+    return entry
+
+
+def _fairness_statement(latest: dict[str, Any] | None) -> str:
+    gaps = subgroup_gaps(latest["metrics"] if latest else {})
+    if not subgroup_rows(latest["metrics"] if latest else {}):
+        return "fairness across patient subgroups was not evaluated (the plan names no subgroups)"
+    flagged = [f"{g['metric']} by {g['feature']}" for g in gaps if g["flagged"]]
+    if flagged:
+        return (
+            "subgroup gaps larger than their uncertainty (|gap| > 1.96 SE): "
+            + ", ".join(flagged)
+            + "; see quantitative_analyses.subgroup_gaps"
+        )
+    return (
+        "no subgroup gap between resolvable figures exceeded its uncertainty (|gap| ≤ 1.96 SE);"
+        " wide intervals and unresolvable figures can hide gaps"
+    )
 
 
 def _md_value(value: Any) -> str:

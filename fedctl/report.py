@@ -24,8 +24,8 @@ import grpc
 import numpy as np
 
 from fedctl.errors import EXIT_OK, CliError
+from fedctl.hazard_card import add_hazard_ratios
 from fedctl.model_card import (
-    SECTIONS,
     build_model_card,
     evaluations,
     metric_interval,
@@ -33,6 +33,15 @@ from fedctl.model_card import (
     to_markdown,
 )
 from fedctl.remote import add_config_argument, admin_stub, rpc_error
+from fedctl.report_html import (
+    CHECK_SCRIPT,
+    STYLE,
+    image_html,
+    model_card_html,
+    section_html,
+    table_html,
+)
+from fedctl.wire_names import PLAN_DECISIONS, word
 from federation.noise import stats_noise_multiplier
 from federation.plan import RunPlan
 from federation.releases import StatsLayout
@@ -207,78 +216,6 @@ def model_mean_survival(folder: Path, plan: RunPlan) -> np.ndarray:
     return mean
 
 
-# ---------------------------------------------------------------------- HTML
-def _img(b64: str, alt: str) -> str:
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
-
-
-def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>" for row in rows
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, list):
-        return ", ".join(_fmt(v) for v in value) or "—"
-    return "—" if value is None else str(value)
-
-
-def _scalarish(value: Any) -> bool:
-    """A value a table cell shows: a scalar, or a list of scalars (joined with commas)."""
-    if isinstance(value, list):
-        return all(not isinstance(v, Mapping | list) for v in value)
-    return not isinstance(value, Mapping)
-
-
-def _card_html(value: Any) -> str:
-    if isinstance(value, Mapping):
-        items = "".join(
-            f"<dt>{html.escape(str(k))}</dt><dd>{_card_html(v)}</dd>" for k, v in value.items()
-        )
-        return f"<dl>{items}</dl>"
-    flat = isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value)
-    if flat and all(_scalarish(x) for v in value for x in v.values()):
-        header = list(dict.fromkeys(k for v in value for k in v))  # a list of records: a table
-        return _table(header, [[v.get(k) for k in header] for v in value])
-    if isinstance(value, list) and any(isinstance(v, Mapping | list) for v in value):
-        return "<ul>" + "".join(f"<li>{_card_html(v)}</li>" for v in value) + "</ul>"
-    if isinstance(value, list) and value and all(isinstance(v, str) and len(v) > 40 for v in value):
-        return "<ul>" + "".join(f"<li>{html.escape(v)}</li>" for v in value) + "</ul>"
-    return html.escape(_fmt(value))
-
-
-CHECK_SCRIPT = """<script>
-/* Render check for tests and readers: marks <html data-render-check> "ok" only when every figure
-   decoded (naturalWidth > 0) and no script error or failed resource load was seen. */
-window.__reportErrors = [];
-window.addEventListener("error", function (e) {
-  window.__reportErrors.push(String((e && e.message) || (e && e.target && e.target.tagName)));
-}, true);
-window.addEventListener("load", function () {
-  var imgs = Array.prototype.slice.call(document.images);
-  var broken = imgs.filter(function (i) { return !(i.complete && i.naturalWidth > 0); });
-  var ok = broken.length === 0 && window.__reportErrors.length === 0;
-  document.documentElement.setAttribute("data-render-check",
-    (ok ? "ok" : "broken") + " figures=" + imgs.length + " broken=" + broken.length +
-    " errors=" + window.__reportErrors.length);
-});
-</script>"""
-
-STYLE = """<style>
-body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-h1{font-size:1.6em} h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
-img{max-width:100%;border:1px solid #eee} table{border-collapse:collapse;margin:1em 0}
-td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left;font-size:.9em}
-th{background:#f3f3f3} dl{margin:.2em 0 .2em 1em} dt{font-weight:600} dd{margin:0 0 .3em 1em}
-.note{color:#555;font-size:.92em;background:#f8f8f4;padding:.5em .8em;border-left:3px solid #cc9}
-</style>"""
-
-
 def write_report(
     export_response: admin_pb2.ExportRunResponse,
     status: admin_pb2.RunStatus | None,
@@ -297,6 +234,7 @@ def write_report(
     card: dict[str, Any] = json.loads(export_response.model_card_json)
     plan = RunPlan.model_validate(card["plan"])
     mitchell = build_model_card(card, status, export_response.round)
+    hazards = add_hazard_ratios(mitchell, out_dir)  # needs the export written just above
     (out_dir / CARD_JSON).write_text(json.dumps(mitchell, indent=2) + "\n")
     (out_dir / CARD_MD).write_text(to_markdown(mitchell))
 
@@ -313,26 +251,28 @@ def write_report(
                     {"name": name, "round": record["round"], "value": value, "interval": interval}
                 )
     if rows:
-        body = _img(plots.training_curve(rows), "training curve") + (
+        body = image_html(plots.training_curve(rows), "training curve") + (
             '<p class="note">Consortium metrics of each evaluation on the sites\' held-out'
             " splits. Shaded: 95% interval from the coordinator's standard errors (the known DP"
             " noise and the sampling error, federation/metric_intervals.py).</p>"
         )
     else:
         body = '<p class="note">No evaluation with figures was released in this run.</p>'
-    sections.append(_section("training", "Training curve", body))
+    sections.append(section_html("training", "Training curve", body))
 
     # privacy
     series, over_rounds = epsilon_series(card, status, audit)
     if series:
         how = "after each result, from the audit log" if over_rounds else "final, from the status"
-        body = _img(plots.epsilon_plot(series, plan.privacy.epsilon, over_rounds), "epsilon") + (
+        body = image_html(
+            plots.epsilon_plot(series, plan.privacy.epsilon, over_rounds), "epsilon"
+        ) + (
             f'<p class="note">ε each site has spent in this run ({how}); δ ='
             f" {plan.privacy.delta:g}, accountant {plan.privacy.accountant}.</p>"
         )
     else:
         body = '<p class="note">No site reported any privacy spending.</p>'
-    sections.append(_section("privacy", "Privacy spent per site", body))
+    sections.append(section_html("privacy", "Privacy spent per site", body))
 
     # calibration in the large
     km, km_text = consortium_km(card, plan, consortium)
@@ -340,22 +280,23 @@ def write_report(
     figure = plots.calibration_plot(
         plan.time_grid.cuts, mean, km, plan.time_unit, "consortium Kaplan–Meier"
     )
-    body = _img(figure, "calibration") + (
+    body = image_html(figure, "calibration") + (
         f'<p class="note">{html.escape(km_text)} Model: mean predicted S(t) over {POPULATION}'
         " synthetic patients drawn from the consortium's released feature means and SDs"
         " (features independent), the model's survival at the grid's cuts.</p>"
     )
-    sections.append(_section("calibration", "Calibration in the large", body))
+    sections.append(section_html("calibration", "Calibration in the large", body))
 
     # hazard ratios
-    if plan.model.kind == "linear":
-        from survival.export import load_model
-
-        ratios = load_model(out_dir).hazard_ratios()
-        body = _img(plots.forest_plot(ratios), "hazard ratios") + (
+    if plan.model.kind == "linear" and "ratios" not in hazards:
+        body = f'<p class="note">{html.escape(hazards["note"])}</p>'
+    elif plan.model.kind == "linear":
+        ratios = {r["feature"]: r["ratio"] for r in hazards["ratios"]}
+        spans = {r["feature"]: (r["lower"], r["upper"]) for r in hazards["ratios"] if "lower" in r}
+        body = image_html(plots.forest_plot(ratios, spans), "hazard ratios") + (
             '<p class="note">exp(β) per consortium SD of each encoded feature (dummies: level'
-            " against the reference). No intervals: the federation releases no standard"
-            " errors.</p>"
+            f" against the reference). Bars: {html.escape(hazards['covers'])}"
+            " (federation/hazard_intervals.py).</p>"
         )
     else:
         body = (
@@ -363,9 +304,12 @@ def write_report(
             " vary with the patient and time, so it has no hazard ratios. Compare"
             " predict_survival curves of typical patients instead.</p>"
         )
-    sections.append(_section("hazard-ratios", "Hazard ratios", body))
-    sections.append(_section("sites", "Sites", _site_table(card, status)))
-    sections.append(_section("model-card", "Model card", _model_card_html(mitchell)))
+    sections.append(section_html("hazard-ratios", "Hazard ratios", body))
+    from fedctl.report_fairness import fairness_sections  # subgroups, importance bars
+
+    sections.extend(fairness_sections(card))
+    sections.append(section_html("sites", "Sites", _site_table(card, status)))
+    sections.append(section_html("model-card", "Model card", model_card_html(mitchell)))
 
     title = (
         f"Concordia report: {plan.name} ({export_response.run_id}, round {export_response.round})"
@@ -383,10 +327,6 @@ def write_report(
     return path
 
 
-def _section(ident: str, heading: str, body: str) -> str:
-    return f'<section id="{ident}"><h2>{html.escape(heading)}</h2>{body}</section>'
-
-
 def _site_table(card: Mapping[str, Any], status: admin_pb2.RunStatus | None) -> str:
     privacy: Mapping[str, Mapping[str, float]] = card.get("privacy", {})
     history = card.get("history", [])
@@ -395,11 +335,7 @@ def _site_table(card: Mapping[str, Any], status: admin_pb2.RunStatus | None) -> 
     rows = []
     for site in sites:
         w = wire.get(site)
-        decision = (
-            admin_pb2.PlanDecision.Name(w.decision).removeprefix("PLAN_DECISION_").lower()
-            if w
-            else "—"
-        )
+        decision = word(PLAN_DECISIONS, w.decision) if w else "—"
         rows.append(
             [
                 site,
@@ -413,15 +349,7 @@ def _site_table(card: Mapping[str, Any], status: admin_pb2.RunStatus | None) -> 
             ]
         )
     header = ["site", "decision", "alive", "ε run", "ε lifetime", "in sums", "asked", "reason"]
-    return _table(header, rows) + (
+    return table_html(header, rows) + (
         '<p class="note">"in sums": aggregation steps (statistics, updates, metrics) whose'
         ' secure sum holds this site\'s release; "asked": steps it was a participant of.</p>'
     )
-
-
-def _model_card_html(card: Mapping[str, Any]) -> str:
-    parts = []
-    for section in SECTIONS:
-        heading = section.replace("_", " ").capitalize()
-        parts.append(f'<h3 id="card-{section}">{heading}</h3>{_card_html(card[section])}')
-    return "".join(parts)

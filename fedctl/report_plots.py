@@ -124,21 +124,43 @@ def calibration_plot(
     return _png(fig)
 
 
-def forest_plot(ratios: Mapping[str, float]) -> str:
-    """Hazard-odds ratios per consortium SD, on a log axis around 1 (no effect)."""
+def forest_plot(
+    ratios: Mapping[str, float],
+    intervals: Mapping[str, tuple[float, float]] | None = None,
+    label: str = "hazard-odds ratio per consortium SD (log scale)",
+) -> str:
+    """Hazard-odds ratios on a log axis around 1 (no effect), with the 95 % interval of each
+    feature's DP noise as a bar where `intervals` has one (`federation/hazard_intervals.py`);
+    a bar that crosses 1 marks an effect the noise alone could produce."""
     plt = _pyplot()
     names = list(ratios)
+    spans = intervals or {}
     fig, ax = plt.subplots(figsize=(WIDTH, max(2.0, 0.45 * len(names) + 1.0)), dpi=DPI)
     y = np.arange(len(names))[::-1]
     values = np.array([ratios[n] for n in names])
     ax.axvline(1.0, color="grey", lw=1)
+    extremes = [float(v) for v in values]
+    for yi, name in zip(y, names, strict=True):
+        if name in spans:
+            lo, hi = spans[name]
+            ax.plot([lo, hi], [yi, yi], "-", color="C2", lw=2, alpha=0.6)
+            extremes += [lo, hi]
     ax.plot(values, y, "D", color="C2")
-    for yi, v in zip(y, values, strict=True):
-        ax.annotate(f"{v:.2f}", (v, yi), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    for yi, name, v in zip(y, names, values, strict=True):
+        text = f"{v:.2f}"
+        if name in spans:
+            text += f" ({spans[name][0]:.2f}–{spans[name][1]:.2f})"
+        ax.annotate(text, (v, yi), textcoords="offset points", xytext=(6, 4), fontsize=8)
     ax.set_yticks(y, names)
     ax.set_xscale("log")
-    span = max(float(np.max(np.abs(np.log(values)))) if len(values) else 0.1, 0.1) * 1.5
-    ax.set_xlim(float(np.exp(-span)), float(np.exp(span)))
-    ax.set_xlabel("hazard-odds ratio per consortium SD (log scale)")
+    logs = np.abs(np.log(np.asarray(extremes))) if extremes else np.array([0.1])
+    span = max(float(np.max(logs)), 0.1) * 1.5
+    low, high = float(np.exp(-span)), float(np.exp(span))
+    ax.set_xlim(low, high)
+    # a few plain ratios as ticks: the log axis's default minor labels overlap at this width
+    ticks = [t for t in (0.1, 0.2, 0.33, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10) if low <= t <= high]
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.xaxis.set_minor_formatter(_pyplot().NullFormatter())
+    ax.set_xlabel(label)
     ax.grid(alpha=0.3, axis="x")
     return _png(fig)

@@ -10,7 +10,8 @@ exchanging it, so it is a function of public plan fields here:
   sensitivity `StatsLayout.sensitivity`;
 - update: the sum of per-patient gradients, each clipped to `training.max_grad_norm`
   (sensitivity = that norm) over one Poisson batch of rate `training.sample_rate`;
-- metrics: the weighted metric sums (`MetricsLayout.encode`, sensitivity ≤ 1).
+- metrics: the weighted metric sums (`MetricsLayout.encode`, sensitivity ≤ 1), with the
+  plan's subgroup and importance blocks in the final evaluation (`EvaluationRelease`).
 
 `federation.integer_release.IntegerEncoding` turns each into integers with a deterministic
 sensitivity bound, checks the per-site range that keeps the modular sum from wrapping, and
@@ -22,9 +23,10 @@ from __future__ import annotations
 
 import math
 
+from federation.evaluation_release import EvaluationRelease
 from federation.integer_release import IntegerEncoding, choose_scale
 from federation.plan import RunPlan
-from federation.releases import MetricsLayout, Purpose, StatsLayout
+from federation.releases import Purpose, StatsLayout
 from survival.spec import parameter_count
 
 
@@ -33,7 +35,7 @@ def is_distributed(plan: RunPlan) -> bool:
     return plan.training.mode == "distributed"
 
 
-def _sensitivity_and_length(plan: RunPlan, purpose: Purpose) -> tuple[float, int]:
+def _sensitivity_and_length(plan: RunPlan, purpose: Purpose, round_: int) -> tuple[float, int]:
     schema, n_intervals = plan.feature_schema, plan.time_grid.n_intervals
     if purpose is Purpose.STATS:
         layout = StatsLayout.for_schema(schema, n_intervals)
@@ -41,13 +43,14 @@ def _sensitivity_and_length(plan: RunPlan, purpose: Purpose) -> tuple[float, int
     if purpose is Purpose.UPDATE:
         d = parameter_count(plan.model, schema.n_encoded, n_intervals)
         return plan.training.max_grad_norm, d
-    metrics = MetricsLayout()
+    metrics = EvaluationRelease.for_round(plan, round_)  # the final one carries the blocks
     return metrics.sensitivity, metrics.length
 
 
-def encoding(plan: RunPlan, purpose: Purpose) -> IntegerEncoding:
-    """The integer encoding of `purpose`'s release under a distributed-mode plan."""
-    sensitivity, length = _sensitivity_and_length(plan, purpose)
+def encoding(plan: RunPlan, purpose: Purpose, round_: int = 0) -> IntegerEncoding:
+    """The integer encoding of `purpose`'s release under a distributed-mode plan (`round_`
+    matters for the metrics: the final evaluation's has the plan's subgroup blocks)."""
+    sensitivity, length = _sensitivity_and_length(plan, purpose, round_)
     return IntegerEncoding(
         scale=choose_scale(sensitivity, length), sensitivity=sensitivity, length=length
     )

@@ -17,9 +17,11 @@ import numpy as np
 
 from federation.audit import AuditLog
 from federation.distributed import is_distributed
+from federation.evaluation_release import EvaluationRelease
 from federation.integer_release import IntegerEncoding
 from federation.noise import stats_noise_multiplier
 from federation.releases import MAX_SITES, Purpose, StatsLayout, decode_stats
+from federation.subgroup_metrics import release_metrics
 from federation.wire.v1 import federation_pb2
 from secagg.quantize import dequantize_sum
 from site_agent.accounting import Entry
@@ -179,6 +181,29 @@ class ReleaseCharging:
                     if share is not None
                     else {}
                 ),
+            },
+        )
+
+    def _keep_own_metrics(
+        self,
+        task: federation_pb2.Task,
+        run: RunContext,
+        release: EvaluationRelease,
+        noised: np.ndarray,
+    ) -> None:
+        """The site's own figures, decoded from its own DP-noised release (post-processing of
+        what was just charged: no new cost), kept in its local audit log: a site always sees its
+        own evaluation, per subgroup too, even though only the consortium's sum leaves it."""
+        sigma = run.plan.privacy.metrics_noise_multiplier
+        figures = release_metrics(release, release.decode(noised), sigma * release.sensitivity)
+        self.audit.append(
+            self.site_id,
+            "own_metrics",
+            {
+                "run_id": task.run_id,
+                "round": task.round,
+                "dp_noised": True,
+                "metrics": {k: round(float(v), 6) for k, v in figures.items() if math.isfinite(v)},
             },
         )
 

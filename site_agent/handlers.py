@@ -26,11 +26,12 @@ import numpy as np
 from federation import distributed
 from federation.audit import AuditLog
 from federation.distributed import is_distributed
+from federation.evaluation_release import EvaluationRelease
 from federation.faults import Faults
 from federation.noise import stats_noise_multiplier
+from federation.plan_evaluation import feature_columns
 from federation.releases import (
     MAX_SITES,
-    MetricsLayout,
     Purpose,
     StatsLayout,
     UpdateLayout,
@@ -52,7 +53,7 @@ from site_agent.ledger import PrivacyLedger
 from site_agent.model import predict
 from site_agent.offer import PlanOffers, RunContext
 from site_agent.records import ProcessingRecords
-from site_agent.releases import consortium_censoring, gaussian_noise, metrics_vector
+from site_agent.releases import consortium_censoring, evaluation_blocks, gaussian_noise
 from site_agent.secagg_adapter import SecaggAdapter
 from site_agent.site_baseline import SiteBaselines
 
@@ -274,38 +275,37 @@ class TaskHandlers(PlanOffers, ReleaseCharging):
         if rows.size < 2:
             raise TaskFailed(K.TASK_ERROR_DATA, "the held-out split has fewer than 2 patients")
         vector = self._with_site_baseline(task, run, vector)
-        surv, risk = predict(
-            plan,
-            vector,
-            rows.raw,
-            list(body.standardisation.mean),
-            list(body.standardisation.scale),
-        )
-        layout = MetricsLayout()
+        means, scales = list(body.standardisation.mean), list(body.standardisation.scale)
+        release = EvaluationRelease.for_round(plan, task.round)
         censoring = consortium_censoring(
             plan.time_grid, np.asarray(body.events), np.asarray(body.at_risk)
         )
-        values = metrics_vector(
+        blocks = evaluation_blocks(
+            rows.raw,
             rows.time,
             rows.event,
-            risk,
-            surv,
+            lambda raw: predict(plan, vector, raw, means, scales),
             plan.time_grid,
             censoring,
-            layout,
+            release,
+            feature_columns(plan.feature_schema),
             tie_key=f"{self.site_id}|{task.run_id}".encode(),
         )
         sigma = plan.privacy.metrics_noise_multiplier
         if is_distributed(plan):
-            encoding = distributed.encoding(plan, Purpose.METRICS)
+            encoding = distributed.encoding(plan, Purpose.METRICS, task.round)
             share = noise_share(plan, self.config.policy, sigma, encoding)
             self._charge(task, run, Purpose.METRICS, "holdout", sigma, 1.0, 1, share)
-            released = self._integers(layout.encode(values), encoding, share)
+            released = self._integers(release.encode(blocks), encoding, share)
             self._cache(task, Purpose.METRICS, released)
             return
+        # Gaussian, noise multiplier σ on the release's whole sensitivity Δ (blocks included):
+        # the ledger entry is the mechanism run (federation/evaluation_release.py)
         self._charge(task, run, Purpose.METRICS, "holdout", sigma, 1.0, 1)
-        values = layout.encode(values) + gaussian_noise(values.size, sigma * layout.sensitivity)
-        self._cache(task, Purpose.METRICS, quantize(values, layout.quantization(MAX_SITES)))
+        values = release.encode(blocks)
+        values = values + gaussian_noise(values.size, sigma * release.sensitivity)
+        self._cache(task, Purpose.METRICS, quantize(values, release.quantization(MAX_SITES)))
+        self._keep_own_metrics(task, run, release, values)
 
     # ------------------------------------------------------------------ helpers
     def _global_vector(

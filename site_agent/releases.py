@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from federation.evaluation_release import EvaluationRelease
 from federation.releases import MetricsLayout
 from survival.metrics import CensoringSurvival
 from survival.timegrid import TimeGrid
@@ -50,16 +52,21 @@ def metrics_vector(
     censoring: CensoringSurvival,
     layout: MetricsLayout,
     tie_key: bytes,
+    order_risk: np.ndarray | None = None,
 ) -> np.ndarray:
     """[patients, events, Σ brier_i, concordant, comparable] with bounded per-patient terms.
 
     See `federation.releases.MetricsLayout` for why concordance is windowed: each patient with an
     event is compared with the `layout.window` patients at the next sort positions (a pair counts
     when the partner's time is strictly later), which bounds one patient's influence on the counts
-    by 2·window under any ties.
+    by 2·window under any ties. `order_risk` (default `risk`) is the risk the tie order is keyed
+    on: a permuted block keeps the unpermuted order (`federation/evaluation_release.py`).
     """
     n = time.shape[0]
-    order = np.lexsort((_tie_break(event, risk, tie_key), time))
+    if n == 0:  # an empty subgroup level contributes nothing
+        return np.zeros(5)
+    keyed = risk if order_risk is None else order_risk
+    order = np.lexsort((_tie_break(event, keyed, tie_key), time))
     t_sorted, e_sorted, r_sorted = time[order], event[order], risk[order]
     partners = np.arange(n)[:, None] + np.arange(1, layout.window + 1)[None, :]
     in_range = partners < n
@@ -83,6 +90,86 @@ def metrics_vector(
     return np.array(
         [float(n), float(event.sum()), float(brier_terms.sum()), concordant, comparable]
     )
+
+
+def evaluation_blocks(
+    raw: np.ndarray,
+    time: np.ndarray,
+    event: np.ndarray,
+    predict_rows: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+    grid: TimeGrid,
+    censoring: CensoringSurvival,
+    release: EvaluationRelease,
+    columns: Mapping[str, tuple[int, int]],
+    tie_key: bytes,
+) -> np.ndarray:
+    """The raw block sums (n_blocks × 5) of `release` on the held-out rows: the consortium block,
+    one block per subgroup level (that level's rows alone), one per permuted feature (all rows,
+    the feature's encoded columns permuted by `permuted_rows`, the tie order left unpermuted).
+    `predict_rows(raw)` gives (survival curves, risk scores) of the evaluated model."""
+    surv, risk = predict_rows(raw)
+    layout = release.base
+    blocks = [metrics_vector(time, event, risk, surv, grid, censoring, layout, tie_key)]
+    for group in release.groups:
+        level = group.assign(raw)
+        for index in range(len(group.labels)):
+            rows = level == index
+            blocks.append(
+                metrics_vector(
+                    time[rows],
+                    event[rows],
+                    risk[rows],
+                    surv[rows],
+                    grid,
+                    censoring,
+                    layout,
+                    tie_key,
+                )
+            )
+    if release.permuted:
+        order = _row_order(raw, time, event, tie_key)
+        for feature in release.permuted:
+            start, stop = columns[feature]
+            p_surv, p_risk = predict_rows(permuted_rows(raw, order, start, stop))
+            blocks.append(
+                metrics_vector(
+                    time, event, p_risk, p_surv, grid, censoring, layout, tie_key, order_risk=risk
+                )
+            )
+    return np.vstack(blocks)
+
+
+def permuted_rows(raw: np.ndarray, order: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """The design matrix with columns [start, stop) cyclically shifted along `order`: the row at
+    order[i] takes the feature of the row at order[i + 1] (the last takes the first's).
+
+    Why a cyclic shift along a keyed hash order rather than a random permutation: inserting one
+    patient into the hash order changes the feature of exactly one other patient (its predecessor),
+    which is what bounds the permuted block's sensitivity (`federation/evaluation_release.py`); a
+    permutation drawn per row would reshuffle everyone when one patient is added."""
+    out = np.array(raw, dtype=np.float64, copy=True)
+    if order.size > 1:
+        out[order, start:stop] = raw[np.roll(order, -1), start:stop]
+    return out
+
+
+def _row_order(raw: np.ndarray, time: np.ndarray, event: np.ndarray, key: bytes) -> np.ndarray:
+    """Rows sorted by a keyed hash of their own content (features, time, event): the order
+    depends on no row number, and two identical rows are interchangeable."""
+    mac_key = hashlib.sha256(b"concordia-permutation|" + key).digest()
+    digests = [
+        int.from_bytes(
+            hashlib.blake2b(
+                np.ascontiguousarray(np.concatenate([row, [t, e]]), dtype=np.float64).tobytes(),
+                key=mac_key,
+                digest_size=8,
+            ).digest(),
+            "little",
+        )
+        for row, t, e in zip(np.asarray(raw, dtype=np.float64), time, event, strict=True)
+    ]
+    order: np.ndarray = np.argsort(np.asarray(digests, dtype=np.uint64), kind="stable")
+    return order
 
 
 def _tie_break(event: np.ndarray, risk: np.ndarray, key: bytes) -> np.ndarray:

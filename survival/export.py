@@ -31,7 +31,7 @@ from survival.schema import FeatureSchema, NumericFeature, Standardization
 from survival.spec import ModelSpec
 from survival.timegrid import TimeGrid
 
-__all__ = ["PredictionInputError", "RowProblem", "SurvivalModel", "load_model"]
+__all__ = ["ExportError", "PredictionInputError", "RowProblem", "SurvivalModel", "load_model"]
 
 MODEL_FILE = "model.pt"
 CARD_FILE = "model_card.json"
@@ -144,6 +144,10 @@ class SurvivalModel:
         reference level, and for a `:missing` indicator, missing against recorded. The linear model
         is a logistic-hazard model, so these are hazard-odds ratios, close to Cox hazard ratios
         while the per-interval hazards are small. The MLP has no such ratios: it raises.
+
+        Their 95 % intervals from the DP noise of training need the plan's noise model, which
+        lives with the federation: `federation.hazard_intervals.hazard_ratio_intervals(model)`
+        (docs/using-the-model.md).
         """
         if self.spec.kind != "linear":
             raise TypeError(

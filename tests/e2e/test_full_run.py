@@ -82,3 +82,18 @@ def test_full_run_completes_and_its_model_and_privacy_record_hold(tmp_path: Path
         spent = ledger.epsilon_run(run_id, plan.privacy.delta)
         assert 0 < spent <= plan.privacy.epsilon + 1e-9
         assert card["privacy"][hospital]["epsilon_run"] == pytest.approx(spent, rel=1e-6)
+
+    # The demo plan names subgroups (sex, age band): the final evaluation's record carries one
+    # set of figures per level, decoded from their own secure sums, each with its uncertainty.
+    from federation.subgroup_metrics import subgroup_rows
+
+    final_eval = [r for r in card["history"] if r["purpose"] == "metrics"][-1]
+    assert final_eval["round"] == ROUNDS
+    levels = {(r["feature"], r["level"]): r for r in subgroup_rows(final_eval["metrics"])}
+    assert set(levels) == {("sex", "F"), ("sex", "M"), ("age", "[40, 70)"), ("age", "[70, 110]")}
+    for row in levels.values():
+        assert row["patients"] > 0 and row["c_windowed_se"] > 0, row
+    # the levels of one feature split the consortium's held-out patients (up to the noise)
+    total = final_eval["metrics"]["patients"]
+    women_and_men = levels[("sex", "F")]["patients"] + levels[("sex", "M")]["patients"]
+    assert abs(women_and_men - total) < 6 * final_eval["metrics"]["patients_se"] * 2

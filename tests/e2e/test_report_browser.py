@@ -91,3 +91,22 @@ def test_the_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     assert len(distinct) > 200, f"a near-blank page: {len(distinct)} distinct colours"
     non_white = np.mean(np.any(rgb < 240, axis=1))
     assert non_white > 0.03, f"only {non_white:.1%} of the page is drawn"
+
+
+def test_the_report_with_subgroups_and_importance_renders(tmp_path: Path) -> None:
+    """The fairness part adds two figures (subgroup intervals, importance bars): both decode."""
+    from tests.unit.fedctl.test_report_fairness import fairness_export
+
+    path = write_report(
+        fairness_export(),
+        crafted_status(),
+        tmp_path / "report",
+        audit=crafted_audit(),
+        consortium=CONSORTIUM,
+    )
+    dom = _run(["--dump-dom", path.resolve().as_uri()], tmp_path)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    check = re.search(r'data-render-check="([^"]*)"', dom.stdout)
+    assert check is not None, "the check script never ran: " + dom.stderr[-2000:]
+    assert check.group(1) == f"ok figures={FIGURES + 2} broken=0 errors=0", check.group(1)
+    assert 'id="subgroups"' in dom.stdout and 'id="importance"' in dom.stdout

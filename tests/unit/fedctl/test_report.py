@@ -249,3 +249,55 @@ def test_fedctl_report_fetches_export_status_and_audit(
 
 def _paged(fetch: Any) -> Any:
     return lambda stub, run_id: fetch(stub, run_id, page=4)  # several pages of audit
+
+
+def _sgd_export() -> admin_pb2.ExportRunResponse:
+    """The linear export of a plan whose noise has a closed form (SGD at the sites, FedAvg)."""
+    export = crafted_export()
+    card = json.loads(export.model_card_json)
+    card["plan"]["training"]["optimizer"] = "sgd"
+    plan = RunPlan.model_validate(card["plan"])
+    card["plan"], card["plan_sha256"] = plan.model_dump(mode="json"), plan.sha256()
+    export.model_card_json = json.dumps(card, sort_keys=True)
+    return export
+
+
+def test_the_hazard_ratios_carry_their_dp_noise_intervals_in_card_and_report(
+    tmp_path: Path,
+) -> None:
+    page = write_report(_sgd_export(), crafted_status(), tmp_path).read_text()
+    table = json.loads((tmp_path / CARD_JSON).read_text())["quantitative_analyses"]
+    ratios = table["hazard_ratios"]["ratios"]
+    assert [r["feature"] for r in ratios] == ["age", "sex=M", "creatinine", "creatinine:missing"]
+    for row, beta in zip(ratios, [0.6, 0.3, 0.4, 0.1], strict=True):
+        assert row["ratio"] == pytest.approx(np.exp(beta), rel=1e-6)
+        assert row["lower"] < row["ratio"] < row["upper"]
+        # symmetric on the log scale: one noise sd for every coefficient
+        assert np.log(row["upper"] / row["ratio"]) == pytest.approx(
+            np.log(row["ratio"] / row["lower"]), rel=1e-9
+        )
+    assert "DP noise only" in table["hazard_ratios"]["covers"]
+    assert "DP noise only" in page and len(_images(page)) == 4
+    assert "hazard_ratios" in (tmp_path / CARD_MD).read_text()
+
+
+def test_a_plan_without_a_closed_form_draws_ratios_without_bars_and_says_why(
+    tmp_path: Path,
+) -> None:
+    page = write_report(crafted_export(), crafted_status(), tmp_path).read_text()
+    table = json.loads((tmp_path / CARD_JSON).read_text())["quantitative_analyses"]
+    assert all("lower" not in r for r in table["hazard_ratios"]["ratios"])
+    assert "training.optimizer" in table["hazard_ratios"]["covers"]
+    assert "no interval" in page
+
+
+def test_the_forest_plot_draws_the_interval_bars() -> None:
+    from fedctl import report_plots
+
+    ratios = {"age": 1.8, "sex=M": 0.9}
+    bare = base64.b64decode(report_plots.forest_plot(ratios))
+    bars = base64.b64decode(
+        report_plots.forest_plot(ratios, {"age": (1.5, 2.2), "sex=M": (0.7, 1.2)})
+    )
+    assert bare.startswith(b"\x89PNG") and bars.startswith(b"\x89PNG")
+    assert bare != bars
