@@ -18,6 +18,8 @@ Why these rules (docs/threat-model.md has the proofs and the table):
 - the context binds the run, the plan hash, the purpose, the round, the attempt and the exact
   participant list (id → site name), so a session cannot be replayed into another step or run,
   and two sites cannot be shown different participant lists under one digest.
+- sparse masking (`secagg.masking = "sparse"`): k and t_k from n, c and `dropout_fraction`
+  (`sparse_parameters`), and the neighbour graph from the config digest, so it is pinned too.
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ import hashlib
 import math
 from collections.abc import Mapping
 
+from federation.evaluation_release import EvaluationRelease
 from federation.plan import RunPlan
-from federation.releases import MetricsLayout, Purpose, StatsLayout
+from federation.releases import Purpose, StatsLayout
 from secagg.config import SessionConfig
+from secagg.graph import choose_sparse
 from survival.spec import shared_parameter_count
 
 CONTEXT_VERSION = "concordia-session-v2"
@@ -65,13 +69,33 @@ def session_threshold(plan: RunPlan, n: int) -> int:
     return threshold
 
 
+def sparse_parameters(plan: RunPlan, n: int) -> tuple[int, int]:
+    """(k, t_k) of a session among n under `plan`: (0, 0) for all-pairs masking.
+
+    Sparse: `secagg.graph.choose_sparse` over n, c = `max_colluding_sites` and the plan's
+    `dropout_fraction` (with the plan's `neighbours` if set). A session too small for any sparse
+    graph to beat all-pairs (k ≥ n − 1) runs all-pairs, which is never weaker. The graph itself
+    is drawn from the config's digest (docs/secagg.md, "Sparse masking (SecAgg+)")."""
+    secagg = plan.secagg
+    if secagg.masking != "sparse" or (secagg.neighbours is not None and secagg.neighbours >= n - 1):
+        return 0, 0
+    try:
+        chosen = choose_sparse(
+            n, secagg.max_colluding_sites, secagg.dropout_fraction, secagg.neighbours
+        )
+    except ValueError as exc:
+        raise SessionRuleError(f"secagg.neighbours: {exc}") from None
+    return chosen if chosen is not None else (0, 0)
+
+
 def minimum_session_size(plan: RunPlan) -> int:
     """The fewest participants any session of this plan may have."""
     return max(plan.quorum, plan.secagg.max_colluding_sites + 2, 2)
 
 
-def vector_length(plan: RunPlan, purpose: Purpose) -> int:
-    """Length of the release vector of `purpose` under `plan` (public: from the plan alone)."""
+def vector_length(plan: RunPlan, purpose: Purpose, round_: int = 0) -> int:
+    """Length of the release vector of `purpose` under `plan` (public: from the plan alone; the
+    final evaluation's carries the plan's subgroup and importance blocks)."""
     schema = plan.feature_schema
     n_intervals = plan.time_grid.n_intervals
     if purpose is Purpose.STATS:
@@ -80,7 +104,7 @@ def vector_length(plan: RunPlan, purpose: Purpose) -> int:
         weighted = plan.training.mode == "local" and plan.training.aggregation == "weighted"
         shared = shared_parameter_count(plan.model, schema.n_encoded, n_intervals)
         return shared + int(weighted)
-    return MetricsLayout().length
+    return EvaluationRelease.for_round(plan, round_).length
 
 
 def session_context(
@@ -112,10 +136,13 @@ def session_config(
     if len(set(sites)) != len(sites):
         raise SessionRuleError("a site appears more than once among the participants")
     n = len(participants)
+    neighbours, neighbour_threshold = sparse_parameters(plan, n)
     return SessionConfig(
         context=session_context(plan, run_id, purpose, round_, attempt, participants),
         round=round_,
         threshold=session_threshold(plan, n),
         participants=tuple(sorted(participants)),
-        vector_length=vector_length(plan, purpose),
+        vector_length=vector_length(plan, purpose, round_),
+        neighbours=neighbours,
+        neighbour_threshold=neighbour_threshold,
     )

@@ -4,8 +4,8 @@ Each stage method runs at most once. A refused message raises a typed `SecAggErr
 the state exactly as it was (all checks and computations happen on locals; attributes are
 assigned only once everything succeeded), so a caller can report the refusal and keep going.
 
-Mask sign convention: for every peer v in its U2 view, client u adds PRG(s_{u,v}) if u < v and
-subtracts it if u > v, so the pair's masks cancel in the sum.
+Mask sign convention: for every peer v in its U2 view (within its neighbourhood when masking is
+sparse), u adds PRG(s_{u,v}) if u < v and subtracts it if u > v, so the pair's masks cancel.
 """
 
 from __future__ import annotations
@@ -94,7 +94,6 @@ class ClientSession:
         self._held: dict[int, tuple[bytes, bytes]] = {}  # U2 view: id → (b share, s share) held
         self._signed_survivors: tuple[int, ...] = ()
 
-    # ------------------------------------------------------------------ helpers
     def _expect(self, stage: Stage) -> None:
         if self.stage is not stage:
             raise StageError(
@@ -110,11 +109,9 @@ class ClientSession:
 
     @property
     def u2_view(self) -> frozenset[int]:
-        """The peers this client received shares from, plus itself (empty once DONE: the shares
-        are wiped)."""
+        """The peers this client received shares from, plus itself (empty once DONE)."""
         return frozenset(self._held)
 
-    # ------------------------------------------------------------------ stages
     def advertise_keys(self) -> bytes:
         """Fresh X25519 pairs (c: share encryption, s: masking), signed with the identity key."""
         self._expect(Stage.ADVERTISE_KEYS)
@@ -165,9 +162,15 @@ class ClientSession:
             raise ProtocolViolation("key broadcast reuses a public key")
         session_id = P.compute_session_id(self._digest, keys)
         seed = os.urandom(32)
-        ids = sorted(keys)
-        b_shares = split(seed, self.config.threshold, ids)
-        s_shares = split(self._s_sk, self.config.threshold, ids)
+        scope, t_s = self.config.scope(self.my_id), self.config.share_threshold
+        ids = sorted(v for v in keys if v in scope)  # all of U1, or U1 ∩ N[me] when sparse
+        if len(ids) < t_s:
+            raise InsufficientParticipants(
+                f"only {len(ids)} of participant {self.my_id}'s neighbourhood advertised keys;"
+                f" {t_s} needed to share its secrets"
+            )
+        b_shares = split(seed, t_s, ids)
+        s_shares = split(self._s_sk, t_s, ids)
         ciphertexts = []
         for v in ids:
             if v == self.my_id:
@@ -207,9 +210,12 @@ class ClientSession:
             )
         held = dict(self._held)
         c_key = P.x25519_key(self._c_sk)
+        scope = self.config.scope(self.my_id)
         for sender, ct in msg.ciphertexts:
-            if sender == self.my_id or sender not in self._peer_keys:
-                raise ProtocolViolation(f"share bundle holds a ciphertext from {sender}, not in U1")
+            if sender == self.my_id or sender not in self._peer_keys or sender not in scope:
+                raise ProtocolViolation(
+                    f"share bundle holds a ciphertext from {sender}, not in U1 (or not a neighbour)"
+                )
             if sender in held:
                 raise ProtocolViolation(f"share bundle holds two ciphertexts from {sender}")
             plaintext = P.decrypt_share(
@@ -233,10 +239,10 @@ class ClientSession:
                     f"share from {sender} names sender {pt_sender} and recipient {pt_recipient}"
                 )
             held[sender] = (b_share, s_share)
-        if len(held) < self.config.threshold:
+        if len(held) < self.config.share_threshold:
             raise InsufficientParticipants(
                 f"shares from only {len(held) - 1} peers; "
-                f"{self.config.threshold} participants needed"
+                f"{self.config.share_threshold} participants needed"
             )
         add = [self_key(self._seed, session_id, self.config.round, self.my_id)]
         subtract: list[bytes] = []
@@ -265,7 +271,8 @@ class ClientSession:
             raise InsufficientParticipants(
                 f"{len(survivors)} survivors, threshold is {self.config.threshold}"
             )
-        outside = sorted(set(survivors) - set(self._held))
+        outside = sorted((set(survivors) & self.config.scope(self.my_id)) - set(self._held))
+        outside = outside or sorted(set(survivors) - set(self._peer_keys))
         if outside:
             raise ProtocolViolation(f"survivor list names {outside}, who never shared keys here")
         if self.my_id not in survivors:
@@ -287,7 +294,9 @@ class ClientSession:
         both = sorted(survivors & dropped)
         if both:
             raise ProtocolViolation(f"unmask request names {both} both as survivor and as dropped")
-        unknown = sorted((survivors | dropped) - set(self._held))
+        named = survivors | dropped
+        unknown = sorted((named & self.config.scope(self.my_id)) - set(self._held))
+        unknown = unknown or sorted(named - set(self._peer_keys))
         if unknown:
             raise ProtocolViolation(f"unmask request names {unknown}, who never shared keys here")
         if len(survivors) < t:
@@ -311,24 +320,24 @@ class ClientSession:
                 f"only {len(signers)} valid consistency signatures over the survivor set "
                 f"from distinct survivors; {t} needed"
             )
-        shares = [(v, ShareKind.SELF_SEED, self._held[v][0]) for v in sorted(survivors)]
-        shares += [(v, ShareKind.MASK_KEY, self._held[v][1]) for v in sorted(dropped)]
+        # the double-masking rule: survivors get b shares, dropped peers s shares, never both
+        held = set(self._held)  # ⊆ N[me] when sparse: only those shares exist here
+        shares = [(v, ShareKind.SELF_SEED, self._held[v][0]) for v in sorted(survivors & held)]
+        shares += [(v, ShareKind.MASK_KEY, self._held[v][1]) for v in sorted(dropped & held)]
         out = UnmaskResponse(session_id, self.my_id, tuple(shares)).encode()
         self._wipe()
         self.stage = Stage.DONE
         return out
 
     def _wipe(self) -> None:
-        """Forget every session secret once nothing more can be asked of this session: both
-        X25519 private keys, the self-mask seed and every share held. What stays (public keys,
-        session id, the signed survivor set) is public. Python cannot overwrite immutable
-        `bytes`, so this drops the references; a persisted DONE state holds no secret at all."""
+        """Forget every session secret (both private keys, the seed, every share held) once
+        nothing more can be asked; what stays is public. Python cannot overwrite `bytes`, so
+        this drops the references; a persisted DONE state holds no secret at all."""
         self._c_sk = b""
         self._s_sk = b""
         self._seed = b""
         self._held = {}
 
-    # ------------------------------------------------------------------ persistence
     def to_bytes(self) -> bytes:
         """All session secrets and progress, except the long-term identity key (store it safely)."""
         w = Writer().raw(_STATE_MAGIC).u8(_STATE_VERSION).blob(self.config.to_bytes())

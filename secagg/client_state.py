@@ -57,7 +57,11 @@ def check_restored(
         problems.append("peer keys before ShareKeys")
     if level == 2 and set(held) != {me}:
         problems.append("held shares before MaskedInput other than this participant's own")
-    if 3 <= level <= 4 and (me not in held or len(held) < t or not set(held) <= set(peer_keys)):
+    if 3 <= level <= 4 and (
+        me not in held
+        or len(held) < config.share_threshold
+        or not set(held) <= set(peer_keys) & config.scope(me)
+    ):
         problems.append("held shares do not fit the advertised keys")
     if (level < 2 or level > 4) and held:
         problems.append("held shares outside MaskedInput..Unmask")
@@ -68,7 +72,7 @@ def check_restored(
     if level >= 4:
         if len(signed) < t or me not in signed or not set(signed) <= set(peer_keys):
             problems.append("the signed survivor set does not fit the session")
-        if level == 4 and not set(signed) <= set(held):
+        if level == 4 and not set(signed) & config.scope(me) <= set(held):
             problems.append("signed survivors without held shares")
     elif signed:
         problems.append("a signed survivor set before ConsistencyCheck")

@@ -6,9 +6,8 @@ stage opened) has passed; closing it yields the next stage's messages. Fewer tha
 at any close aborts the session with a reason. Masked inputs are added into one running uint32
 sum as they arrive, so memory is O(d) whatever n is.
 
-A session lives in memory only: a coordinator that restarts mid-session does not resume it but
-retries the step with a new attempt and fresh keys (`coordinator/engine.py`), and the sites bind
-each release to one session, so nothing is lost by that and no state needs saving here.
+A session lives in memory only: a coordinator that restarts mid-session retries the step with a
+new attempt and fresh keys (`coordinator/engine.py`); sites bind each release to one session.
 """
 
 from __future__ import annotations
@@ -195,7 +194,8 @@ class ServerSession:
         self._check_session(msg.session_id, "share keys")
         self._check_sender(sender, msg.sender, "share keys")
         recipients = [r for r, _ in msg.ciphertexts]
-        wanted = [v for v in self._u1 if v != sender]
+        scope = self.config.scope(sender)
+        wanted = [v for v in self._u1 if v != sender and v in scope]
         if sorted(recipients) != wanted or len(set(recipients)) != len(recipients):
             raise ProtocolViolation(
                 f"share keys from {sender} must hold one ciphertext for each of {wanted}, "
@@ -224,13 +224,16 @@ class ServerSession:
         msg = UnmaskResponse.decode(payload)
         self._check_session(msg.session_id, "unmask response")
         self._check_sender(sender, msg.sender, "unmask response")
-        wanted = {(v, ShareKind.SELF_SEED) for v in self._u3}
-        wanted |= {(v, ShareKind.MASK_KEY) for v in self._dropped()}
+        scope = self.config.scope(sender)
+        seeds = [v for v in self._u3 if v in scope]
+        keys = [v for v in self._dropped() if v in scope]
+        wanted = {(v, ShareKind.SELF_SEED) for v in seeds}
+        wanted |= {(v, ShareKind.MASK_KEY) for v in keys}
         got = {(peer, kind): share for peer, kind, share in msg.shares}
         if len(got) != len(msg.shares) or set(got) != wanted:
             raise ProtocolViolation(
                 f"unmask response from {sender} must hold self-seed shares for exactly "
-                f"{list(self._u3)} and mask-key shares for exactly {list(self._dropped())}"
+                f"{seeds} and mask-key shares for exactly {keys}"
             )
         for (peer, _), share in got.items():
             try:
@@ -297,7 +300,8 @@ class ServerSession:
         self.stage = Stage.MASKED_INPUT
         out = []
         for v in u2:
-            cts = tuple((u, self._shares[u][v]) for u in u2 if u != v)
+            scope = self.config.scope(v)
+            cts = tuple((u, self._shares[u][v]) for u in u2 if u != v and u in scope)
             payload = ShareBundle(self.session_id, v, cts).encode()
             out.append(Outbound(v, Stage.MASKED_INPUT, payload))
         self._shares = {}  # relayed: the server keeps no ciphertexts
@@ -328,9 +332,17 @@ class ServerSession:
         The session aborts only if some secret has no reconstruction that passes its check.
         """
         assert self.session_id is not None
-        t, round_, sid = self.config.threshold, self.config.round, self.session_id
+        t, round_, sid = self.config.share_threshold, self.config.round, self.session_id
         keys = {v: (e.c_pk, e.s_pk) for v, e in self._advertised.items()}
         responders = sorted(self._responses)
+        answered = set(responders)
+        short = [v for v in self._u2 if len(self.config.scope(v) & answered) < t]
+        if short:  # sparse masking: a neighbourhood kept fewer than t_k responders
+            self._abort(
+                f"unmasking failed: the neighbourhoods of {short} kept fewer than {t} responding"
+                " members, so their secrets cannot be rebuilt"
+            )
+            return
         faulty: set[int] = set()
         subtract: list[bytes] = []
         add: list[bytes] = []
@@ -339,7 +351,7 @@ class ServerSession:
             shares = [
                 (u, decode_share(self._responses[u][(v, kind)]))
                 for u in responders
-                if u not in faulty
+                if u not in faulty and (v, kind) in self._responses[u]
             ]
             secret, bad = reconstruct_verified(shares, t, accept, what)
             faulty.update(bad)
@@ -362,7 +374,7 @@ class ServerSession:
                     f"masking key of dropped {v} (checked against its advertised key)",
                 )
                 s_key = P.x25519_key(s_sk)
-                for u in self._u3:
+                for u in sorted(self.config.scope(v) & set(self._u3)):
                     shared = P.agree(s_key, keys[u][1])
                     # u added PRG(s_uv) if u < v and subtracted it if u > v: undo that
                     (subtract if u < v else add).append(pairwise_key(shared, sid, round_, u, v))

@@ -11,7 +11,11 @@ checks the choice it cannot derive against its own policy:
   plan; checked again so that a policy tightened after acceptance still holds);
 - the participants are distinct sites, this site is one of them exactly once, and every one is
   in the plan's `sites` list when the plan has one;
-- the round fits the purpose and the plan, and the attempt is below `secagg.max_attempts`.
+- the round fits the purpose and the plan, and the attempt is below `secagg.max_attempts`;
+- with sparse masking, the degree and neighbourhood threshold still meet the 2^-40 security
+  bound against policy.max_colluding_sites, and the partial sums it allows still cover
+  policy.trusted_noise_sites (the neighbour graph itself is a pure function of the config, so
+  the byte-identical check already pins it).
 
 Any difference between the offered config and the derived one is a refusal that names the field.
 """
@@ -19,6 +23,7 @@ Any difference between the offered config and the derived one is a refusal that 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from fractions import Fraction
 
 from federation.plan import RunPlan
 from federation.releases import Purpose
@@ -26,6 +31,7 @@ from federation.sessions import SessionRuleError, majority_threshold, session_co
 from federation.tasks import SessionKey
 from secagg.config import SessionConfig
 from secagg.errors import SecAggError
+from secagg.graph import SECURITY_BITS, failure_bounds
 from site_agent.config import SitePolicy
 
 
@@ -95,6 +101,28 @@ def expected_config(
             f"threshold {config.threshold} of {n} is not above (n + max_colluding_sites)/2;"
             f" this site needs at least {needed}"
         )
+    if config.sparse:
+        security, _ = failure_bounds(
+            n,
+            policy.max_colluding_sites,
+            plan.secagg.dropout_fraction,
+            config.neighbours,
+            config.neighbour_threshold,
+        )
+        if security > Fraction(1, 2**SECURITY_BITS):
+            raise SessionRefused(
+                f"sparse masking with {config.neighbours} neighbours (t_k"
+                f" {config.neighbour_threshold}) among {n} is not safe against"
+                f" policy.max_colluding_sites {policy.max_colluding_sites}"
+            )
+        # the fewest honest inputs in a partial sum a coordinator can unmask (docs/secagg.md)
+        k, t_k = config.neighbours, config.neighbour_threshold
+        group = t_k if policy.max_colluding_sites == 0 else k + 2 - t_k
+        if group < trusted:
+            raise SessionRefused(
+                f"sparse masking with {k} neighbours (t_k {t_k}) can leave partial sums of"
+                f" {group} honest sites, below policy.trusted_noise_sites {trusted}"
+            )
     return config
 
 
@@ -124,7 +152,8 @@ def check_offered(expected: SessionConfig, offered: SessionConfig) -> None:
     if offered.to_bytes() == expected.to_bytes():
         return
     differences = []
-    for field in ("threshold", "participants", "vector_length", "round"):
+    fields = ("threshold", "participants", "vector_length", "round", "neighbours")
+    for field in (*fields, "neighbour_threshold"):
         mine, theirs = getattr(expected, field), getattr(offered, field)
         if mine != theirs:
             differences.append(f"{field} {theirs!r} (this site derives {mine!r})")
