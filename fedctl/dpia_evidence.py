@@ -36,6 +36,14 @@ EVIDENCE: dict[str, tuple[str, ...]] = {
         + "test_cheating_coordinator.py::test_release_masked_again_in_a_new_attempt_is_refused",
         _ADV + "test_schedules.py::test_random_adversarial_schedules_never_yield_a_release",
     ),
+    "privacy_audit": (
+        "tests/unit/benchmarks/test_privacy_audit.py::"
+        "test_a_tiny_audit_runs_end_to_end_and_the_bound_holds",
+        "tests/unit/benchmarks/test_privacy_audit.py::"
+        "test_the_one_run_bound_never_exceeds_the_truth_and_finds_most_of_it",
+        "tests/unit/benchmarks/test_privacy_audit.py::"
+        "test_lira_separates_shifted_members_and_not_unshifted_ones",
+    ),
     "pseudonymisation": (
         _G + "test_no_raw_patient_id_in_any_file_under_the_state_dir_after_a_run",
         _G + "test_pseudonymisation_moves_no_patient_between_partitions",

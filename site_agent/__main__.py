@@ -28,6 +28,7 @@ COMMANDS = {
     "erase": "site_agent.gdpr_cli",
     "subject-report": "site_agent.gdpr_cli",
     "records": "site_agent.gdpr_cli",
+    "audit-privacy": "site_agent.audit_cli",
 }
 """Site-local commands (`python -m site_agent check …`) and the module that implements each
 (`register(parser, name)` and `run(args)`); without one, the agent runs."""

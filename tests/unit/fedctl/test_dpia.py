@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from fedctl.demo import plan_text
-from fedctl.dpia import EVIDENCE, cmd_dpia, odds_factor, render_dpia, to_html
+from fedctl.dpia import EVIDENCE, cmd_dpia, odds_factor, read_privacy_audit, render_dpia, to_html
 from fedctl.errors import CliError
 from federation.plan import RunPlan, parse_plan
 from federation.sessions import session_threshold
@@ -138,8 +138,12 @@ def test_a_report_of_another_plan_and_a_retention_figure_are_shown(plan: RunPlan
     assert "consent: none for purpose research.survival-model: 20" in text
 
 
-def _args(plan: Path, out: Path, *reports: Path, html: bool = False) -> argparse.Namespace:
-    return argparse.Namespace(plan=plan, site_report=list(reports), out=out, html=html)
+def _args(
+    plan: Path, out: Path, *reports: Path, html: bool = False, audit: Path | None = None
+) -> argparse.Namespace:
+    return argparse.Namespace(
+        plan=plan, site_report=list(reports), out=out, html=html, privacy_audit=audit
+    )
 
 
 def test_cmd_dpia_writes_markdown_and_html(
@@ -183,3 +187,121 @@ def test_bad_input_is_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(CliError, match=r"lacks \['rows_read', 'rows_valid', 'excluded'\]"):
         cmd_dpia(_args(good, out, junk))
     assert not out.exists()
+
+
+def _audit_record(epsilon: float | None, lower: float, adv: float, **extra: Any) -> dict[str, Any]:
+    """A record as `benchmarks/privacy_audit.py --json` writes it (the keys the DPIA reads)."""
+    return {
+        "kind": "privacy_audit",
+        "control": False,
+        "setting": "no DP" if epsilon is None else f"DP ε={epsilon:g}",
+        "epsilon": epsilon,
+        "epsilon_spent": None if epsilon is None else epsilon * 0.9,
+        "empirical_epsilon_lower": lower,
+        "empirical_confidence": 0.95,
+        "bound_held": None if epsilon is None else lower <= epsilon * 0.9,
+        "mia_advantage": adv,
+        "tpr_at_fpr_0.01": adv / 4,
+        "attribute": "sex",
+        "attribute_gain": adv / 10,
+        **extra,
+    }
+
+
+AUDIT = [
+    _audit_record(None, 0.41, 0.0625),
+    _audit_record(1.0, 0.0, 0.0125),
+    _audit_record(3.0, 0.172, 0.0313),
+    _audit_record(8.0, 0.25, 0.0438),
+    {**_audit_record(None, 2.5, 0.5), "control": True, "setting": "control"},
+]
+
+
+def test_the_privacy_audit_figures_are_cited_in_risks_and_measures(plan: RunPlan) -> None:
+    text = render_dpia(plan, [], AUDIT)
+    assert "and an empirical privacy audit" in text
+    risks = text[text.index("## (c) ") : text.index("## (d) ")]
+    mia = next(line for line in risks.splitlines() if line.startswith("| Membership inference"))
+    # the plan's ε (3) and the no-DP run, never the positive control
+    assert "measured at ε = 3: attack advantage 0.0313, TPR 0.00783 at FPR 0.01" in mia
+    assert "without DP 0.0625" in mia and "0.5" not in mia.split("without DP")[1]
+    attribute = next(line for line in risks.splitlines() if line.startswith("| Attribute"))
+    assert "ε = 3: guessing `sex` gains 0.00313 accuracy over the prior" in attribute
+    assert "no DP: guessing `sex` gains 0.00625" in attribute
+    measures = text[text.index("## (d) ") : text.index("## (e) ")]
+    assert (
+        "| ε = 3 (this plan) | 2.7 | 0.172 (95%) | yes | 0.0313 | 0.00783 | 0.00313 |" in measures
+    )
+    assert "| ε = 1 | 0.9 | 0 (95%) | yes |" in measures
+    assert "| no DP | — | 0.41 (95%) | — (no DP) | 0.0625 |" in measures
+    assert "| control | — | 2.5 (95%) | — (no DP) | 0.5 |" in measures
+    assert "test_a_tiny_audit_runs_end_to_end_and_the_bound_holds" in measures
+    assert "VIOLATED" not in text and "not a proof of safety" in measures
+
+
+def test_a_bound_above_the_reported_epsilon_is_printed_loudly(plan: RunPlan) -> None:
+    broken = [_audit_record(3.0, 3.4, 0.2)]  # lower bound 3.4 > ε spent 2.7
+    text = render_dpia(plan, [], broken)
+    assert "| ε = 3 (this plan) | 2.7 | 3.4 (95%) | **NO: VIOLATED" in text
+    assert "do not rely on the DP figures above until this is explained" in text
+    unmarked = [{k: v for k, v in broken[0].items() if k != "bound_held"}]
+    assert "**NO: VIOLATED" in render_dpia(plan, [], unmarked)  # recomputed, not trusted
+
+
+def test_without_an_audit_the_dpia_says_how_to_get_one(plan: RunPlan) -> None:
+    text = render_dpia(plan, [])
+    assert "**Empirical privacy audit**: none cited; run `benchmarks/privacy_audit.py" in text
+    assert "(privacy audit)" not in text
+    other = render_dpia(plan, [], [_audit_record(8.0, 0.1, 0.05)])
+    assert "the privacy audit did not run ε = 3" in other
+
+
+def test_k_anonymity_of_the_plan_and_the_sites_is_a_measure(plan: RunPlan) -> None:
+    body = plan.model_dump()
+    body["privacy"]["k_anonymity"] = {"k": 5, "quasi_identifiers": ["age", "sex"]}
+    k_plan = RunPlan.model_validate(body)
+    report = {
+        "site": "hospital-b",
+        "rows_read": 10,
+        "rows_valid": 10,
+        "excluded": {},
+        "k_anonymity": {"k": 7, "l": 2, "quasi_identifiers": ["age", "sex"], "rows_suppressed": 3},
+    }
+    text = render_dpia(k_plan, [report])
+    assert "suppresses the rows still in a class smaller than k = 5" in text
+    assert "quasi-identifiers `age`, `sex`" in text
+    assert "hospital-b: k = 7, l = 2 over ['age', 'sex'], 3 row(s) suppressed" in text
+    assert "k-anonymity at k = 5 over age, sex (plan, enforced at each site)" in text
+    assert "**k-anonymity**" not in render_dpia(plan, [report])  # not in a plan without it
+
+
+def test_cmd_dpia_reads_the_audit_json_and_skips_other_records(
+    tmp_path: Path, plan: RunPlan
+) -> None:
+    plan_file = tmp_path / "plan.toml"
+    plan_file.write_text(plan_text(10))
+    audit_file = tmp_path / "audit.json"
+    extra = {"kind": "k_anonymity_cost", "epsilon": 3.0, "c_index": 0.79}
+    audit_file.write_text(json.dumps([*AUDIT, extra]))
+    assert read_privacy_audit(audit_file) == AUDIT
+    out = tmp_path / "dpia.md"
+    assert cmd_dpia(_args(plan_file, out, audit=audit_file)) == 0
+    assert out.read_text(encoding="utf-8") == render_dpia(plan, [], AUDIT)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{}", "must be a JSON list of records"),
+        ("not json", "is not JSON"),
+        ('[{"kind": "k_anonymity_cost"}]', "has no privacy_audit record"),
+        ('[{"epsilon": 3.0, "mia_advantage": 0.1}]', r"record 1 lacks \['empirical_epsilon_lower'"),
+    ],
+)
+def test_a_bad_audit_json_is_one_clear_error(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "audit.json"
+    path.write_text(content)
+    with pytest.raises(CliError, match=message):
+        read_privacy_audit(path)
+    with pytest.raises(CliError, match="cannot read privacy audit"):
+        read_privacy_audit(tmp_path / "missing.json")
