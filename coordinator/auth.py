@@ -13,6 +13,7 @@ handshake this is where a revoked, superseded or unrostered certificate shows.
 from __future__ import annotations
 
 import contextvars
+import functools
 import logging
 import os
 import time
@@ -194,8 +195,15 @@ def _peer(context: aio.ServicerContext) -> tuple[Identity | None, x509.Certifica
     pems = list(context.auth_context().get(PEER_CERT_KEY, ()))
     if len(pems) != 1:
         return None, None
+    return _parsed_peer(bytes(pems[0]))
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed_peer(pem: bytes) -> tuple[Identity | None, x509.Certificate | None]:
+    """A peer certificate parsed once, not on every RPC: the same few hundred certificates call
+    again and again (the result depends on the bytes alone; the roster check is not cached)."""
     try:
-        cert = load_certificate(pems[0])
+        cert = load_certificate(pem)
     except IdentityError:
         return None, None
     try:

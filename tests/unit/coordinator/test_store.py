@@ -162,3 +162,23 @@ def test_the_store_file_is_private(path: Path) -> None:
     with sqlite3.connect(path) as conn:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"sites", "runs", "run_vectors", "aggregates", "round_vectors"} <= tables
+
+
+def test_liveness_is_kept_in_memory_and_written_once_per_flush(path: Path) -> None:
+    clock = Clock()
+    store = CoordinatorStore(path, clock=clock)
+    store.record_hello("site-a", "PEM-A", "1.0", {})
+    hello_seen = store.sites()[0].last_seen
+    clock.now += 5
+    store.touch_site("site-a")
+    clock.now += 5
+    store.touch_site("site-a")  # the latest wins
+    assert store.sites()[0].last_seen == clock.now  # fresh for ListSites and candidates
+    with sqlite3.connect(path) as raw:  # but not one commit per RPC
+        assert raw.execute("SELECT last_seen FROM sites").fetchone()[0] == hello_seen
+    store.flush_seen()
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("SELECT last_seen FROM sites").fetchone()[0] == clock.now
+    store.touch_site("site-a")
+    store.close()  # a clean shutdown flushes too
+    assert CoordinatorStore(path, clock=clock).sites()[0].last_seen == clock.now
