@@ -17,9 +17,13 @@ half of each hospital plus its own canaries. Then, with `site_agent.membership_a
   the value that maximises the model's likelihood × the population prior): accuracy on members
   over the prior-only guess.
 
-Records: one per setting, ``kind = "privacy_audit"``; other benchmarks may append records of
-their own ``kind`` to the same list (the table here shows only this kind). See
-docs/privacy-audit.md for what the figures mean and do not mean.
+Then the k-anonymity layer's utility cost (unless ``--skip-k-anonymity``): the C-index at ε = 3
+with and without `[privacy.k_anonymity]`, by `k_anonymity_bench.py`'s own code (records of
+``kind = "k_anonymity_cost"``, 2 seeds with --quick, 10 without).
+
+Records: one per setting, ``kind = "privacy_audit"``; the k-anonymity records follow in the same
+list (each table shows only its kind). See docs/privacy-audit.md for what the figures mean and do
+not mean.
 """
 
 from __future__ import annotations
@@ -344,11 +348,30 @@ def run_audit(config: AuditConfig, log: Any = print) -> list[dict[str, object]]:
     return records
 
 
+def k_anonymity_cost(seeds: int) -> list[dict[str, object]]:
+    """The layer's utility cost at ε = 3: `k_anonymity_bench.py`'s settings, run by its code."""
+    import tempfile
+
+    import k_anonymity_bench as kanon
+
+    records: list[dict[str, object]] = []
+    with tempfile.TemporaryDirectory(prefix="privacy-audit-kanon-") as scratch:
+        train, test, configs = kanon.hospitals(Path(scratch))
+        for name, section in kanon.SETTINGS.items():
+            row = kanon.run_setting(name, section, configs, train, test, seeds)
+            records.append({"kind": "k_anonymity_cost", "epsilon": 3.0, **row})
+    print_table(records, kanon.COLUMNS, "k-anonymity layer: C-index at ε = 3 (test split)")
+    return records
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer runs, canaries and rounds")
     parser.add_argument("--json", type=Path, default=None, help="write the records here")
     parser.add_argument("--models", type=int, default=None, help="runs per setting")
+    parser.add_argument(
+        "--skip-k-anonymity", action="store_true", help="no k-anonymity utility-cost rows"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     config = QUICK if args.quick else FULL
@@ -358,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     records = run_audit(config)
     print_table(records, COLUMNS, "Empirical privacy audit (demo consortium, FLCHAIN)")
     print(f"total {time.perf_counter() - started:.0f} s")
+    if not args.skip_k_anonymity:
+        records += k_anonymity_cost(seeds=2 if args.quick else 10)
     violated = [r["setting"] for r in records if r.get("bound_held") is False]
     if violated:
         print(f"!!! the empirical lower bound exceeded the reported ε at {violated}")

@@ -99,25 +99,29 @@ def relayed_bytes(store: Path, run_id: str) -> list[int]:
     return [per_round[r] for r in sorted(per_round)]
 
 
-def scale_plan(rounds: int, width: int) -> str:
-    """The demo plan with an MLP of the given width, full batch, and timeouts for n = 100 sites
-    served by one simulator process."""
+def scale_plan(rounds: int, width: int, masking: str = "all-pairs") -> str:
+    """The demo plan with an MLP of the given width, full batch, the masking asked for, and
+    timeouts for n = 100 sites served by one simulator process."""
     text = plan_text(rounds, local_epochs=1)
+    if masking != "all-pairs":
+        text = text.replace("[secagg]\n", f'[secagg]\nmasking = "{masking}"\n', 1)
     text = text.replace('kind = "linear"', f'kind = "mlp"\nhidden = [{width}, {width}]')
     text = text.replace("stage_timeout_s = 30.0", "stage_timeout_s = 600.0")
     return text.replace("train_timeout_s = 240.0", "train_timeout_s = 1800.0")
 
 
-def measure(n: int, d: int, rounds: int, workdir: Path) -> dict[str, object]:
+def measure(
+    n: int, d: int, rounds: int, workdir: Path, masking: str = "all-pairs"
+) -> dict[str, object]:
     width = hidden_width_for(d)
     actual = parameter_count(
         ModelSpec(kind="mlp", hidden=(width, width)),
         FLCHAIN_SCHEMA.n_encoded,
         default_time_grid().n_intervals,
     )
-    print(f"n = {n}, d ≈ {d:g} ({actual} parameters)", flush=True)
+    print(f"n = {n}, d ≈ {d:g} ({actual} parameters), {masking} masking", flush=True)
     hospitals = tuple(f"site-{i:03d}" for i in range(n))
-    federation = LocalFederation(workdir / f"n{n}-d{d}", hospitals)
+    federation = LocalFederation(workdir / f"n{n}-d{d}-{masking}", hospitals)
     federation.prepare()
     flchain_hospitals(federation, SMALL_SITE_POLICY)  # one FLCHAIN slice per site, by age
     try:
@@ -129,7 +133,7 @@ def measure(n: int, d: int, rounds: int, workdir: Path) -> dict[str, object]:
         coordinator = federation.processes["coordinator"].pid
         cpu0, _, written0 = _proc_figures(coordinator)
         started = time.monotonic()
-        run_id = run_until_done(stub, scale_plan(rounds, width), timeout=3600)
+        run_id = run_until_done(stub, scale_plan(rounds, width, masking), timeout=3600)
         wall = time.monotonic() - started
         cpu1, rss, written1 = _proc_figures(coordinator)
     finally:
@@ -140,7 +144,7 @@ def measure(n: int, d: int, rounds: int, workdir: Path) -> dict[str, object]:
     return {
         "n": n,
         "d": actual,
-        "masking": "all-pairs",
+        "masking": masking,
         "rounds": rounds,
         "overhead_s": statistics.median(overheads),
         "coordinator_cpu_s_per_round": round((cpu1 - cpu0) / rounds, 3),
@@ -157,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sites", default=None, help="comma-separated n (default 3,10,30,100)")
     parser.add_argument("--dims", default=None, help="comma-separated d (default 1000,100000)")
     parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument(
+        "--sparse-from", type=int, default=30, help="also sparse masking at n ≥ this (0: never)"
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     exit_on_sigterm()
@@ -171,9 +178,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="scale-bench-") as tmp:
         for d in dims:
             for n in sizes:
-                rows.append(measure(n, d, rounds, Path(tmp)))
-                print(f"  {rows[-1]}", flush=True)
-    print_table(rows, COLUMNS, f"scale: median over {rounds} update rounds, all-pairs masking")
+                maskings = ["all-pairs"]
+                if args.sparse_from and n >= args.sparse_from:
+                    maskings.append("sparse")
+                for masking in maskings:
+                    rows.append(measure(n, d, rounds, Path(tmp), masking))
+                    print(f"  {rows[-1]}", flush=True)
+    print_table(rows, COLUMNS, f"scale: median over {rounds} update rounds")
     if args.json is not None:
         write_json(args.json, rows)
     return 0

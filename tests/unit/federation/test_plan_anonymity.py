@@ -7,28 +7,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from federation.plan import PlanError, RunPlan, parse_plan
+from tests.unit.federation.test_plan import MINIMAL as PLAN
 
 pytestmark = pytest.mark.unit
 
-MINIMAL = """
-name = "trial"
-quorum = 2
-[[features]]
-kind = "numeric"
-name = "age"
-min = 40
-max = 110
-[[features]]
-kind = "categorical"
-name = "sex"
-levels = ["F", "M"]
-[[features]]
+GRADE = """[[features]]
 kind = "categorical"
 name = "grade"
 levels = ["1", "2", "3"]
-[time_grid]
-cuts = [1000.0, 2000.0, 3000.0]
 """
+MINIMAL = PLAN.replace("[time_grid]", GRADE + "[time_grid]")  # test_plan's, with a third feature
 
 LAYER = """
 [privacy.k_anonymity]
