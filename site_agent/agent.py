@@ -35,7 +35,8 @@ from federation.version import __version__
 from federation.wire.v1 import federation_pb2, federation_pb2_grpc
 from site_agent.cache import ReleaseCache, SessionStore
 from site_agent.config import SiteConfig
-from site_agent.connection import ConnectionProblem, check_own_certificate, diagnose
+from site_agent.connection import diagnose
+from site_agent.connection_problems import ConnectionProblem, check_own_certificate
 from site_agent.handlers import TaskHandlers, kind_label
 from site_agent.ledger import PrivacyLedger
 from site_agent.peer_certificates import PeerCertificates

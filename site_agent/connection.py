@@ -8,107 +8,31 @@ certificate, exactly as the gRPC channel does) and names the first step that fai
 certificate subjects and dates involved and what to do. It sends no application data: the only
 bytes on the wire are the TLS handshake itself.
 
-`check_own_certificate` is the start-up check of the site's own certificate: an expired one
-would only ever show up as a refused handshake, so the agent refuses to start instead.
+The problem codes, the start-up check of the site's own certificate (`check_own_certificate`)
+and the wording of certificates live in `site_agent/connection_problems.py`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import enum
 import socket
 import ssl
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
 
-from federation.tls import TlsError
-
-EXPIRY_WARNING = dt.timedelta(days=30)
-"""Warn this long before the site's certificate expires: time enough to get a renewed kit."""
+from site_agent.connection_problems import (
+    RENEW,
+    ConnectionProblem,
+    ProblemCode,
+    describe,
+)
 
 _PROBE_READ_S = 2.0
 """After a successful handshake, how long to wait for the server to reject our certificate: under
 TLS 1.3 the server checks the client certificate after the client's side of the handshake is
 done, so its alert arrives on the first read."""
-
-RENEW = (
-    "ask the consortium operator for a renewed site kit (fedctl provision renew SITE) and"
-    " install it"
-)
-
-
-class ProblemCode(enum.StrEnum):
-    """What failed, stable for tests and log searches; the message says it in words."""
-
-    BAD_ADDRESS = "bad_address"
-    DNS = "dns"
-    REFUSED = "refused"
-    TIMEOUT = "timeout"
-    NETWORK = "network"
-    NOT_TLS = "not_tls"
-    UNKNOWN_CA = "unknown_ca"
-    SERVER_CERT_EXPIRED = "server_cert_expired"
-    SERVER_CERT_NOT_YET_VALID = "server_cert_not_yet_valid"
-    CA_EXPIRED = "ca_expired"
-    HOSTNAME_MISMATCH = "hostname_mismatch"
-    SITE_CERT_REFUSED = "site_cert_refused"
-    SITE_CERT_EXPIRED = "site_cert_expired"
-    TLS_FAILED = "tls_failed"
-
-
-@dataclass(frozen=True)
-class ConnectionProblem:
-    """One cause: equal problems are the same cause (the agent logs each cause once)."""
-
-    code: ProblemCode
-    address: str
-    message: str
-
-    def __str__(self) -> str:
-        return self.message
-
-
-class CertificateNotValid(TlsError):
-    """The site's own certificate is expired or not yet valid: the coordinator would refuse every
-    handshake, so the agent does not start (a TlsError: reported like any other kit error)."""
-
-
-def describe(cert: x509.Certificate) -> str:
-    """Subject and validity window, as every message quotes a certificate."""
-    return (
-        f"{cert.subject.rfc4514_string()}, valid {_when(cert.not_valid_before_utc)}"
-        f" to {_when(cert.not_valid_after_utc)}"
-    )
-
-
-def _when(moment: dt.datetime) -> str:
-    return moment.strftime("%Y-%m-%d %H:%M UTC")
-
-
-def check_own_certificate(cert: x509.Certificate, *, now: dt.datetime | None = None) -> str | None:
-    """Raise CertificateNotValid if `cert` is not valid now; a warning (to log) if it expires
-    within EXPIRY_WARNING; None if all is well."""
-    moment = now or dt.datetime.now(dt.UTC)
-    if moment > cert.not_valid_after_utc:
-        raise CertificateNotValid(
-            f"this site's certificate expired on {_when(cert.not_valid_after_utc)}"
-            f" ({describe(cert)}); the coordinator refuses expired certificates: {RENEW}"
-        )
-    if moment < cert.not_valid_before_utc:
-        raise CertificateNotValid(
-            f"this site's certificate is not valid until {_when(cert.not_valid_before_utc)}"
-            f" ({describe(cert)}): check this computer's clock, or {RENEW}"
-        )
-    left = cert.not_valid_after_utc - moment
-    if left < EXPIRY_WARNING:
-        return (
-            f"this site's certificate expires in {left.days} days, on"
-            f" {_when(cert.not_valid_after_utc)} ({describe(cert)}): {RENEW} before then"
-        )
-    return None
 
 
 def split_address(address: str) -> tuple[str, int]:

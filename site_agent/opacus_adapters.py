@@ -46,3 +46,17 @@ class BatchTensors(Dataset[tuple[torch.Tensor, ...]]):
 def passthrough(batch: Any) -> Any:
     """Collate for :class:`BatchTensors`: the batch is already stacked."""
     return batch
+
+
+def secure_rng_problem() -> str | None:
+    """Why Opacus's secure_mode cannot run here, or None: it draws noise and Poisson samples from
+    torchcsprng, which must be importable."""
+    try:
+        import torchcsprng  # noqa: F401
+    except ImportError:
+        return (
+            "secure_mode=True needs the 'torchcsprng' package (Opacus draws noise and Poisson "
+            "samples from its CSPRNG); it is not installed and has no build for torch 2.13. "
+            "Run with secure_mode=False, or install a torchcsprng built for this torch."
+        )
+    return None

@@ -33,7 +33,12 @@ from torch.utils.data import DataLoader
 from site_agent.accounting import Entry, PrivacyAccountant, calibrate_noise_multiplier
 from site_agent.cohort import training_rows
 from site_agent.model import standardise
-from site_agent.opacus_adapters import BatchTensors, PerPatientNLL, passthrough
+from site_agent.opacus_adapters import (
+    BatchTensors,
+    PerPatientNLL,
+    passthrough,
+    secure_rng_problem,
+)
 from survival.loss import nll_per_patient
 from survival.models import ModelSpec, build_model, flat_parameters, load_flat_parameters
 
@@ -84,18 +89,6 @@ class RoundUpdate:
     seconds: float
 
 
-def _require_secure_rng() -> None:
-    """Opacus's secure_mode draws noise and samples from torchcsprng, which must be importable."""
-    try:
-        import torchcsprng  # noqa: F401
-    except ImportError as exc:
-        raise TrainingError(
-            "secure_mode=True needs the 'torchcsprng' package (Opacus draws noise and Poisson "
-            "samples from its CSPRNG); it is not installed and has no build for torch 2.13. "
-            "Run with secure_mode=False, or install a torchcsprng built for this torch."
-        ) from exc
-
-
 class LocalTrainer:
     """Trains the plan's model on one site's rows, one federated round at a time.
 
@@ -126,7 +119,8 @@ class LocalTrainer:
         if config.secure_mode:
             if seed is not None:
                 raise TrainingError("secure_mode=True draws from a CSPRNG: do not pass a seed")
-            _require_secure_rng()
+            if (problem := secure_rng_problem()) is not None:
+                raise TrainingError(problem)
         self.spec = spec
         self.n_features = n_features
         self.n_intervals = n_intervals

@@ -30,12 +30,12 @@ from federation.wire.v1 import federation_pb2 as pb
 from federation.wire.v1 import federation_pb2_grpc as pb_grpc
 from site_agent import agent as agent_module
 from site_agent import connection
-from site_agent.connection import (
+from site_agent.connection import diagnose
+from site_agent.connection_problems import (
     CertificateNotValid,
     ConnectionProblem,
     ProblemCode,
     check_own_certificate,
-    diagnose,
 )
 
 pytestmark = pytest.mark.integration
