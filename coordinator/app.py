@@ -123,7 +123,7 @@ class Coordinator:
         Progress made by the clock is audited here as `run_progress`; progress made by a
         result is already on the record through that result's own entry."""
         now = self.clock()
-        self.store.flush_seen()
+        self.store.flush()
         for engine in list(self.engines.values()):
             effects = engine.tick(now)
             audit: list[AuditEntry] = [

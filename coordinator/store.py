@@ -106,7 +106,8 @@ class CoordinatorStore:
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.executescript(SCHEMA)
         self._clock = clock
-        # Writes coordinator.sqlite.head beside the store after every committed append.
+        # Writes coordinator.sqlite.head beside the store: on every tick that committed appends
+        # (`flush`), not after each commit (see there).
         self.audit = AuditLog(self._conn, clock=clock)
         # (run, vector name) -> SHA-256 of the bytes last written, and run -> the round whose
         # global vector was last written: what lets save_run skip rewriting unchanged vectors.
@@ -119,7 +120,7 @@ class CoordinatorStore:
         """Close the database (tests and shutdown; a crash is as safe: WAL, synchronous=FULL,
         losing at most a tick of liveness)."""
         with contextlib.suppress(sqlite3.Error):
-            self.flush_seen()
+            self.flush()
         self._conn.close()
 
     @contextmanager
@@ -132,8 +133,7 @@ class CoordinatorStore:
         except BaseException:
             self._conn.execute("ROLLBACK")
             raise
-        self._conn.execute("COMMIT")
-        self.audit.flush_head()  # the audit entries of this transaction are committed now
+        self._conn.execute("COMMIT")  # its audit entries' head goes to the head file at `flush`
 
     # ------------------------------------------------------------------ sites
     def record_hello(
@@ -161,6 +161,16 @@ class CoordinatorStore:
         largest per-site cost of the store at a hundred sites. Not audited, or every long-poll
         would grow the log."""
         self._seen[site_id] = self._clock()
+
+    def flush(self) -> None:
+        """What is kept for the next tick: liveness, and the audit head file. The head file is
+        a copy of the committed chain's head for operators to ship elsewhere; writing it
+        atomically (write, fsync, rename) after every commit was half of a result's cost at a
+        hundred sites. Written once per tick instead (and at close), it lags the chain by at
+        most a tick, which verification accepts: a shipped head must be *in* the chain, whose
+        later entries the database alone proves (federation/audit.py, "Limits")."""
+        self.flush_seen()
+        self.audit.flush_head()
 
     def flush_seen(self) -> None:
         """Write the liveness `touch_site` noted since the last flush, in one transaction."""

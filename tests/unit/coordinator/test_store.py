@@ -182,3 +182,21 @@ def test_liveness_is_kept_in_memory_and_written_once_per_flush(path: Path) -> No
     store.touch_site("site-a")
     store.close()  # a clean shutdown flushes too
     assert CoordinatorStore(path, clock=clock).sites()[0].last_seen == clock.now
+
+
+def test_the_audit_head_file_is_written_per_flush_not_per_commit(path: Path) -> None:
+    from federation.audit_head import head_file_path, read_head_file
+
+    store = CoordinatorStore(path, clock=Clock())
+    store.record_hello("site-a", "PEM-A", "1.0", {})
+    store.flush()
+    written = read_head_file(head_file_path(path))
+    store.record_hello("site-b", "PEM-B", "1.0", {})  # a commit with an audit entry
+    assert read_head_file(head_file_path(path)) == written  # the file waits for the tick
+    store.flush()
+    seq, digest = store.audit.head()
+    after = read_head_file(head_file_path(path))
+    assert (after.seq, after.hash) == (seq, digest) and seq == written.seq + 1
+    store.record_hello("site-c", "PEM-C", "1.0", {})
+    store.close()  # and shutdown writes it
+    assert read_head_file(head_file_path(path)).seq == seq + 1
