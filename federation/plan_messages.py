@@ -156,4 +156,3 @@ def validation_problems(error: ValidationError, root: type[BaseModel], data: Any
         loc = _Location(root, item["loc"], data)
         lines.append(f"{loc.where}: {plain_message(item, loc)}")
     return lines
-
