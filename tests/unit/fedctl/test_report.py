@@ -20,17 +20,10 @@ from federation.plan import RunPlan
 from federation.vectors import encode_vector
 from federation.wire.v1 import admin_pb2, federation_pb2
 from survival.spec import baseline_logits, initial_parameters
+from tests.unit.survival.test_export import MEANS, STDS, export_plan
 
 pytestmark = pytest.mark.unit
 
-FEATURES: list[dict[str, Any]] = [
-    {"kind": "numeric", "name": "age", "min": 18, "max": 100},
-    {"kind": "categorical", "name": "sex", "levels": ["F", "M"]},
-    {"kind": "numeric", "name": "creatinine", "min": 0.1, "max": 15, "required": False,
-     "impute": 1.0},
-]  # fmt: skip
-MEANS = [60.0, 0.5, 1.2, 0.1]
-STDS = [10.0, 0.5, 0.4, 0.3]
 SITES = ("hospital-a", "hospital-b", "hospital-c")
 EVENTS = [30.0, 25, 30, 30, 20]
 AT_RISK = [3000.0, 2900, 2700, 2400, 2000]
@@ -40,17 +33,12 @@ SECTION_IDS = ("training", "privacy", "calibration", "hazard-ratios", "sites", "
 
 
 def crafted_plan(kind: str) -> RunPlan:
-    model = {"kind": "linear"} if kind == "linear" else {"kind": "mlp", "hidden": [8]}
-    return RunPlan.model_validate(
-        {
-            "name": f"report-{kind}",
-            "features": FEATURES,
-            "time_grid": {"cuts": [90.0, 180.0, 365.0, 730.0, 1095.0]},
-            "model": model,
-            "time_unit": "days",
-            "training": {"rounds": ROUNDS},
-            "privacy": {"epsilon": EPSILON, "delta": DELTA},
-        }
+    """test_export's crafted plan, with this report's rounds and budget."""
+    return export_plan(
+        kind,
+        "report",
+        training={"rounds": ROUNDS},
+        privacy={"epsilon": EPSILON, "delta": DELTA},
     )
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +15,8 @@ from federation.plan import RunPlan
 from federation.releases import MAX_SITES, Purpose
 from federation.wire.v1 import federation_pb2 as pb
 from secagg.quantize import dequantize_sum
-from tests.adversarial.harness import Consortium, adversarial_plan, audit_actions, make_consortium
-from tests.unit.site_agent.test_handlers import local_task, offer
+from tests.adversarial.harness import Consortium, adversarial_plan, audit_actions
+from tests.unit.site_agent.test_handlers import local_task, offer, three_hospitals
 
 pytestmark = pytest.mark.unit
 
@@ -28,14 +27,7 @@ _runs = itertools.count(1)
 
 @pytest.fixture(scope="module")
 def consortium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Consortium]:
-    workdir: Path = tmp_path_factory.mktemp("blocks") / "fed"
-    built = make_consortium(
-        workdir, ("hospital-a", "hospital-b", "hospital-c"), {"lifetime_epsilon": 10_000.0}
-    )
-    try:
-        yield built
-    finally:
-        built.close()
+    yield from three_hospitals(tmp_path_factory, "blocks")
 
 
 @pytest.fixture(scope="module")

@@ -32,9 +32,9 @@ SITE = "hospital-a"
 _runs = itertools.count(1)
 
 
-@pytest.fixture(scope="module")
-def consortium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Consortium]:
-    workdir: Path = tmp_path_factory.mktemp("handlers") / "fed"
+def three_hospitals(factory: pytest.TempPathFactory, name: str) -> Iterator[Consortium]:
+    """Real agents for hospitals a, b, c with a budget no test here exhausts (module fixtures)."""
+    workdir: Path = factory.mktemp(name) / "fed"
     built = make_consortium(
         workdir, ("hospital-a", "hospital-b", "hospital-c"), {"lifetime_epsilon": 10_000.0}
     )
@@ -42,6 +42,11 @@ def consortium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Consortium]
         yield built
     finally:
         built.close()
+
+
+@pytest.fixture(scope="module")
+def consortium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Consortium]:
+    yield from three_hospitals(tmp_path_factory, "handlers")
 
 
 @pytest.fixture(scope="module")

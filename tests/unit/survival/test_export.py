@@ -45,15 +45,18 @@ PATIENTS: list[dict[str, Any]] = [
 ]
 
 
-def _plan(kind: str) -> RunPlan:
+def export_plan(kind: str, name: str = "export", **fields: Any) -> RunPlan:
+    """The plan of a crafted export: these features, a linear or small MLP model, in days
+    (`fields`: further top-level plan tables, e.g. training or privacy)."""
     model = {"kind": "linear"} if kind == "linear" else {"kind": "mlp", "hidden": [8]}
     return RunPlan.model_validate(
         {
-            "name": f"export-{kind}",
+            "name": f"{name}-{kind}",
             "features": FEATURES,
             "time_grid": {"cuts": [90.0, 180.0, 365.0, 730.0, 1095.0]},
             "model": model,
             "time_unit": "days",
+            **fields,
         }
     )
 
@@ -72,7 +75,7 @@ def _vector(plan: RunPlan) -> np.ndarray:
 
 
 def _export(tmp_path: Path, kind: str, standardization: Any = "default") -> tuple[Path, RunPlan]:
-    plan = _plan(kind)
+    plan = export_plan(kind)
     run_id = f"run-{kind}"
     card = {
         "run_id": run_id,
