@@ -16,6 +16,7 @@ from coordinator.effects import Phase, RunProgress, RunStatus
 from coordinator.engine import RunEngine
 from coordinator.messages import PendingTask, SiteResult
 from coordinator.store import RunRow, SiteRow
+from federation.site_metrics import published_from_wire
 from federation.tasks import PURPOSE_TO_WIRE, TASK_KIND_TO_WIRE, SessionKey, TaskKind
 from federation.vectors import encode_vector
 from federation.wire.v1 import admin_pb2, federation_pb2
@@ -132,10 +133,17 @@ def error_code_from_wire(result: federation_pb2.TaskResult) -> str | None:
     return code
 
 
-def result_from_wire(result: federation_pb2.TaskResult, kind: TaskKind) -> SiteResult:
-    """A TaskResult as the engine takes it (after `check_privacy_report`); the error message is
-    cut to what an operator reads, so a site cannot fill the store through it."""
+def result_from_wire(
+    result: federation_pb2.TaskResult, kind: TaskKind, published_refused: bool = False
+) -> SiteResult:
+    """A TaskResult as the engine takes it (after `check_privacy_report` and, for published
+    figures, `check_published_metrics`: refused ones are dropped and only flagged); the error
+    message is cut to what an operator reads, so a site cannot fill the store through it."""
     privacy = result.privacy if result.HasField("privacy") else None
+    published = None
+    if result.HasField("published_metrics") and not published_refused:
+        sent = result.published_metrics
+        published = published_from_wire(sent.weighted, sent.noise_multiplier)
     return SiteResult(
         task_id=result.task_id,
         kind=kind,
@@ -144,6 +152,8 @@ def result_from_wire(result: federation_pb2.TaskResult, kind: TaskKind) -> SiteR
         error_message=result.error.message[:MAX_ERROR_MESSAGE] if result.HasField("error") else "",
         epsilon_run=privacy.epsilon_spent_run if privacy else None,
         epsilon_lifetime=privacy.epsilon_spent_lifetime if privacy else None,
+        published=published,
+        published_refused=published_refused,
     )
 
 

@@ -47,6 +47,7 @@ from coordinator.optimizers import ServerOptimizer, server_optimizer
 from coordinator.transitions import RunTransitions
 from federation.plan import RunPlan
 from federation.releases import ConsortiumStats
+from federation.site_metrics import REFUSED_KEY
 from federation.tasks import LOCAL_TASK_KIND, TaskKind
 
 
@@ -87,6 +88,7 @@ class RunEngine(RunTransitions):
         self.answered: dict[str, str] = {}  # site -> task id of its last accepted result
         self.history: list[RoundRecord] = []
         self.privacy: dict[str, dict[str, float]] = {}
+        self.published: dict[str, dict[str, float]] = {}  # this step's site-published figures
         self.stats: ConsortiumStats | None = None
         self.global_vector: np.ndarray | None = None
         self.global_round = 0
@@ -265,6 +267,10 @@ class RunEngine(RunTransitions):
         elif task.kind in LOCAL_TASK_KIND.values():
             if result.error_code is None:
                 self.acked.append(site)
+                if result.published is not None:  # kept for the record, never in the sum
+                    self.published[site] = result.published.figures()
+                elif result.published_refused:
+                    self.published[site] = {REFUSED_KEY: 1.0}
             elif result.error_code == "no_holdout":
                 self.no_holdout.add(site)  # nothing to evaluate there: not a refusal
             else:

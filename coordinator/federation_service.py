@@ -18,7 +18,12 @@ from coordinator.app import Coordinator
 from coordinator.auth import current_identity
 from coordinator.certificates import CertificateRequestError
 from coordinator.messages import ResultRejected
-from coordinator.validation import SiteInputError, check_policy_summary, check_privacy_report
+from coordinator.validation import (
+    SiteInputError,
+    check_policy_summary,
+    check_privacy_report,
+    check_published_metrics,
+)
 from federation.tasks import task_kind_from_wire
 from federation.wire.v1 import federation_pb2, federation_pb2_grpc
 
@@ -114,7 +119,16 @@ class FederationService(federation_pb2_grpc.FederationServicer):
                 log.warning("result from %s rejected: %s", site, exc.reason)
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.reason)
                 raise AssertionError("unreachable") from None
-        result = convert.result_from_wire(request, kind)
+        refused = False
+        if request.HasField("published_metrics"):  # a site's own figures: never in any sum
+            try:
+                check_published_metrics(request, kind)
+            except SiteInputError as exc:  # dropped, audited; the result itself goes on
+                refused = True
+                detail = {"run_id": engine.run_id, "reason": exc.reason}
+                self.c.store.audit.append(f"site:{site}", "published_metrics_refused", detail)
+                log.warning("published metrics from %s refused: %s", site, exc.reason)
+        result = convert.result_from_wire(request, kind, published_refused=refused)
         try:
             duplicate = self.c.take_result(engine, site, result, len(request.payload))
         except ResultRejected as exc:  # audited by take_result

@@ -12,6 +12,7 @@ import secrets
 from dataclasses import dataclass
 
 from federation.releases import Purpose
+from federation.site_metrics import PublishedFigures
 from federation.tasks import TaskKind
 
 
@@ -68,6 +69,8 @@ class SiteResult:
     error_message: str = ""
     epsilon_run: float | None = None
     epsilon_lifetime: float | None = None
+    published: PublishedFigures | None = None  # an evaluation's site-published figures, checked
+    published_refused: bool = False  # it sent some that failed the check (audited, not taken)
 
 
 def new_task_id() -> str:

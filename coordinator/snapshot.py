@@ -55,6 +55,7 @@ def dump(engine: RunEngine) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         "answered": engine.answered,
         "history": [r.to_json() for r in engine.history],
         "privacy": engine.privacy,
+        "published": engine.published,
         "global_round": engine.global_round,
         "stats": None
         if stats is None
@@ -118,6 +119,7 @@ def load(
     engine.answered = dict(state["answered"])
     engine.history = [RoundRecord.from_json(r) for r in state["history"]]
     engine.privacy = {k: dict(v) for k, v in state["privacy"].items()}
+    engine.published = {k: dict(v) for k, v in state.get("published", {}).items()}
     engine.global_round = state["global_round"]
     if state["stats"] is not None:
         stats = state["stats"]

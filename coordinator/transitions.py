@@ -31,6 +31,7 @@ from coordinator.optimizers import ServerOptimizer
 from federation.plan import RunPlan
 from federation.releases import ConsortiumStats, Purpose
 from federation.sessions import minimum_session_size
+from federation.site_metrics import record_metrics
 from federation.tasks import LOCAL_TASK_KIND, TaskKind
 
 FINISH_TIMEOUT_S = 60.0
@@ -58,6 +59,7 @@ class RunTransitions:
     session_sites: dict[int, str]
     tasks: dict[str, PendingTask]
     history: list[RoundRecord]
+    published: dict[str, dict[str, float]]
     stats: ConsortiumStats | None
     global_vector: np.ndarray | None
     global_round: int
@@ -121,6 +123,7 @@ class RunTransitions:
         self.phase, self.round, self.attempt = phase, round_, attempt
         self.step = StepPart.LOCAL
         self.acked = []
+        self.published = {}
         self.session_sites = {}
         self._session = None
         self.step_deadline = now + self.plan.secagg.train_timeout_s
@@ -212,6 +215,8 @@ class RunTransitions:
             self.global_round = self.round
         else:
             metrics = aggregation.evaluation_metrics(self.plan, summed, n, self.round)
+            # what sites published themselves, beside the sum (federation/site_metrics.py)
+            metrics.update(record_metrics(self.published))
         record = RoundRecord(
             purpose=purpose,
             round=self.round,

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 
+from federation.site_metrics import published_from_wire
+from federation.tasks import TaskKind
 from federation.wire.v1 import federation_pb2
 
 MAX_POLICY_NAMES = 1024
@@ -74,3 +76,20 @@ def check_policy_summary(policy: federation_pb2.PolicySummary) -> None:
                 raise SiteInputError(
                     f"{field} has a name of {len(name)} characters, at most {MAX_POLICY_NAME_CHARS}"
                 )
+
+
+def check_published_metrics(result: federation_pb2.TaskResult, kind: TaskKind) -> None:
+    """A result's `published_metrics` (a site's own figures, published under its policy): only
+    on a successful EVALUATE result, `MetricsLayout.length` finite values in range and a finite
+    σ > 0 (`federation.site_metrics.published_from_wire`). Raises SiteInputError; the service
+    then takes the result without them (they are no part of any sum, so the run goes on)."""
+    if kind is not TaskKind.EVALUATE or result.HasField("error"):
+        raise SiteInputError(
+            "published_metrics is taken only on a successful evaluation result, got it on a"
+            f" {kind.value} result" + (" with an error" if result.HasField("error") else "")
+        )
+    sent = result.published_metrics
+    try:
+        published_from_wire(sent.weighted, sent.noise_multiplier)
+    except ValueError as exc:
+        raise SiteInputError(str(exc)) from None

@@ -6,9 +6,11 @@ The coordinator's `model_card.json` is what `survival.export.load_model` reads, 
 it is; this card is a reader's document beside it (`model_card_mitchell.json` and `.md`). Every
 figure in it comes from the plan or from a DP release, never from a guess: where a section needs
 something the federation does not release (subgroup results when the plan names no subgroups,
-per-site figures), the card says so instead of leaving the section out, because a missing section
-reads as "nothing to report". Subgroup figures, their gaps and the permutation importances come
-from the final evaluation's prefixed metrics (`federation/subgroup_metrics.py`).
+per-site figures a site's policy did not publish), the card says so instead of leaving the
+section out, because a missing section reads as "nothing to report". Subgroup figures, their gaps
+and the permutation importances come from the final evaluation's prefixed metrics
+(`federation/subgroup_metrics.py`), each site's own published figures from its `site:` ones
+(`fedctl/model_card_sites.py`).
 
 The metric intervals are the DP noise's alone (its std is public: σ·Δ·√sites per coordinate of
 the summed release), not sampling intervals: the sites release no variance.
@@ -20,6 +22,7 @@ import math
 from datetime import UTC, datetime
 from typing import Any
 
+from fedctl.model_card_sites import per_site_analyses
 from federation.plan import RunPlan
 from federation.releases import MetricsLayout
 from federation.subgroup_metrics import importance_rows, subgroup_gaps, subgroup_rows
@@ -63,7 +66,7 @@ def metric_noise_std(plan: RunPlan, record: dict[str, Any]) -> dict[str, float]:
     metrics = record.get("metrics", {})
     recorded = {
         name: float(metrics[f"{name}_se"])
-        for name in ("ibs", "c_windowed")
+        for name in ("ibs", "c_windowed", "oe_ratio")
         if name in metrics and f"{name}_se" in metrics
     }
     if recorded:  # the coordinator's own errors (noise and sampling, federation/metric_intervals)
@@ -83,11 +86,12 @@ def metric_noise_std(plan: RunPlan, record: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def metric_interval(value: float, std: float | None) -> list[float] | None:
-    """A 95% interval of the DP noise around `value`, clipped to [0, 1] like the metrics."""
+def metric_interval(value: float, std: float | None, high: float = 1.0) -> list[float] | None:
+    """A 95% interval of the DP noise around `value`, clipped to [0, `high`] like the metrics
+    (`high` is infinite for `oe_ratio`, a ratio of counts)."""
     if std is None or not math.isfinite(value):
         return None
-    return [max(0.0, value - Z95 * std), min(1.0, value + Z95 * std)]
+    return [max(0.0, value - Z95 * std), min(high, value + Z95 * std)]
 
 
 def evaluations(card: dict[str, Any]) -> list[dict[str, Any]]:
@@ -123,21 +127,23 @@ def build_model_card(
     metrics_out: list[dict[str, Any]] = []
     if latest is not None:
         noise = metric_noise_std(plan, latest)
-        for name in ("c_windowed", "ibs", "patients", "events"):
+        for name in ("c_windowed", "ibs", "oe_ratio", "patients", "events"):
             if name in latest["metrics"]:
                 value = float(latest["metrics"][name])
                 std = noise.get(name)
-                metrics_out.append(
-                    {
-                        "name": name,
-                        "value": value,
-                        "round": latest["round"],
-                        "dp_noise_std": std,
-                        "interval_95_dp_noise": metric_interval(value, std)
-                        if name in ("c_windowed", "ibs")
-                        else None,
-                    }
-                )
+                high = math.inf if name == "oe_ratio" else 1.0
+                entry: dict[str, Any] = {
+                    "name": name,
+                    "value": value,
+                    "round": latest["round"],
+                    "dp_noise_std": std,
+                    "interval_95_dp_noise": metric_interval(value, std, high)
+                    if name in ("c_windowed", "ibs", "oe_ratio")
+                    else None,
+                }
+                if f"{name}_resolvable" in latest["metrics"]:
+                    entry["resolvable"] = latest["metrics"][f"{name}_resolvable"] > 0.5
+                metrics_out.append(entry)
     return {
         "model_details": {
             "name": plan.name,
@@ -190,6 +196,9 @@ def build_model_card(
                 "c_windowed": "concordance of each event with the next 10 patients in time (not"
                 " Harrell's C; runs well below it); compare across rounds",
                 "ibs": "integrated Brier score with IPCW weights clipped at 4 (biased low)",
+                "oe_ratio": "calibration in the large: observed / expected events up to the"
+                " horizon, expected = the model's cumulative hazard at each patient's time"
+                " (capped at 4); 1 = calibrated, > 1 = the model predicts too few events",
             },
             "intervals": "95% intervals from the coordinator's standard errors: the known DP noise"
             " (public σ, delta method) and the sampling error (federation/metric_intervals.py)",
@@ -251,13 +260,15 @@ def _consortium(record: dict[str, Any]) -> dict[str, Any]:
 def _evaluation_factors(plan: RunPlan) -> str:
     if not plan.evaluation.subgroups:
         return (
-            "consortium totals only: the plan names no subgroups ([evaluation] subgroups), and"
-            " no per-site metrics are released"
+            "consortium totals only: the plan names no subgroups ([evaluation] subgroups);"
+            " per-site figures only from sites whose policy publishes them"
+            " (quantitative_analyses.per_site)"
         )
     return (
         f"the final evaluation released per-subgroup consortium totals for"
         f" {', '.join(plan.evaluation.subgroups)} (public levels and bands from the plan);"
-        " no per-site metrics are released"
+        " per-site figures only from sites whose policy publishes them"
+        " (quantitative_analyses.per_site)"
     )
 
 
@@ -270,6 +281,8 @@ def fairness_analyses(latest: dict[str, Any] | None) -> dict[str, Any]:
         "subgroups": [_subgroup_entry(r) for r in rows]
         or "not released: the plan names no subgroups ([evaluation] subgroups)",
         "subgroup_gaps": subgroup_gaps(metrics),
+        # each site's own figures, only where its policy published them (fedctl/model_card_sites)
+        "per_site": per_site_analyses(latest),
     }
     importance = importance_rows(metrics)
     if importance:
@@ -287,10 +300,10 @@ def fairness_analyses(latest: dict[str, Any] | None) -> dict[str, Any]:
 
 def _subgroup_entry(row: dict[str, Any]) -> dict[str, Any]:
     entry: dict[str, Any] = {"feature": row["feature"], "level": row["level"]}
-    for name in ("patients", "events", "c_windowed", "ibs"):
+    for name in ("patients", "events", "c_windowed", "ibs", "oe_ratio"):
         if name in row:
             entry[name] = row[name]
-            if name in ("c_windowed", "ibs") and f"{name}_lo" in row:
+            if name in ("c_windowed", "ibs", "oe_ratio") and f"{name}_lo" in row:
                 entry[f"{name}_interval_95"] = [row[f"{name}_lo"], row[f"{name}_hi"]]
                 entry[f"{name}_resolvable"] = bool(row.get(f"{name}_resolvable", 0.0) > 0.5)
     return entry

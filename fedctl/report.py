@@ -308,6 +308,9 @@ def write_report(
     from fedctl.report_fairness import fairness_sections  # subgroups, importance bars
 
     sections.extend(fairness_sections(card))
+    from fedctl.report_sites import site_section  # each site's own figures, where published
+
+    sections.append(site_section(card))
     sections.append(section_html("sites", "Sites", _site_table(card, status)))
     sections.append(section_html("model-card", "Model card", model_card_html(mitchell)))
 

@@ -27,7 +27,8 @@ def fairness_sections(card: Mapping[str, Any]) -> list[str]:
     evals = evaluations(dict(card))
     metrics: Mapping[str, float] = evals[-1]["metrics"] if evals else {}
     rows = subgroup_rows(metrics)
-    sections = [section_html("subgroups", "Subgroups", _subgroup_body(rows, metrics))]
+    body = _calibration_line(metrics) + _subgroup_body(rows, metrics)
+    sections = [section_html("subgroups", "Subgroups", body)]
     importance = importance_rows(metrics)
     if importance:
         body = image_html(importance_plot(importance), "permutation importance") + (
@@ -47,7 +48,15 @@ def _subgroup_body(rows: list[dict[str, Any]], metrics: Mapping[str, float]) -> 
             " federation released no per-subgroup figures.</p>"
         )
     table = table_html(
-        ["feature", "level", "patients", "events", "c_windowed (95% CI)", "ibs (95% CI)"],
+        [
+            "feature",
+            "level",
+            "patients",
+            "events",
+            "c_windowed (95% CI)",
+            "ibs (95% CI)",
+            "O/E (95% CI)",
+        ],
         [
             [
                 r["feature"],
@@ -56,6 +65,7 @@ def _subgroup_body(rows: list[dict[str, Any]], metrics: Mapping[str, float]) -> 
                 _count(r.get("events")),
                 _with_interval(r, "c_windowed"),
                 _with_interval(r, "ibs"),
+                _with_interval(r, "oe_ratio"),
             ]
             for r in rows
         ],
@@ -75,7 +85,7 @@ def _subgroup_body(rows: list[dict[str, Any]], metrics: Mapping[str, float]) -> 
             for g in gaps
         ],
     )
-    figure = image_html(subgroup_plot(rows), "subgroup c_windowed and ibs")
+    figure = image_html(subgroup_plot(rows), "subgroup c_windowed, ibs and O/E")
     return (
         figure
         + table
@@ -85,8 +95,20 @@ def _subgroup_body(rows: list[dict[str, Any]], metrics: Mapping[str, float]) -> 
         + gap_table
         + '<p class="note">Gap: the largest minus the smallest level; flagged when both are'
         " resolvable and |gap| > 1.96 × the SE of the difference (the levels hold disjoint"
-        " patients, so their errors are independent). IBS is the calibration figure the release"
-        " carries (it mixes calibration and discrimination).</p>"
+        " patients, so their errors are independent). O/E (oe_ratio): observed / expected"
+        " events up to the horizon, the level's calibration in the large (1 = calibrated);"
+        " IBS mixes calibration and discrimination.</p>"
+    )
+
+
+def _calibration_line(metrics: Mapping[str, float]) -> str:
+    """The consortium's calibration in the large (O/E with its interval), when released."""
+    if "oe_ratio" not in metrics:
+        return ""
+    return (
+        f'<p class="note">Consortium calibration in the large, observed / expected events'
+        f" (oe_ratio): {_with_interval(metrics, 'oe_ratio')}; 1 = calibrated, above 1 the"
+        " model predicts too few events.</p>"
     )
 
 
@@ -112,11 +134,14 @@ def _count(value: float | None) -> str:
 
 
 def subgroup_plot(rows: Sequence[Mapping[str, Any]]) -> str:
-    """c_windowed and ibs per subgroup level with their 95% intervals, as a base64 PNG."""
+    """c_windowed, ibs and oe_ratio per subgroup level with their 95% intervals, as a base64
+    PNG (O/E with its line of perfect calibration at 1)."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(WIDTH, max(HEIGHT * 0.6, 0.45 * len(rows) + 1.2)))
+    fig, axes = plt.subplots(1, 3, figsize=(WIDTH, max(HEIGHT * 0.6, 0.45 * len(rows) + 1.2)))
     labels = [f"{r['feature']} = {r['level']}" for r in rows]
-    for ax, name in zip(axes, ("c_windowed", "ibs"), strict=True):
+    for ax, name in zip(axes, ("c_windowed", "ibs", "oe_ratio"), strict=True):
+        if name == "oe_ratio":
+            ax.axvline(1.0, color="#444", lw=0.8)
         for y, row in enumerate(rows):
             if name not in row or not math.isfinite(row[name]):
                 continue

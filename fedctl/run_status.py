@@ -22,7 +22,7 @@ TERMINAL = {
     federation_pb2.RUN_STATE_FAILED,
     federation_pb2.RUN_STATE_STOPPED,
 }
-KEY_METRICS = ("c_windowed", "ibs")  # the ones a status line shows; the summary shows all
+KEY_METRICS = ("c_windowed", "ibs", "oe_ratio")  # what a status line shows; the summary all
 
 
 # ---------------------------------------------------------------------- plain values
@@ -102,6 +102,10 @@ def _number(value: float) -> str:
 
 
 def _is_companion(name: str, values: Mapping[str, float]) -> bool:
+    """`_se/_lo/_hi/_resolvable` of a shown figure, and O/E's own counts (`observed`,
+    `expected`) when `oe_ratio` is shown: the line stays readable, JSON keeps them all."""
+    if name in ("observed", "expected") and "oe_ratio" in values:
+        return True
     return any(name.endswith(s) and name[: -len(s)] in values for s in METRIC_SUFFIXES)
 
 

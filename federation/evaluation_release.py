@@ -1,9 +1,11 @@
 """The layout of one evaluation's metrics release: the consortium block, and in the final
 evaluation one block per subgroup level and one per permuted feature.
 
-Every block is the five metric sums of `MetricsLayout` ([patients, events, brier_sum, concordant,
-comparable], weighted by `MetricsLayout.weights`), computed on a subset of the site's held-out
-rows (a subgroup level) or on all of them with one feature permuted (importance). The blocks are
+Every block is the seven metric sums of `MetricsLayout` ([patients, events, brier_sum,
+concordant, comparable, observed, expected], weighted by `MetricsLayout.weights`), computed on a
+subset of the site's held-out rows (a subgroup level) or on all of them with one feature permuted
+(importance; its observed and expected are released as 0, since importance is read from C
+alone and a constant costs no sensitivity). The blocks are
 concatenated into one vector, noised once with N(0, (σ·Δ)²) per coordinate and summed by one
 secure-aggregation session, so the coordinator sees consortium sums per block, never a site's.
 
@@ -16,8 +18,8 @@ Sensitivity under adding or removing one held-out patient (Δ, L2, of the weight
   takes the feature of the next row, cyclically) keeps the sort order of the consortium block, so
   inserting patient k inserts k (≤ the consortium bound) *and* changes the feature value, hence
   the prediction, of exactly one other patient, k's predecessor in the hash order. That patient
-  sits in ≤ 2·window pairs and has one Brier term: raw moves (1, 1, 2, 4·window, 2·window),
-  weighted L2 `PERMUTED_SENSITIVITY` (≈ 1.64, against s ≈ 0.98).
+  sits in ≤ 2·window pairs and has one Brier term: raw moves (1, 1, 2, 4·window, 2·window, 0,
+  0), weighted L2 `permuted_sensitivity` (≈ 1.56, against s ≈ 0.98).
 
   Δ² = s²·(1 + G) + P·PERMUTED_SENSITIVITY², G subgroup features, P permuted features.
 
@@ -44,17 +46,19 @@ from federation.plan_evaluation import Subgroup, subgroups
 from federation.releases import MAX_COHORT, MetricsLayout
 from secagg.quantize import QuantizationConfig
 
-BLOCK = 5
-"""Coordinates per block: patients, events, brier_sum, concordant, comparable."""
+BLOCK = MetricsLayout().length
+"""Coordinates per block: patients, events, brier_sum, concordant, comparable, observed,
+expected (`MetricsLayout`; the layout's fields are fixed, only its numbers are parameters)."""
 
 OVERALL = "overall"
 
 
 def permuted_raw_sensitivity(layout: MetricsLayout) -> tuple[float, ...]:
     """How far one patient moves each unweighted coordinate of a permuted block: its own terms
-    plus one other patient's changed prediction (module docstring)."""
+    plus one other patient's changed prediction (module docstring); observed and expected are
+    released as 0 in a permuted block, so they move by nothing."""
     pairs = 2.0 * layout.window
-    return (1.0, 1.0, 2.0, 2.0 * pairs, pairs)
+    return (1.0, 1.0, 2.0, 2.0 * pairs, pairs, 0.0, 0.0)
 
 
 def permuted_sensitivity(layout: MetricsLayout) -> float:
@@ -109,13 +113,14 @@ class EvaluationRelease:
         return math.sqrt(s * s * (1 + len(self.groups)) + len(self.permuted) * p * p)
 
     def encode(self, blocks: np.ndarray) -> np.ndarray:
-        """A site's raw block sums (n_blocks × 5) → the flat weighted release (before noise)."""
+        """A site's raw block sums (n_blocks × BLOCK) → the flat weighted release (before
+        noise)."""
         values = np.asarray(blocks, dtype=np.float64).reshape(self.n_blocks, BLOCK)
         weighted: np.ndarray = (values * self.base.weights[None, :]).reshape(-1)
         return weighted
 
     def decode(self, weighted_sum: np.ndarray) -> np.ndarray:
-        """The summed weighted release → raw block sums (n_blocks × 5)."""
+        """The summed weighted release → raw block sums (n_blocks × BLOCK)."""
         values = np.asarray(weighted_sum, dtype=np.float64).reshape(self.n_blocks, BLOCK)
         raw: np.ndarray = values / self.base.weights[None, :]
         return raw

@@ -189,6 +189,8 @@ def site_config_text(consortium: str, site_id: str, coordinator_address: str) ->
         "retention_days = 365       # caches, session state and expired run state\n"
         "trusted_noise_sites = 1    # distributed mode: honest sites (incl. this one) assumed\n"
         'budget_epsilon = "assumed" # or "worst_case": charge ε from this site\'s noise alone\n'
+        "publish_own_metrics = false  # true: also send this site's own final figures, a\n"
+        "                             # separately noised release charged to its held-out budget\n"
     )
 
 

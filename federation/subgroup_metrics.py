@@ -4,8 +4,9 @@ The coordinator (and a site, for its own release) turns the raw block sums of an
 `EvaluationRelease` into flat `name → value` figures with `federation/metric_intervals.py`'s
 uncertainty, so they travel in the history record's `metrics` map like every other metric:
 
-- the consortium block: `patients`, `events`, `ibs`, `c_windowed` (and `_se/_lo/_hi/_resolvable`),
-  unprefixed, exactly as an evaluation without blocks;
+- the consortium block: `patients`, `events`, `observed`, `expected`, `ibs`, `c_windowed`,
+  `oe_ratio` (and `_se/_lo/_hi/_resolvable`), unprefixed, exactly as an evaluation without blocks
+  (`oe_ratio` there is the model's calibration in the large);
 - a subgroup level: the same names prefixed `subgroup:<feature>=<level>:`;
 - a permuted feature: `importance:<feature>:c_windowed` (C with the feature permuted) and
   `importance:<feature>:delta_c` = C − C_permuted, its drop in concordance.
@@ -15,9 +16,10 @@ their sampling errors largely cancel in the difference and are not added; the tw
 are independent (different coordinates), so their variances add. The permutation's own randomness
 (one keyed permutation per site) is not an error the release lets us estimate.
 
-Gaps (`subgroup_gaps`): for each subgroup feature and metric, the largest minus the smallest level
-figure, with SE √(se₁² + se₂²) — the levels hold disjoint patients, so both their noises and their
-sampling errors are independent — flagged when |gap| > Z95·SE and both figures are resolvable
+Gaps (`subgroup_gaps`): for each subgroup feature and metric (`GAP_METRICS`: C, IBS and the
+calibration O/E), the largest minus the smallest level figure, with SE √(se₁² + se₂²) — the
+levels hold disjoint patients, so both their noises and their sampling errors are independent —
+flagged when |gap| > Z95·SE and both figures are resolvable
 (`levels_resolvable`, `federation/metric_intervals.py`). A figure that is not resolvable has a
 noisy denominator, where the delta method's SE is too small: in the demo a woman's C of 0.95
 ± 0.37 against a man's 0.38 ± 0.20 "differed" by 2.7 SE, which was noise. Printers show such a
@@ -38,7 +40,7 @@ from federation.metric_intervals import Z95, metrics_with_uncertainty
 
 SUBGROUP_PREFIX = "subgroup:"
 IMPORTANCE_PREFIX = "importance:"
-GAP_METRICS = ("c_windowed", "ibs")
+GAP_METRICS = ("c_windowed", "ibs", "oe_ratio")
 
 
 def release_metrics(

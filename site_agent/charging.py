@@ -114,7 +114,7 @@ class ReleaseCharging:
         self,
         task: federation_pb2.Task,
         run: RunContext,
-        purpose: Purpose,
+        purpose: Purpose | str,
         partition: Partition,
         sigma: float,
         q: float,
@@ -139,7 +139,7 @@ class ReleaseCharging:
         try:
             charge = self.ledger.charge(
                 run_id=task.run_id,
-                purpose=purpose.value,
+                purpose=str(purpose),  # a Purpose, or a release of its own (published metrics)
                 round=task.round,
                 attempt=task.attempt,
                 partition=partition,
@@ -161,7 +161,7 @@ class ReleaseCharging:
             "release_charged",
             {
                 "run_id": task.run_id,
-                "purpose": purpose.value,
+                "purpose": str(purpose),
                 "round": task.round,
                 "attempt": task.attempt,
                 "partition": partition,
@@ -193,7 +193,8 @@ class ReleaseCharging:
     ) -> None:
         """The site's own figures, decoded from its own DP-noised release (post-processing of
         what was just charged: no new cost), kept in its local audit log: a site always sees its
-        own evaluation, per subgroup too, even though only the consortium's sum leaves it."""
+        own evaluation, per subgroup too, even though only the consortium's sum leaves it (its
+        policy may publish a separately noised release: site_agent/published_metrics.py)."""
         sigma = run.plan.privacy.metrics_noise_multiplier
         figures = release_metrics(release, release.decode(noised), sigma * release.sensitivity)
         self.audit.append(

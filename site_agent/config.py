@@ -107,6 +107,15 @@ class SitePolicy(_Section):
     retention_days: int = Field(default=365, ge=1, le=36500)
     """Run state (release vectors, session states, saved plans) idle longer than this is purged;
     the records of processing and the audit log are kept (docs/gdpr.md)."""
+    publish_own_metrics: bool = False
+    """true: at a run's final evaluation this site also publishes its own figures (C windowed,
+    IBS, noised patient and event counts of its held-out rows) in plaintext to the coordinator,
+    where the model card and report show them per site. It is a separate release with its own
+    Gaussian noise, charged to the held-out partition of the ledger before it leaves, its σ
+    calibrated here to the room the consortium evaluations leave within the run's ε (by default
+    1 - privacy.metrics_epsilon_share of it): it costs held-out budget, never training budget
+    (site_agent/published_metrics.py). false (the default): nothing but the secure sum leaves;
+    the site still keeps its own figures in its audit log (`own_metrics`)."""
 
     @field_validator("allowed_purposes")
     @classmethod

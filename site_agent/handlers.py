@@ -11,7 +11,9 @@ in a worker thread; the adversarial harness calls it directly). The rules it kee
 - A prepared release that was never masked is reused by a retried step at no new charge
   (`ReleaseCache.reusable`); a masked one never is (`site_agent.cache`).
 - Every refusal is a task error with a reason and an audit entry; nothing leaves the site but
-  through the secure-aggregation adapter (`site_agent.secagg_adapter`).
+  through the secure-aggregation adapter (`site_agent.secagg_adapter`), except, where the site's
+  own policy says so, its separately noised and charged final figures
+  (`site_agent.published_metrics`).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from site_agent.errors import TaskFailed
 from site_agent.ledger import PrivacyLedger
 from site_agent.model import predict
 from site_agent.offer import PlanOffers, RunContext
+from site_agent.published_metrics import OwnMetricsPublishing
 from site_agent.records import ProcessingRecords
 from site_agent.releases import consortium_censoring, evaluation_blocks, gaussian_noise
 from site_agent.secagg_adapter import SecaggAdapter
@@ -77,7 +80,7 @@ def _audit_kind(value: int) -> str:
         return str(int(value))
 
 
-class TaskHandlers(PlanOffers, ReleaseCharging):
+class TaskHandlers(PlanOffers, ReleaseCharging, OwnMetricsPublishing):
     """Answers every task kind for one site, over the site's ledger, release cache and audit log."""
 
     def __init__(
@@ -129,6 +132,7 @@ class TaskHandlers(PlanOffers, ReleaseCharging):
         dry_run = kind is TaskKind.PLAN_OFFER and task.plan_offer.dry_run
         try:
             result.payload = self._dispatch(task, kind)
+            self._attach_published(task, kind, result)  # only under policy.publish_own_metrics
         except TaskFailed as exc:
             result.error.code = exc.code  # type: ignore[assignment]
             result.error.message = exc.message
@@ -298,6 +302,7 @@ class TaskHandlers(PlanOffers, ReleaseCharging):
             self._charge(task, run, Purpose.METRICS, "holdout", sigma, 1.0, 1, share)
             released = self._integers(release.encode(blocks), encoding, share)
             self._cache(task, Purpose.METRICS, released)
+            self._publish_own(task, run, release, blocks)  # a separate, site-local Gaussian
             return
         # Gaussian, noise multiplier σ on the release's whole sensitivity Δ (blocks included):
         # the ledger entry is the mechanism run (federation/evaluation_release.py)
@@ -306,6 +311,7 @@ class TaskHandlers(PlanOffers, ReleaseCharging):
         values = values + gaussian_noise(values.size, sigma * release.sensitivity)
         self._cache(task, Purpose.METRICS, quantize(values, release.quantization(MAX_SITES)))
         self._keep_own_metrics(task, run, release, values)
+        self._publish_own(task, run, release, blocks)  # policy.publish_own_metrics, final only
 
     # ------------------------------------------------------------------ helpers
     def _global_vector(

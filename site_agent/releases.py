@@ -53,18 +53,21 @@ def metrics_vector(
     layout: MetricsLayout,
     tie_key: bytes,
     order_risk: np.ndarray | None = None,
+    calibration: bool = True,
 ) -> np.ndarray:
-    """[patients, events, Σ brier_i, concordant, comparable] with bounded per-patient terms.
+    """[patients, events, Σ brier_i, concordant, comparable, observed, Σ expected_i / cap] with
+    bounded per-patient terms.
 
     See `federation.releases.MetricsLayout` for why concordance is windowed: each patient with an
     event is compared with the `layout.window` patients at the next sort positions (a pair counts
     when the partner's time is strictly later), which bounds one patient's influence on the counts
     by 2·window under any ties. `order_risk` (default `risk`) is the risk the tie order is keyed
-    on: a permuted block keeps the unpermuted order (`federation/evaluation_release.py`).
+    on: a permuted block keeps the unpermuted order (`federation/evaluation_release.py`), and
+    releases no calibration (`calibration` False: observed and expected are 0).
     """
     n = time.shape[0]
     if n == 0:  # an empty subgroup level contributes nothing
-        return np.zeros(5)
+        return np.zeros(layout.length)
     keyed = risk if order_risk is None else order_risk
     order = np.lexsort((_tie_break(event, keyed, tie_key), time))
     t_sorted, e_sorted, r_sorted = time[order], event[order], risk[order]
@@ -87,9 +90,38 @@ def metrics_vector(
     weight = np.minimum(weight, layout.max_weight)
     target = alive_after.astype(np.float64)
     brier_terms = (weight * (target - s_eval) ** 2).mean(axis=1) / layout.max_weight
-    return np.array(
-        [float(n), float(event.sum()), float(brier_terms.sum()), concordant, comparable]
+    observed, expected = (
+        calibration_sums(time, event, surv, grid, layout) if calibration else (0, 0)
     )
+    return np.array(
+        [
+            float(n),
+            float(event.sum()),
+            float(brier_terms.sum()),
+            concordant,
+            comparable,
+            float(observed),
+            float(expected),
+        ]
+    )
+
+
+def calibration_sums(
+    time: np.ndarray, event: np.ndarray, surv: np.ndarray, grid: TimeGrid, layout: MetricsLayout
+) -> tuple[float, float]:
+    """(events at or before the horizon, Σ min(H_i, cap) / cap): the observed and expected events
+    of `MetricsLayout`, H_i the predicted discrete cumulative hazard Σ_{j ≤ k_i} h_ij over the
+    intervals patient i was at risk in (k_i by the grid's own convention, `TimeGrid.discretize`).
+    One patient adds at most 1 to each (its own event, its own capped term)."""
+    index, seen = grid.discretize(time, event)
+    curves = np.clip(np.asarray(surv, dtype=np.float64), 0.0, 1.0)
+    before = np.concatenate([np.ones((curves.shape[0], 1)), curves[:, :-1]], axis=1)
+    hazard = 1.0 - np.divide(curves, before, out=np.zeros_like(curves), where=before > 0)
+    hazard = np.clip(hazard, 0.0, 1.0)
+    at_risk = np.arange(curves.shape[1])[None, :] <= index[:, None]
+    cumulative = (hazard * at_risk).sum(axis=1)
+    cap = layout.expected_cap
+    return float(seen.sum()), float((np.minimum(cumulative, cap) / cap).sum())
 
 
 def evaluation_blocks(
@@ -103,9 +135,10 @@ def evaluation_blocks(
     columns: Mapping[str, tuple[int, int]],
     tie_key: bytes,
 ) -> np.ndarray:
-    """The raw block sums (n_blocks × 5) of `release` on the held-out rows: the consortium block,
-    one block per subgroup level (that level's rows alone), one per permuted feature (all rows,
-    the feature's encoded columns permuted by `permuted_rows`, the tie order left unpermuted).
+    """The raw block sums (n_blocks × BLOCK) of `release` on the held-out rows: the consortium
+    block, one block per subgroup level (that level's rows alone), one per permuted feature (all
+    rows, the feature's encoded columns permuted by `permuted_rows`, the tie order left
+    unpermuted, no calibration).
     `predict_rows(raw)` gives (survival curves, risk scores) of the evaluated model."""
     surv, risk = predict_rows(raw)
     layout = release.base
@@ -133,7 +166,16 @@ def evaluation_blocks(
             p_surv, p_risk = predict_rows(permuted_rows(raw, order, start, stop))
             blocks.append(
                 metrics_vector(
-                    time, event, p_risk, p_surv, grid, censoring, layout, tie_key, order_risk=risk
+                    time,
+                    event,
+                    p_risk,
+                    p_surv,
+                    grid,
+                    censoring,
+                    layout,
+                    tie_key,
+                    order_risk=risk,
+                    calibration=False,
                 )
             )
     return np.vstack(blocks)

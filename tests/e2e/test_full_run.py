@@ -36,7 +36,18 @@ ROUNDS = 10
 def test_full_run_completes_and_its_model_and_privacy_record_hold(tmp_path: Path) -> None:
     federation = LocalFederation(tmp_path / "fed", HOSPITALS)
     federation.prepare()
-    train, test, _csvs, _names = flchain_hospitals(federation)
+    train, test, csvs, names = flchain_hospitals(federation)
+    # one hospital's policy publishes its own final figures (a separate, separately charged
+    # release); the others keep the default, under which nothing but the secure sums leaves
+    columns = {k: v for k, v in names[0].items() if k not in ("time", "event")}
+    federation.configure_site(
+        HOSPITALS[0],
+        csvs[0],
+        columns,
+        names[0]["time"],
+        names[0]["event"],
+        {"publish_own_metrics": True},
+    )
     try:
         stub = federation.start_all()
         run_id = submit(stub, plan_text(ROUNDS))
@@ -83,6 +94,23 @@ def test_full_run_completes_and_its_model_and_privacy_record_hold(tmp_path: Path
         assert 0 < spent <= plan.privacy.epsilon + 1e-9
         assert card["privacy"][hospital]["epsilon_run"] == pytest.approx(spent, rel=1e-6)
 
+    # The publishing hospital charged its published release to the held-out partition (the ε
+    # above still holds); it is in the final record beside the sum, the others are not.
+    sigmas: dict[str, list[float]] = {}
+    for hospital in HOSPITALS:
+        ledger = PrivacyLedger(
+            federation.site_kit(hospital) / "state" / "site.sqlite", clock=time.time
+        )
+        published = [r for r in ledger.releases(run_id) if r["purpose"] == "published_metrics"]
+        assert all(r["partition"] == "holdout" for r in published)
+        sigmas[hospital] = [float(r["noise_multiplier"]) for r in published]
+    assert [len(sigmas[h]) for h in HOSPITALS] == [1, 0, 0]
+    last = [r for r in card["history"] if r["purpose"] == "metrics"][-1]["metrics"]
+    own = f"site:{HOSPITALS[0]}:"
+    assert last[own + "c_windowed_se"] > 0 and last[own + "patients"] > 0
+    assert last[own + "noise_multiplier"] == sigmas[HOSPITALS[0]][0]
+    assert not any(k.startswith(tuple(f"site:{h}:" for h in HOSPITALS[1:])) for k in last)
+
     # The demo plan names subgroups (sex, age band): the final evaluation's record carries one
     # set of figures per level, decoded from their own secure sums, each with its uncertainty.
     from federation.subgroup_metrics import subgroup_rows
@@ -93,6 +121,8 @@ def test_full_run_completes_and_its_model_and_privacy_record_hold(tmp_path: Path
     assert set(levels) == {("sex", "F"), ("sex", "M"), ("age", "[40, 70)"), ("age", "[70, 110]")}
     for row in levels.values():
         assert row["patients"] > 0 and row["c_windowed_se"] > 0, row
+    # and calibration in the large (observed / expected events) with its uncertainty
+    assert final_eval["metrics"]["expected"] > 0 and final_eval["metrics"]["oe_ratio_se"] > 0
     # the levels of one feature split the consortium's held-out patients (up to the noise)
     total = final_eval["metrics"]["patients"]
     women_and_men = levels[("sex", "F")]["patients"] + levels[("sex", "M")]["patients"]

@@ -282,18 +282,28 @@ class PrivacyReport(_message.Message):
     def __init__(self, epsilon_spent_run: _Optional[float] = ..., epsilon_spent_lifetime: _Optional[float] = ..., delta: _Optional[float] = ...) -> None: ...
 
 class TaskResult(_message.Message):
-    __slots__ = ("task_id", "kind", "payload", "error", "privacy")
+    __slots__ = ("task_id", "kind", "payload", "error", "privacy", "published_metrics")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     PRIVACY_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_METRICS_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     kind: TaskKind
     payload: bytes
     error: TaskError
     privacy: PrivacyReport
-    def __init__(self, task_id: _Optional[str] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., payload: _Optional[bytes] = ..., error: _Optional[_Union[TaskError, _Mapping]] = ..., privacy: _Optional[_Union[PrivacyReport, _Mapping]] = ...) -> None: ...
+    published_metrics: PublishedMetrics
+    def __init__(self, task_id: _Optional[str] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., payload: _Optional[bytes] = ..., error: _Optional[_Union[TaskError, _Mapping]] = ..., privacy: _Optional[_Union[PrivacyReport, _Mapping]] = ..., published_metrics: _Optional[_Union[PublishedMetrics, _Mapping]] = ...) -> None: ...
+
+class PublishedMetrics(_message.Message):
+    __slots__ = ("weighted", "noise_multiplier")
+    WEIGHTED_FIELD_NUMBER: _ClassVar[int]
+    NOISE_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
+    weighted: _containers.RepeatedScalarFieldContainer[float]
+    noise_multiplier: float
+    def __init__(self, weighted: _Optional[_Iterable[float]] = ..., noise_multiplier: _Optional[float] = ...) -> None: ...
 
 class PushAck(_message.Message):
     __slots__ = ("task_id", "duplicate")

@@ -223,7 +223,7 @@ def test_run_status_of_a_finished_run(
     assert all(s.decision == admin_pb2.PLAN_DECISION_ACCEPTED for s in status.sites)
     assert status.metrics_round == 1
     metrics = {m.name: m.value for m in status.latest_metrics}
-    figures = ("patients", "events", "ibs", "c_windowed")
+    figures = ("patients", "events", "observed", "expected", "ibs", "c_windowed", "oe_ratio")
     companions = ("", "_se", "_lo", "_hi", "_resolvable")  # federation/metric_intervals.py
     assert set(metrics) == {f + c for f in figures for c in companions}
     assert metrics["c_windowed"] == pytest.approx(200 / 260, abs=0.01)

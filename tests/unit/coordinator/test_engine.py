@@ -119,7 +119,7 @@ class FakeSite:
             layout = aggregation.update_layout(plan)
             release = layout.weighted_release(delta, 0.25) if layout.weighted else delta
             return quantize(release, layout.quantization(MAX_SITES), Csprng(key))
-        values = np.array([100.0, 30.0, 5.0, 200.0, 260.0])
+        values = np.array([100.0, 30.0, 5.0, 200.0, 260.0, 28.0, 7.0])  # O/E = 28 / (4·7)
         layout_m = MetricsLayout()
         return quantize(layout_m.encode(values), layout_m.quantization(MAX_SITES), Csprng(key))
 
@@ -197,6 +197,7 @@ def test_full_run_completes_and_every_sum_is_exact() -> None:
     _check_exact(sites, aggregates)
     assert progress.global_round == 2 and engine.global_vector is not None
     assert progress.history[-1].metrics["c_windowed"] == pytest.approx(200 / 260, abs=0.01)
+    assert progress.history[-1].metrics["oe_ratio"] == pytest.approx(1.0, abs=0.01)
 
 
 STAGES = [

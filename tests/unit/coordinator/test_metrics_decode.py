@@ -38,7 +38,8 @@ def _total(releases: list[np.ndarray]) -> np.ndarray:
     return total
 
 
-SITE = np.array([1500.0, 400.0, 70.0, 2480.0, 4000.0])  # ibs 0.187, c_windowed 0.62 per site
+# ibs 0.187, c_windowed 0.62, oe_ratio 380 / (4·100) = 0.95 per site
+SITE = np.array([1500.0, 400.0, 70.0, 2480.0, 4000.0, 380.0, 100.0])
 
 
 def test_decode_metrics_sum_returns_intervals_from_the_public_noise() -> None:
@@ -47,7 +48,7 @@ def test_decode_metrics_sum_returns_intervals_from_the_public_noise() -> None:
     rng = np.random.default_rng(1)
     total = _total([_site_release(SITE, sigma, rng) for _ in range(n)])
     metrics = aggregation.decode_metrics_sum(plan, total, n)
-    for name in ("patients", "events", "ibs", "c_windowed"):
+    for name in ("patients", "events", "observed", "expected", "ibs", "c_windowed", "oe_ratio"):
         for suffix in ("", "_se", "_lo", "_hi", "_resolvable"):
             assert isinstance(metrics[name + suffix], float), name + suffix
         assert metrics[f"{name}_lo"] <= metrics[name] <= metrics[f"{name}_hi"]
@@ -73,7 +74,7 @@ def test_the_default_sigma_flags_a_small_consortium() -> None:
     """σ = 20, 3 sites of 100 events: what printed c_windowed 0.46, 0.27, 0.53 … is flagged."""
     plan = _plan(20.0)
     rng = np.random.default_rng(3)
-    small = np.array([500.0, 100.0, 23.0, 790.0, 1000.0])
+    small = np.array([500.0, 100.0, 23.0, 790.0, 1000.0, 100.0, 25.0])
     for _ in range(50):
         total = _total([_site_release(small, 20.0, rng) for _ in range(3)])
         metrics = aggregation.decode_metrics_sum(plan, total, 3)

@@ -25,12 +25,22 @@ DRAWS = 2000
 RATIOS = ("c_windowed", "ibs")
 
 
-def true_sums(patients: float, events: float, ibs: float, c: float) -> np.ndarray:
-    """[patients, events, brier, concordant, comparable] of a consortium with these figures
-    (each event compared with `window` partners)."""
+def true_sums(patients: float, events: float, ibs: float, c: float, oe: float = 1.0) -> np.ndarray:
+    """[patients, events, brier, concordant, comparable, observed, expected / cap] of a
+    consortium with these figures (each event compared with `window` partners, every event
+    before the horizon, O/E = `oe`)."""
     comparable = events * LAYOUT.window
+    expected = events / oe / LAYOUT.expected_cap
     return np.array(
-        [patients, events, ibs * patients / LAYOUT.max_weight, c * comparable, comparable]
+        [
+            patients,
+            events,
+            ibs * patients / LAYOUT.max_weight,
+            c * comparable,
+            comparable,
+            events,
+            expected,
+        ]
     )
 
 
@@ -87,7 +97,8 @@ def test_noise_and_sampling_intervals_cover_the_population_figures() -> None:
     for _ in range(DRAWS):
         brier = float(rng.binomial(patients, ibs / LAYOUT.max_weight))
         concordant = float(rng.binomial(comparable, c))
-        sample = np.array([patients, events, brier, concordant, comparable], dtype=np.float64)
+        sample = true_sums(patients, events, ibs, c)
+        sample[2], sample[3] = brier, concordant
         sums = noisy_sum(sample, sigma, n_sites, rng)
         out = metrics_with_uncertainty(sums, LAYOUT, public_noise_std(sigma, n_sites))
         hits["c_windowed"].append(out["c_windowed_lo"] <= c <= out["c_windowed_hi"])
@@ -140,18 +151,20 @@ def test_a_well_powered_setting_is_resolvable() -> None:
     rng = np.random.default_rng(5)
     truth = true_sums(patients=4000, events=1000, ibs=0.18, c=0.62)
     out = metrics_with_uncertainty(noisy_sum(truth, 1.0, 3, rng), LAYOUT, public_noise_std(1.0, 3))
-    for name in ("patients", "events", "c_windowed", "ibs"):
+    for name in ("patients", "events", "observed", "expected", "c_windowed", "ibs", "oe_ratio"):
         assert out[f"{name}_resolvable"] == 1.0, name
         assert out[f"{name}_lo"] <= out[name] <= out[f"{name}_hi"]
 
 
 def test_point_estimates_are_those_of_metrics_from_sums_with_counts_clipped() -> None:
-    sums = np.array([-30.0, -74.5, 100.0, 700.0, 1000.0])
+    sums = np.array([-30.0, -74.5, 100.0, 700.0, 1000.0, -20.0, 10.0])
     out = metrics_with_uncertainty(sums, LAYOUT, 5.0)
     assert out["patients"] == 0.0 and out["events"] == 0.0  # metrics_from_sums: −30, −74.5
     assert out["events_resolvable"] == 0.0 and out["events_lo"] == 0.0
     assert out["c_windowed"] == metrics_from_sums(sums, LAYOUT)["c_windowed"] == 0.7
     assert "ibs" not in out  # no patients to divide by, as before
+    assert out["observed"] == 0.0 and out["oe_ratio"] == 0.0  # a negative O is noise
+    assert "oe_ratio" not in metrics_with_uncertainty(sums * [1, 1, 1, 1, 1, 1, -1], LAYOUT, 5.0)
 
 
 def test_decoded_coordinate_noise_is_the_weighted_noise_over_the_weight() -> None:
@@ -165,3 +178,5 @@ def test_decoded_coordinate_noise_is_the_weighted_noise_over_the_weight() -> Non
 def test_wrong_length_is_refused() -> None:
     with pytest.raises(ValueError):
         metrics_with_uncertainty(np.zeros(4), LAYOUT, 1.0)
+    with pytest.raises(ValueError):  # a five-coordinate release of an older layout
+        metrics_with_uncertainty(np.zeros(5), LAYOUT, 1.0)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from federation import distributed
-from federation.evaluation_release import EvaluationRelease
+from federation.evaluation_release import BLOCK, EvaluationRelease
 from federation.plan import PlanError, parse_plan
 from federation.plan_evaluation import MISSING_LEVEL, subgroups
 from federation.releases import Purpose
@@ -77,9 +77,9 @@ def test_distributed_mode_encodes_the_blocks_of_the_final_evaluation() -> None:
     plan = parse_plan(_plan('subgroups = ["sex"]\nimportance = true', mode="distributed"))
     final = EvaluationRelease.for_round(plan, plan.training.rounds)
     encoding = distributed.encoding(plan, Purpose.METRICS, plan.training.rounds)
-    assert encoding.length == final.length == 5 * (1 + 3 + 3)
+    assert encoding.length == final.length == BLOCK * (1 + 3 + 3)
     assert encoding.sensitivity == final.sensitivity
-    assert distributed.encoding(plan, Purpose.METRICS, 1).length == 5
+    assert distributed.encoding(plan, Purpose.METRICS, 1).length == BLOCK == 7
 
 
 def test_levels_are_public_bands_and_declared_levels_read_off_the_design_matrix() -> None:

@@ -161,6 +161,6 @@ def test_weighted_metrics_release_has_unit_sensitivity_and_decodes_exactly() -> 
     worst = np.asarray(layout.raw_sensitivity)  # one patient's largest move of each coordinate
     assert np.linalg.norm(layout.encode(worst)) == pytest.approx(layout.sensitivity)
     assert layout.sensitivity <= 1.0
-    values = np.array([400.0, 90.0, 12.5, 700.0, 880.0])
+    values = np.array([400.0, 90.0, 12.5, 700.0, 880.0, 85.0, 21.0])
     np.testing.assert_allclose(layout.decode(layout.encode(values)), values)
     layout.quantization(64)  # a configuration that cannot wrap (refused at construction if so)

@@ -58,14 +58,18 @@ def release(rows: list[tuple[float, int, float, list[float]]], layout: MetricsLa
     extra=patients,
     position=st.integers(0, 40),
     window=st.sampled_from([1, 2, 3, 10]),
+    cap=st.sampled_from([0.5, 1.0, 4.0]),
 )
 def test_one_patient_moves_the_weighted_release_by_at_most_the_sensitivity(
     cohort: list[tuple[float, int, float, list[float]]],
     extra: tuple[float, int, float, list[float]],
     position: int,
     window: int,
+    cap: float,
 ) -> None:
-    layout = MetricsLayout(window=window)
+    # a cap below the grid's largest cumulative hazard (K = 4 intervals of hazard up to 1) makes
+    # the expected-events term's clipping bind
+    layout = MetricsLayout(window=window, expected_cap=cap)
     neighbour = [*cohort]
     neighbour.insert(min(position, len(cohort)), extra)  # the same cohort plus one patient
     moved = release(neighbour, layout) - release(cohort, layout)
