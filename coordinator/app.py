@@ -4,7 +4,9 @@ The servicers (`federation_service.py`, `admin_service.py`) translate gRPC calls
 `Coordinator`; the engines (`engine.py`) decide; this module acts on what they decide. Every
 engine input is followed by `_persist`: the engine's snapshot, its audit entries and any decoded
 sum are written in one transaction *before* the caller answers, so an answer a site or an
-operator got is never lost to a crash. Then long-polling sites and watchers are woken. All of it
+operator got is never lost to a crash (a result inside a secure-aggregation session, which
+changes nothing a restart reads, is committed without waiting for the disk: `store.record`).
+Then long-polling sites and watchers are woken. All of it
 runs on the event loop, one call at a time, which is why the engines need no locks.
 """
 
@@ -12,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import secrets
 import time
@@ -132,7 +133,7 @@ class Coordinator:
                 if isinstance(effect, ProgressChanged)
             ]
             self._persist(engine, effects, audit)
-            if engine.progress().phase is Phase.DONE:
+            if engine.phase is Phase.DONE:
                 self.engines.pop(engine.run_id, None)
                 self._served.pop(engine.run_id, None)
 
@@ -255,9 +256,11 @@ class Coordinator:
 
         Raises ResultRejected after auditing it. `size` is the payload's wire size, audited
         so the benchmarks can measure what each stage costs a site."""
-        progress = engine.progress()  # the answered task's step: the result may advance it
-        purpose = progress.purpose.value if progress.purpose is not None else "-"
-        self.faults.crash_if_asked(result.kind.value, purpose, progress.round)
+        # the answered task's step, read before the result may advance it (not `progress()`:
+        # a copy of the whole run's standing per result is O(n) for two fields)
+        step_purpose, step_round = engine.phase.purpose, engine.round
+        purpose = step_purpose.value if step_purpose is not None else "-"
+        self.faults.crash_if_asked(result.kind.value, purpose, step_round)
         try:
             effects = engine.on_result(site, result, self.clock())
         except ResultRejected as exc:
@@ -269,11 +272,11 @@ class Coordinator:
             detail: dict[str, Any] = {
                 "run_id": engine.run_id,
                 "kind": result.kind.value,
-                "round": progress.round,
+                "round": step_round,
                 "bytes": size,
             }
-            if progress.purpose is not None:  # which release a session result belongs to
-                detail["purpose"] = progress.purpose.value
+            if step_purpose is not None:  # which release a session result belongs to
+                detail["purpose"] = step_purpose.value
             if result.error_code:
                 detail["error"] = result.error_code
                 detail["message"] = result.error_message
@@ -360,10 +363,10 @@ class Coordinator:
             elif isinstance(effect, TasksChanged):
                 woken.update(effect.sites)
                 wake = True
-        state, vectors = snapshot.dump(engine)
-        text = json.dumps(snapshot.restart_view(engine, state), sort_keys=True)
-        changed = self._saved.get(engine.run_id) != text
-        if entries or lifetime_epsilon or changed:
+        key = snapshot.restart_key(engine)
+        changed = self._saved.get(engine.run_id) != key or bool(aggregates)
+        if changed:
+            state, vectors = snapshot.dump(engine)
             self.store.save_run(
                 state,
                 vectors,
@@ -372,9 +375,12 @@ class Coordinator:
                 audit=entries,
                 aggregates=aggregates,
                 lifetime_epsilon=lifetime_epsilon,
-                write_state=changed,
             )
-            self._saved[engine.run_id] = text
+            self._saved[engine.run_id] = key
+            wake = True
+        elif entries or lifetime_epsilon:
+            # nothing a restart reads changed (a result inside a session): its record only
+            self.store.record(audit=entries, lifetime_epsilon=lifetime_epsilon)
             wake = True
         if wake:
             self.notify(woken)

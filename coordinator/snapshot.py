@@ -12,6 +12,7 @@ The JSON keys are the ones earlier coordinators wrote, so a store survives an up
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -31,11 +32,24 @@ GLOBAL_VECTOR = "global_vector"
 def dump(engine: RunEngine) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """(JSON-able state, named vectors): everything `load` needs except the live session.
     Vectors are kept apart from the JSON so the store can skip rewriting unchanged megabytes."""
-    stats = engine.stats
     state: dict[str, Any] = {
         "run_id": engine.run_id,
         "plan": engine.plan.model_dump(mode="json"),
         "dry_run": engine.dry_run,
+        **_changing_state(engine),
+        "history": [r.to_json() for r in engine.history],
+    }
+    vectors: dict[str, np.ndarray] = dict(engine.optimizer.state())
+    if engine.global_vector is not None:
+        vectors[GLOBAL_VECTOR] = engine.global_vector
+    return state, vectors
+
+
+def _changing_state(engine: RunEngine) -> dict[str, Any]:
+    """The part of `dump`'s state that is not fixed at submission (run id, plan, dry run) and
+    not the append-only history: what `restart_key` compares."""
+    stats = engine.stats
+    state: dict[str, Any] = {
         "status": engine.status.value,
         "message": engine.message,
         "phase": engine.phase.value,
@@ -53,7 +67,6 @@ def dump(engine: RunEngine) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         if resumable_tasks(engine)
         else [],
         "answered": engine.answered,
-        "history": [r.to_json() for r in engine.history],
         "privacy": engine.privacy,
         "published": engine.published,
         "global_round": engine.global_round,
@@ -68,10 +81,7 @@ def dump(engine: RunEngine) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     }
     if engine.optimizer.steps:
         state["optimizer_steps"] = engine.optimizer.steps
-    vectors: dict[str, np.ndarray] = dict(engine.optimizer.state())
-    if engine.global_vector is not None:
-        vectors[GLOBAL_VECTOR] = engine.global_vector
-    return state, vectors
+    return state
 
 
 def resumable_tasks(engine: RunEngine) -> bool:
@@ -82,14 +92,21 @@ def resumable_tasks(engine: RunEngine) -> bool:
     return not (engine.step is StepPart.SECAGG and not engine.status.terminal)
 
 
-def restart_view(engine: RunEngine, state: Mapping[str, Any]) -> dict[str, Any]:
-    """The part of `dump`'s state a restart would act on: whether it changed decides whether a
-    result rewrites the run's row. Inside a live session that leaves out who has answered (the
-    session's results die with it), so its n results per stage write only their audit entries,
-    not n copies of the state."""
-    if resumable_tasks(engine):
-        return dict(state)
-    return {key: value for key, value in state.items() if key != "answered"}
+def restart_key(engine: RunEngine) -> str:
+    """A text that changes exactly when what a restart would act on changes: whether it did
+    decides whether a result rewrites the run's row (and re-reads its vectors).
+
+    Inside a live session it leaves out who has answered (the session's results die with it),
+    so its n results per stage write only their audit entries, not n copies of the state. It
+    also leaves out what cannot change: the run id, the plan and the dry-run flag are fixed at
+    submission, and the history only grows by frozen records, so its length stands for it.
+    That keeps the per-result cost to the small changing part, where encoding the whole state
+    (the plan and a record of every round's participants) made each result O(n · rounds)."""
+    changing = _changing_state(engine)
+    if not resumable_tasks(engine):
+        del changing["answered"]
+    changing["history_length"] = len(engine.history)
+    return json.dumps(changing, sort_keys=True)
 
 
 def load(

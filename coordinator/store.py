@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from coordinator.wal import WalCommits
 from federation.audit import AuditLog
 from federation.fsmodes import prepare_private_sqlite
 
@@ -102,8 +103,10 @@ class CoordinatorStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         prepare_private_sqlite(self.path)  # 0600, and so are its -wal/-shm files
         self._conn = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
+        # site -> the lifetime ε last written for it (`_record_lifetime_epsilon`); a rollback
+        # drops it, since it may name a figure the rollback took back
+        self._lifetime: dict[str, float] = {}
+        self._commits = WalCommits(self._conn, self.path, on_rollback=self._lifetime.clear)
         self._conn.executescript(SCHEMA)
         self._clock = clock
         # Writes coordinator.sqlite.head beside the store: on every tick that committed appends
@@ -117,23 +120,23 @@ class CoordinatorStore:
         self._seen: dict[str, float] = {}
 
     def close(self) -> None:
-        """Close the database (tests and shutdown; a crash is as safe: WAL, synchronous=FULL,
-        losing at most a tick of liveness)."""
+        """Close the database (tests and shutdown; a crash is as safe: WAL, every durable
+        commit synced, losing at most a tick of liveness)."""
         with contextlib.suppress(sqlite3.Error):
             self.flush()
         self._conn.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[None]:
+    def transaction(self, *, durable: bool = True) -> Iterator[None]:
         """One atomic unit: state change plus its audit entries, so a crash never leaves a
-        change without its record or a record without its change."""
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
+        change without its record or a record without its change. `durable=False` for what a
+        restart does not read (`record`): synced within a tick instead (coordinator/wal.py)."""
+        with self._commits.transaction(durable=durable):
             yield
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        self._conn.execute("COMMIT")  # its audit entries' head goes to the head file at `flush`
+
+    def sync(self) -> None:
+        """Make every commit so far durable (coordinator/wal.py)."""
+        self._commits.sync()
 
     # ------------------------------------------------------------------ sites
     def record_hello(
@@ -153,6 +156,7 @@ class CoordinatorStore:
                 (site_id, certificate_pem, agent_version, json.dumps(policy), now, now),
             )
             self.audit.append(f"site:{site_id}", "hello", {"agent_version": agent_version})
+        self._lifetime.pop(site_id, None)  # the Hello's policy replaced the figure written
 
     def touch_site(self, site_id: str) -> None:
         """Note that a site is alive (every RPC): operators see who is offline. Kept in memory
@@ -170,6 +174,7 @@ class CoordinatorStore:
         most a tick, which verification accepts: a shipped head must be *in* the chain, whose
         later entries the database alone proves (federation/audit.py, "Limits")."""
         self.flush_seen()
+        self.sync()
         self.audit.flush_head()
 
     def flush_seen(self) -> None:
@@ -177,7 +182,7 @@ class CoordinatorStore:
         if not self._seen:
             return
         seen, self._seen = self._seen, {}
-        with self.transaction():
+        with self.transaction(durable=False):  # `flush` syncs right after
             self._conn.executemany(
                 "UPDATE sites SET last_seen = MAX(last_seen, ?) WHERE site_id = ?",
                 [(ts, site) for site, ts in seen.items()],
@@ -189,6 +194,8 @@ class CoordinatorStore:
         would show the budget as it stood when the agent connected, however much it has spent
         since. The latest report wins (not the largest): a site answers one task at a time, so
         its latest report is its ledger as it stands now."""
+        if self._lifetime.get(site_id) == float(epsilon):
+            return  # every stage of a session reports the same figure: nothing to rewrite
         row = self._conn.execute(
             "SELECT policy_json FROM sites WHERE site_id = ?", (site_id,)
         ).fetchone()
@@ -199,6 +206,7 @@ class CoordinatorStore:
         self._conn.execute(
             "UPDATE sites SET policy_json = ? WHERE site_id = ?", (json.dumps(policy), site_id)
         )
+        self._lifetime[site_id] = float(epsilon)
 
     def sites(self) -> list[SiteRow]:
         """Every site ever seen, by id: the run candidates and ListSites."""
@@ -229,13 +237,9 @@ class CoordinatorStore:
         audit: Sequence[tuple[str, str, dict[str, Any]]] = (),
         aggregates: Sequence[Aggregate] = (),
         lifetime_epsilon: Mapping[str, float] | None = None,
-        write_state: bool = True,
     ) -> None:
-        """Persist an engine snapshot (and any audit entries) atomically.
-
-        `write_state=False`: the run's row is left as it is (nothing a restart reads changed;
-        see `snapshot.restart_view`) and only the rest is written: a result inside a session
-        costs its audit entry, not a copy of the whole state.
+        """Persist an engine snapshot (and any audit entries) atomically, waiting for the disk.
+        A result that changed nothing a restart reads is saved with `record` instead.
 
         `lifetime_epsilon` ({site: ε}) is what the result being saved reported as the site's
         lifetime spend: written to its sites row in the same transaction, so the figure
@@ -251,8 +255,7 @@ class CoordinatorStore:
         written: list[tuple[tuple[str, str], bytes]] = []
         round_written: int | None = None
         with self.transaction():
-            if write_state:
-                self._write_state(run_id, now, state, submitted_by)
+            self._write_state(run_id, now, state, submitted_by)
             for name, vector in vectors.items():
                 key = (run_id, name)
                 array = np.ascontiguousarray(vector, dtype="<f4")
@@ -299,6 +302,23 @@ class CoordinatorStore:
         self._saved_vectors.update(written)
         if round_written is not None:
             self._saved_rounds[run_id] = round_written
+
+    def record(
+        self,
+        *,
+        audit: Sequence[tuple[str, str, dict[str, Any]]] = (),
+        lifetime_epsilon: Mapping[str, float] | None = None,
+    ) -> None:
+        """Audit entries (and reported lifetime ε) of a result that changed nothing a restart
+        reads (`snapshot.restart_key`): a result inside a secure-aggregation session. Committed
+        lazily (`transaction(durable=False)`): a killed process loses none of it, a power loss
+        at most the last tick's, and only of a session the restart discards anyway; so a
+        hundred sites' answers per stage cost no disk wait each."""
+        with self.transaction(durable=False):
+            for site_id, epsilon in (lifetime_epsilon or {}).items():
+                self._record_lifetime_epsilon(site_id, epsilon)
+            for actor, action, detail in audit:
+                self.audit.append(actor, action, detail)
 
     def _write_state(
         self, run_id: str, now: float, state: dict[str, Any], submitted_by: str

@@ -1,0 +1,124 @@
+"""Durable commits sync the WAL before returning; lazy ones wait for `sync`; and a killed
+process loses neither (coordinator/wal.py)."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from coordinator.store import CoordinatorStore
+from coordinator.wal import WalCommits
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Every fsync of a WAL file (the real one still runs; the head file's are not counted)."""
+    calls: list[int] = []
+    real = os.fsync
+
+    def counting(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("-wal"):
+            calls.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", counting)
+    return calls
+
+
+def _commits(tmp_path: Path, rollbacks: list[int]) -> tuple[sqlite3.Connection, WalCommits]:
+    path = tmp_path / "db.sqlite"
+    conn = sqlite3.connect(path, isolation_level=None)
+    commits = WalCommits(conn, path, on_rollback=lambda: rollbacks.append(1))
+    conn.execute("CREATE TABLE t (x INTEGER)")
+    return conn, commits
+
+
+def test_a_durable_commit_syncs_the_wal_and_a_lazy_one_waits_for_sync(
+    tmp_path: Path, fsyncs: list[int]
+) -> None:
+    conn, commits = _commits(tmp_path, [])
+    commits.sync()  # the CREATE TABLE
+    fsyncs.clear()
+    with commits.transaction(durable=False):
+        conn.execute("INSERT INTO t VALUES (1)")
+    assert fsyncs == []
+    commits.sync()
+    assert len(fsyncs) == 1
+    commits.sync()  # nothing new: no second disk wait
+    assert len(fsyncs) == 1
+    with commits.transaction():
+        conn.execute("INSERT INTO t VALUES (2)")
+    assert len(fsyncs) == 2
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL: fsync is ours
+
+
+def test_a_rollback_runs_the_callback_and_keeps_nothing(tmp_path: Path) -> None:
+    rollbacks: list[int] = []
+    conn, commits = _commits(tmp_path, rollbacks)
+    with pytest.raises(RuntimeError), commits.transaction(durable=False):
+        conn.execute("INSERT INTO t VALUES (1)")
+        raise RuntimeError("boom")
+    assert rollbacks == [1]
+    assert conn.execute("SELECT COUNT(*) FROM t").fetchone()[0] == 0
+
+
+def test_a_lazy_commit_survives_a_killed_process(tmp_path: Path) -> None:
+    """The child commits lazily and dies with SIGKILL before any sync: the row is there."""
+    path = tmp_path / "db.sqlite"
+    child = textwrap.dedent(
+        f"""
+        import os, signal, sqlite3
+        from pathlib import Path
+        from coordinator.wal import WalCommits
+        conn = sqlite3.connect({str(path)!r}, isolation_level=None)
+        commits = WalCommits(conn, Path({str(path)!r}), on_rollback=lambda: None)
+        conn.execute("CREATE TABLE t (x INTEGER)")
+        with commits.transaction(durable=False):
+            conn.execute("INSERT INTO t VALUES (42)")
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", child], check=False)
+    assert done.returncode == -9
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT x FROM t").fetchall() == [(42,)]
+
+
+def test_a_session_result_is_recorded_without_a_disk_wait_and_synced_at_the_tick(
+    tmp_path: Path, fsyncs: list[int]
+) -> None:
+    store = CoordinatorStore(tmp_path / "coordinator.sqlite", clock=lambda: 1000.0)
+    store.record_hello("site-a", "PEM", "1.0", {})
+    fsyncs.clear()
+    store.record(audit=[("site:site-a", "result", {"run_id": "r", "kind": "secagg"})])
+    assert fsyncs == []
+    store.flush()  # the tick: synced before the head file names the entry
+    assert len(fsyncs) == 1
+    store.save_run({"run_id": "r", "status": "running", "phase": "train"}, {})
+    assert len(fsyncs) == 2  # what a restart reads waits for the disk
+    store.close()
+
+
+def test_an_unchanged_lifetime_epsilon_is_not_rewritten(tmp_path: Path) -> None:
+    store = CoordinatorStore(tmp_path / "coordinator.sqlite", clock=lambda: 1000.0)
+    store.record_hello("site-a", "PEM", "1.0", {"lifetime_epsilon_spent": 0.0})
+    store.record(lifetime_epsilon={"site-a": 1.5})
+    statements: list[str] = []
+    store._conn.set_trace_callback(statements.append)
+    store.record(lifetime_epsilon={"site-a": 1.5})
+    store._conn.set_trace_callback(None)
+    assert not any("UPDATE sites" in s for s in statements)
+    store.record(lifetime_epsilon={"site-a": 2.0})
+    assert store.sites()[0].policy["lifetime_epsilon_spent"] == 2.0
+    store.record_hello("site-a", "PEM", "1.0", {"lifetime_epsilon_spent": 0.0})  # a reconnect
+    store.record(lifetime_epsilon={"site-a": 2.0})
+    assert store.sites()[0].policy["lifetime_epsilon_spent"] == 2.0
+    store.close()
