@@ -80,7 +80,7 @@ def register(sub: Any) -> None:
 # ---------------------------------------------------------------------- formatting
 def status_line(status: admin_pb2.RunStatus) -> str:
     state, stage = state_name(status), stage_name(status)
-    eps = " ".join(f"{s.site_id}={s.epsilon_spent:.2f}" for s in status.sites if s.epsilon_spent)
+    eps = _epsilon_summary(status)
     values = {m.name: m.value for m in status.latest_metrics}
     metrics = progress.format_metrics(values, progress.KEY_METRICS)
     accepted = sum(1 for s in status.sites if s.decision == admin_pb2.PLAN_DECISION_ACCEPTED)
@@ -102,6 +102,21 @@ def status_line(status: admin_pb2.RunStatus) -> str:
     if status.message and status.state in TERMINAL:
         parts.append(status.message)
     return " · ".join(parts)
+
+
+NAMED_EPSILON_SITES = 6
+"""Up to this many sites the status line names each site's ε; past it, one line per status
+would run to thousands of characters at a hundred sites, so it gives the range instead
+(`fedctl sites` and `--output json` still have every figure)."""
+
+
+def _epsilon_summary(status: admin_pb2.RunStatus) -> str:
+    spent = [(s.site_id, s.epsilon_spent) for s in status.sites if s.epsilon_spent]
+    if len(spent) <= NAMED_EPSILON_SITES:
+        return " ".join(f"{site}={eps:.2f}" for site, eps in spent)
+    low, high = min(e for _, e in spent), max(e for _, e in spent)
+    span = f"{low:.2f}" if f"{low:.2f}" == f"{high:.2f}" else f"{low:.2f}–{high:.2f}"
+    return f"{span} at {len(spent)} sites"
 
 
 def _json(message: Any) -> str:

@@ -96,3 +96,23 @@ def test_the_summary_gives_each_subgroup_and_permuted_feature_its_own_line() -> 
         "    subgroup sex=M: c_windowed not resolvable at this ε (± 0.310),"
         " events not resolvable at this ε (± 666), ibs 0.180 ± 0.020",
     ]
+
+
+def _with_spend(spends: list[float]) -> admin_pb2.RunStatus:
+    status = _status({})
+    for i, eps in enumerate(spends):
+        status.sites.add(site_id=f"site-{i:03d}", epsilon_spent=eps)
+    return status
+
+
+def test_status_line_names_each_sites_epsilon_in_a_small_consortium() -> None:
+    line = runs.status_line(_with_spend([1.25, 1.5, 0.75]))
+    assert "ε site-000=1.25 site-001=1.50 site-002=0.75" in line
+
+
+def test_status_line_gives_the_epsilon_range_past_a_handful_of_sites() -> None:
+    spends = [1.0 + i / 100 for i in range(100)]
+    line = runs.status_line(_with_spend(spends))
+    assert "ε 1.00–1.99 at 100 sites" in line
+    assert "site-050" not in line  # one line, not a hundred names
+    assert "ε 1.27 at 40 sites" in runs.status_line(_with_spend([1.27] * 40))
