@@ -126,29 +126,41 @@ def stage_breakdown(store: Path, run_id: str) -> dict[str, float]:
     return out
 
 
-def round_overheads(store: Path, run_id: str) -> tuple[list[float], list[int]]:
-    """Per update round: seconds from the last TRAIN result to `aggregated`; bytes per site."""
+def round_windows(store: Path, run_id: str) -> list[tuple[float, float]]:
+    """Per update round: (last TRAIN result, `aggregated`) in the audit log's wall-clock time,
+    the window `round_overheads` measures."""
     with sqlite3.connect(store) as conn:
         rows = conn.execute("SELECT ts, action, detail FROM audit_log ORDER BY seq").fetchall()
     last_train: dict[int, float] = {}
-    uploads: dict[tuple[int, str], int] = {}
-    overheads: list[float] = []
+    windows: list[tuple[float, float]] = []
     for ts, action, detail_text in rows:
         detail = json.loads(detail_text)
         if detail.get("run_id") != run_id:
             continue
         if action == "result" and detail.get("kind") == "train":
             last_train[detail["round"]] = max(last_train.get(detail["round"], 0.0), ts)
+        update = action == "aggregated" and detail.get("purpose") == "update"
+        if update and detail["round"] in last_train:
+            windows.append((last_train[detail["round"]], ts))
+    return windows
+
+
+def round_overheads(store: Path, run_id: str) -> tuple[list[float], list[int]]:
+    """Per update round: seconds from the last TRAIN result to `aggregated`; bytes per site."""
+    with sqlite3.connect(store) as conn:
+        rows = conn.execute("SELECT action, detail FROM audit_log ORDER BY seq").fetchall()
+    uploads: dict[tuple[int, str], int] = {}
+    for action, detail_text in rows:
+        detail = json.loads(detail_text)
+        if detail.get("run_id") != run_id:
+            continue
         if action == "result" and str(detail.get("kind", "")).startswith("secagg"):
             key = (detail["round"], detail.get("kind", ""))
             uploads[key] = max(uploads.get(key, 0), int(detail.get("bytes", 0)))
-        if action == "aggregated" and detail.get("purpose") == "update":
-            round_ = detail["round"]
-            if round_ in last_train:
-                overheads.append(ts - last_train[round_])
     per_round: dict[int, int] = {}
     for (round_, _kind), size in uploads.items():
         per_round[round_] = per_round.get(round_, 0) + size
+    overheads = [end - start for start, end in round_windows(store, run_id)]
     return overheads, [per_round[r] for r in sorted(per_round) if r > 0]
 
 

@@ -18,6 +18,11 @@ Per configuration, medians over the update rounds:
   site after another**, where n hospitals would run it in parallel, so this figure is an upper
   bound that grows with n even when the coordinator does not; `coordinator_cpu_s_per_round` is
   the coordinator's own share.
+- `coordinator_cpu_in_window_s` and `site_cpu_in_window_s`: CPU seconds the coordinator, and
+  the simulator divided by n (one site's share), spent inside that window (`_cpu_windows.py`
+  samples both processes every 10 ms); `projected_parallel_overhead_s` = their sum, what the
+  window would take with every site on its own machine (network latency left out). A
+  projection from measured parts, next to the measured wall time, never instead of it.
 - `coordinator_cpu_s_per_round`: the coordinator process's user + system CPU over the run,
   divided by rounds (from /proc); `coordinator_rss_mb`: its peak resident set (VmHWM).
 - `store_bytes_per_round`: bytes the coordinator process wrote (`/proc/PID/io` wchar: the store,
@@ -41,8 +46,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _report, round_bench (by file name)
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from _cpu_windows import CpuSampler
 from _report import print_table, write_json
-from round_bench import hidden_width_for, round_overheads, run_until_done
+from round_bench import hidden_width_for, round_windows, run_until_done
 
 from fedctl.demo import plan_text
 from fedctl.localfed import LocalFederation, exit_on_sigterm, flchain_hospitals
@@ -57,6 +63,9 @@ COLUMNS = [
     "d",
     "masking",
     "overhead_s",
+    "projected_parallel_overhead_s",
+    "coordinator_cpu_in_window_s",
+    "site_cpu_in_window_s",
     "coordinator_cpu_s_per_round",
     "coordinator_rss_mb",
     "store_bytes_per_round",
@@ -131,15 +140,21 @@ def measure(
         federation.wait_ready(stub)
         federation.wait_for_sites(stub, n, timeout=600)
         coordinator = federation.processes["coordinator"].pid
+        pids = {"coordinator": coordinator, "sites": federation.processes["simulator"].pid}
         cpu0, _, written0 = _proc_figures(coordinator)
         started = time.monotonic()
-        run_id = run_until_done(stub, scale_plan(rounds, width, masking), timeout=3600)
+        with CpuSampler(pids) as sampler:
+            run_id = run_until_done(stub, scale_plan(rounds, width, masking), timeout=3600)
         wall = time.monotonic() - started
         cpu1, rss, written1 = _proc_figures(coordinator)
     finally:
         federation.stop_all()
     store = federation.kits / "coordinator" / "coordinator.sqlite"
-    overheads, _ = round_overheads(store, run_id)
+    windows = round_windows(store, run_id)
+    overheads = [end - start for start, end in windows]
+    coordinator_cpu = [sampler.cpu_between("coordinator", *w) for w in windows]
+    sites_cpu = [sampler.cpu_between("sites", *w) for w in windows]
+    projected = [c + s / n for c, s in zip(coordinator_cpu, sites_cpu, strict=True)]
     relayed = relayed_bytes(store, run_id)
     return {
         "n": n,
@@ -147,6 +162,9 @@ def measure(
         "masking": masking,
         "rounds": rounds,
         "overhead_s": statistics.median(overheads),
+        "coordinator_cpu_in_window_s": round(statistics.median(coordinator_cpu), 3),
+        "site_cpu_in_window_s": round(statistics.median(sites_cpu) / n, 3),
+        "projected_parallel_overhead_s": round(statistics.median(projected), 3),
         "coordinator_cpu_s_per_round": round((cpu1 - cpu0) / rounds, 3),
         "coordinator_rss_mb": round(rss, 1),
         "store_bytes_per_round": int((written1 - written0) / rounds),

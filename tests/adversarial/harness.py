@@ -1,7 +1,8 @@
 """A cheating coordinator driving real site agents.
 
 The sites are real `SiteAgent`s: provisioned kits (CA, certificates, signed roster), their own
-SQLite ledger, release cache and audit log, FLCHAIN hospital CSVs, Opacus for training. The
+SQLite ledger, release cache and audit log, FLCHAIN hospital CSVs, Opacus for training, built
+by the scale simulator's `build_agents` (so the simulator's sites face every attack here). The
 harness answers for the coordinator: it builds the protobuf `Task`s a site gets from `PullTask`
 and feeds them through `SiteAgent.handle`, exactly the dispatch a site runs on every answer. It
 chooses every session parameter, survivor set, order and retry itself, and may run colluding
@@ -46,7 +47,7 @@ from secagg.messages import (
 from secagg.prg import apply_masks, pairwise_key, self_key
 from secagg.shamir import decode_share, reconstruct
 from site_agent.agent import SiteAgent
-from site_agent.config import load_site_config
+from site_agent.simulator import build_agents
 
 WIRE_PURPOSE = {
     Purpose.STATS: pb.SECAGG_PURPOSE_FEDERATED_STATS,
@@ -106,10 +107,13 @@ def make_consortium(
     fed = LocalFederation(workdir, names)
     fed.prepare()
     flchain_hospitals(fed, {"min_session_sites": 3, **(policy or {})})
-    agents, keys = {}, {}
+    # built the way the scale simulator builds its sites (`site_agent.simulator.build_agents`),
+    # so every attack in this suite is also played against the simulator's sites
+    built = build_agents([fed.site_kit(site) / "site.toml" for site in names])
+    agents = {agent.site_id: agent for agent in built}
+    assert list(agents) == list(names)
+    keys = {}
     for site in names:
-        config = load_site_config(fed.site_kit(site) / "site.toml")
-        agents[site] = SiteAgent(config)
         key = serialization.load_pem_private_key(
             (fed.site_kit(site) / "client.key").read_bytes(), password=None
         )
