@@ -35,7 +35,8 @@ from coordinator.effects import (
 from coordinator.engine import RunEngine
 from coordinator.messages import PendingTask, ResultRejected, SiteResult
 from coordinator.overlaps import ConcurrentRunError, SiteOverlap, live_overlaps
-from coordinator.store import Aggregate, CoordinatorStore
+from coordinator.store import CoordinatorStore
+from coordinator.store_rows import Aggregate
 from federation.faults import Faults
 from federation.identity import Identity
 from federation.plan import RunPlan, parse_plan
@@ -290,7 +291,9 @@ class Coordinator:
             if not duplicate and result.epsilon_lifetime is not None
             else None
         )
-        self._persist(engine, effects, audit, lifetime_epsilon=lifetime)
+        self._persist(
+            engine, effects, audit, lifetime_epsilon=lifetime, answer_only=engine.answer_only
+        )
         return duplicate
 
     def reject_result(self, site: str, task_id: str, reason: str, run_id: str | None) -> None:
@@ -324,11 +327,13 @@ class Coordinator:
         effects: Sequence[Effect],
         audit: Sequence[AuditEntry],
         lifetime_epsilon: dict[str, float] | None = None,
+        answer_only: bool = False,
     ) -> None:
         """Save the engine if it changed (or there is something to audit), with every decoded
         sum and its `aggregated` entry, in one transaction; then wake whoever waits.
         `lifetime_epsilon` (a result's reported lifetime spend per site) joins that
-        transaction."""
+        transaction. `answer_only` (`RunEngine.answer_only`): the input only recorded a
+        session answer, so whether the state changed need not be computed: it did not."""
         entries = list(audit)
         aggregates: list[Aggregate] = []
         woken: set[str] = set()
@@ -363,8 +368,9 @@ class Coordinator:
             elif isinstance(effect, TasksChanged):
                 woken.update(effect.sites)
                 wake = True
-        key = snapshot.restart_key(engine)
-        changed = self._saved.get(engine.run_id) != key or bool(aggregates)
+        saved = self._saved.get(engine.run_id)
+        key = saved if answer_only and saved is not None else snapshot.restart_key(engine)
+        changed = saved != key or bool(aggregates)
         if changed:
             state, vectors = snapshot.dump(engine)
             self.store.save_run(

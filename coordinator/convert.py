@@ -15,7 +15,7 @@ from coordinator import __version__
 from coordinator.effects import Phase, RunProgress, RunStatus
 from coordinator.engine import RunEngine
 from coordinator.messages import PendingTask, SiteResult
-from coordinator.store import RunRow, SiteRow
+from coordinator.store_rows import RunRow, SiteRow
 from federation.site_metrics import published_from_wire
 from federation.tasks import PURPOSE_TO_WIRE, TASK_KIND_TO_WIRE, SessionKey, TaskKind
 from federation.vectors import encode_vector

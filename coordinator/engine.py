@@ -88,6 +88,11 @@ class RunEngine(RunTransitions):
         self.answered: dict[str, str] = {}  # site -> task id of its last accepted result
         self.history: list[RoundRecord] = []
         self.privacy: dict[str, dict[str, float]] = {}
+        self.answer_only = False
+        """Whether the last `on_result` only recorded a session answer: the site's task is done,
+        no stage advanced, nothing else moved. Nothing a restart reads changed then (the
+        session's answers die with the process), so the application need not look
+        (`snapshot.restart_key`): at n sites a stage has n such results."""
         self.published: dict[str, dict[str, float]] = {}  # this step's site-published figures
         self.stats: ConsortiumStats | None = None
         self.global_vector: np.ndarray | None = None
@@ -145,6 +150,7 @@ class RunEngine(RunTransitions):
         Raises ResultRejected (state unchanged) for a result that answers no outstanding task
         (e.g. a replay from an earlier round), arrives after its deadline, or is malformed.
         """
+        self.answer_only = False
         task = self.tasks.get(site)
         if task is None or task.task_id != result.task_id:
             if self.answered.get(site) == result.task_id:
@@ -169,10 +175,12 @@ class RunEngine(RunTransitions):
                 self.awaiting[site] = result.error_message or "awaiting approval at the site"
 
             return self._collect(wait)
-        if task.kind.is_secagg and result.error_code is None:
+        in_session = task.kind.is_secagg and result.error_code is None
+        if in_session:
             if self._session is None:
                 raise ResultRejected(f"site {site}: no secure-aggregation session for it", "stale")
             self._session.receive(site, result.payload, now)  # may raise: nothing changed yet
+        privacy_before = self.privacy.get(site)
 
         def take() -> None:
             if result.epsilon_run is not None:
@@ -185,7 +193,15 @@ class RunEngine(RunTransitions):
             self._record_local(site, task, result)
             self._advance(now)
 
-        return self._collect(take)
+        effects = self._collect(take)
+        self.answer_only = (
+            in_session
+            and self.step is StepPart.SECAGG
+            and self.privacy.get(site) == privacy_before
+            and effects == [TasksChanged((site,))]
+            and site not in self.tasks
+        )
+        return effects
 
     def tick(self, now: float) -> list[Effect]:
         """Close stages whose deadline passed. The clock is an input like any other, so every

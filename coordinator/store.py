@@ -13,85 +13,15 @@ import json
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from coordinator.store_rows import SCHEMA, Aggregate, RunRow, SiteRow
 from coordinator.wal import WalCommits
 from federation.audit import AuditLog
 from federation.fsmodes import prepare_private_sqlite
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS sites (
-    site_id TEXT PRIMARY KEY,
-    certificate_pem TEXT NOT NULL,
-    agent_version TEXT NOT NULL DEFAULT '',
-    policy_json TEXT NOT NULL DEFAULT '{}',
-    first_seen REAL NOT NULL,
-    last_seen REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS runs (
-    run_id TEXT PRIMARY KEY,
-    submitted REAL NOT NULL,
-    updated REAL NOT NULL,
-    status TEXT NOT NULL,
-    submitted_by TEXT NOT NULL,
-    state_json TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS run_vectors (
-    run_id TEXT NOT NULL,
-    name TEXT NOT NULL,
-    data BLOB NOT NULL,
-    PRIMARY KEY (run_id, name)
-);
-CREATE TABLE IF NOT EXISTS aggregates (
-    run_id TEXT NOT NULL,
-    purpose TEXT NOT NULL,
-    round INTEGER NOT NULL,
-    attempt INTEGER NOT NULL,
-    survivors_json TEXT NOT NULL,
-    total BLOB NOT NULL,
-    PRIMARY KEY (run_id, purpose, round, attempt)
-);
-CREATE TABLE IF NOT EXISTS round_vectors (
-    run_id TEXT NOT NULL,
-    round INTEGER NOT NULL,
-    data BLOB NOT NULL,
-    PRIMARY KEY (run_id, round)
-);
-"""
-
-
-Aggregate = tuple[str, int, int, list[str], np.ndarray]
-"""One decoded secure sum: (purpose, round, attempt, survivors, uint32 total)."""
-
-
-@dataclass(frozen=True)
-class SiteRow:
-    """A site as last heard of: the certificate other sites verify its signatures with, and
-    the policy it declared, for operators to see before they submit a plan."""
-
-    site_id: str
-    certificate_pem: str
-    agent_version: str
-    policy: dict[str, Any]
-    first_seen: float
-    last_seen: float
-
-
-@dataclass(frozen=True)
-class RunRow:
-    """A run as stored: its last snapshot (`state`, see coordinator/snapshot.py) and who
-    submitted it, which the snapshot does not hold."""
-
-    run_id: str
-    submitted: float
-    updated: float
-    status: str
-    submitted_by: str
-    state: dict[str, Any]
 
 
 class CoordinatorStore:
@@ -106,6 +36,7 @@ class CoordinatorStore:
         # site -> the lifetime ε last written for it (`_record_lifetime_epsilon`); a rollback
         # drops it, since it may name a figure the rollback took back
         self._lifetime: dict[str, float] = {}
+        self._certificates: dict[str, str] = {}  # site -> its PEM as committed (`certificate`)
         self._commits = WalCommits(self._conn, self.path, on_rollback=self._lifetime.clear)
         self._conn.executescript(SCHEMA)
         self._clock = clock
@@ -157,6 +88,7 @@ class CoordinatorStore:
             )
             self.audit.append(f"site:{site_id}", "hello", {"agent_version": agent_version})
         self._lifetime.pop(site_id, None)  # the Hello's policy replaced the figure written
+        self._certificates[site_id] = certificate_pem
 
     def touch_site(self, site_id: str) -> None:
         """Note that a site is alive (every RPC): operators see who is offline. Kept in memory
@@ -220,11 +152,18 @@ class CoordinatorStore:
         ]
 
     def certificate(self, site_id: str) -> str | None:
-        """A site's PEM certificate, for the participant list of a secagg session."""
+        """A site's PEM certificate, for the participant list of a secagg session (kept in
+        memory after the first read: a session names n participants in each of n tasks)."""
+        known = self._certificates.get(site_id)
+        if known is not None:
+            return known
         row = self._conn.execute(
             "SELECT certificate_pem FROM sites WHERE site_id = ?", (site_id,)
         ).fetchone()
-        return None if row is None else str(row[0])
+        if row is None:
+            return None
+        self._certificates[site_id] = str(row[0])
+        return str(row[0])
 
     # ------------------------------------------------------------------ runs
     def save_run(

@@ -12,7 +12,7 @@ from coordinator import convert
 from coordinator.effects import Phase, RunStatus
 from coordinator.engine import RunEngine
 from coordinator.messages import SiteResult
-from coordinator.store import RunRow, SiteRow
+from coordinator.store_rows import RunRow, SiteRow
 from federation.releases import Purpose
 from federation.tasks import PURPOSE_TO_WIRE, TASK_KIND_TO_WIRE, SessionKey, TaskKind
 from federation.vectors import decode_vector

@@ -1,0 +1,97 @@
+"""`RunEngine.answer_only` lets the application skip computing whether a result changed what a
+restart reads; so whenever it is set, that must really be unchanged (`snapshot.restart_key`),
+whatever sites drop out and whatever privacy figures they report, and it must be set for the
+bulk of a session's answers (or it saves nothing)."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from coordinator import snapshot
+from coordinator.effects import Phase, StepPart
+from coordinator.engine import RunEngine
+from federation.tasks import TaskKind
+from tests.unit.coordinator.test_engine import FakeSite, _plan
+
+pytestmark = pytest.mark.unit
+
+SECAGG_KINDS = [k for k in TaskKind if k.is_secagg]
+
+
+def _drive(
+    n_sites: int, dropped: dict[str, tuple[TaskKind, int]], epsilon_every: int
+) -> tuple[int, int]:
+    """Run to the end; check the invariant after every result. Returns (session answers,
+    answer-only ones). A site in `dropped` goes silent at that (kind, round); every
+    `epsilon_every`-th session answer reports a new ε (0: never)."""
+    plan = _plan(rounds=2)
+    names = [f"site-{i}" for i in range(n_sites)]
+    ids = (f"task-{i}" for i in itertools.count())
+    now = 1000.0
+    engine, _ = RunEngine.start("run-1", plan, names, now, ids=lambda: next(ids))
+    sites = {name: FakeSite(name, np.random.default_rng(i)) for i, name in enumerate(names)}
+    silent: set[str] = set()
+    answers = quiet = 0
+    for _ in range(10_000):
+        if engine.phase in (Phase.FINISHING, Phase.DONE):
+            break
+        progressed = False
+        for name in names:
+            task = engine.task_for(name)
+            if task is None or name in silent:
+                continue
+            if dropped.get(name) == (task.kind, task.round):
+                silent.add(name)
+                continue
+            result = sites[name].answer(task, engine)
+            if task.kind.is_secagg:
+                answers += 1
+                if epsilon_every and answers % epsilon_every == 0:
+                    result = dataclasses.replace(result, epsilon_run=answers / 100.0)
+            before = snapshot.restart_key(engine)
+            engine.on_result(name, result, now)
+            if engine.answer_only:
+                quiet += 1
+                assert engine.step is StepPart.SECAGG
+                assert snapshot.restart_key(engine) == before, (name, task.kind)
+            progressed = True
+        if not progressed:
+            now += 61.0
+            engine.tick(now)
+    return answers, quiet
+
+
+def test_most_answers_of_a_session_are_answer_only() -> None:
+    answers, quiet = _drive(6, {}, epsilon_every=0)
+    # every stage but its last answer (which advances the stage) is answer-only
+    assert answers > 0 and quiet >= answers * 4 // 6
+
+
+def test_an_answer_reporting_a_new_epsilon_is_not_answer_only() -> None:
+    plain = _drive(5, {}, epsilon_every=0)[1]
+    reporting = _drive(5, {}, epsilon_every=1)[1]
+    assert reporting == 0 < plain
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n_sites=st.integers(3, 6),
+    data=st.data(),
+    epsilon_every=st.sampled_from([0, 2, 7]),
+)
+def test_an_answer_only_result_never_changes_what_a_restart_reads(
+    n_sites: int, data: st.DataObject, epsilon_every: int
+) -> None:
+    names = [f"site-{i}" for i in range(n_sites)]
+    dropping = data.draw(st.lists(st.sampled_from(names), unique=True, max_size=n_sites - 1))
+    dropped = {
+        site: (data.draw(st.sampled_from(SECAGG_KINDS)), data.draw(st.integers(0, 2)))
+        for site in dropping
+    }
+    _drive(n_sites, dropped, epsilon_every)
