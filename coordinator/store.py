@@ -37,7 +37,10 @@ class CoordinatorStore:
         # drops it, since it may name a figure the rollback took back
         self._lifetime: dict[str, float] = {}
         self._certificates: dict[str, str] = {}  # site -> its PEM as committed (`certificate`)
-        self._commits = WalCommits(self._conn, self.path, on_rollback=self._lifetime.clear)
+        # the sites table as last read, and its parsed policies (`sites`); None: read it again
+        self._site_rows: list[tuple[Any, ...]] | None = None
+        self._site_policies: dict[str, dict[str, Any]] = {}
+        self._commits = WalCommits(self._conn, self.path, on_rollback=self._forget_cached)
         self._conn.executescript(SCHEMA)
         self._clock = clock
         # Writes coordinator.sqlite.head beside the store: on every tick that committed appends
@@ -56,6 +59,11 @@ class CoordinatorStore:
         with contextlib.suppress(sqlite3.Error):
             self.flush()
         self._conn.close()
+
+    def _forget_cached(self) -> None:
+        """After a rollback: what the caches hold may name what the rollback took back."""
+        self._lifetime.clear()
+        self._site_rows = None
 
     @contextmanager
     def transaction(self, *, durable: bool = True) -> Iterator[None]:
@@ -88,6 +96,7 @@ class CoordinatorStore:
             )
             self.audit.append(f"site:{site_id}", "hello", {"agent_version": agent_version})
         self._lifetime.pop(site_id, None)  # the Hello's policy replaced the figure written
+        self._site_rows = None
         self._certificates[site_id] = certificate_pem
 
     def touch_site(self, site_id: str) -> None:
@@ -114,6 +123,7 @@ class CoordinatorStore:
         if not self._seen:
             return
         seen, self._seen = self._seen, {}
+        self._site_rows = None
         with self.transaction(durable=False):  # `flush` syncs right after
             self._conn.executemany(
                 "UPDATE sites SET last_seen = MAX(last_seen, ?) WHERE site_id = ?",
@@ -139,16 +149,27 @@ class CoordinatorStore:
             "UPDATE sites SET policy_json = ? WHERE site_id = ?", (json.dumps(policy), site_id)
         )
         self._lifetime[site_id] = float(epsilon)
+        self._site_rows = None
 
     def sites(self) -> list[SiteRow]:
-        """Every site ever seen, by id: the run candidates and ListSites."""
-        rows = self._conn.execute(
-            "SELECT site_id, certificate_pem, agent_version, policy_json, first_seen, last_seen "
-            "FROM sites ORDER BY site_id"
-        ).fetchall()
+        """Every site ever seen, by id: the run candidates and ListSites. Parsed once per change
+        of the table (an operator's status view asks every half second, for every site)."""
+        if self._site_rows is None:
+            self._site_rows = self._conn.execute(
+                "SELECT site_id, certificate_pem, agent_version, policy_json, first_seen, "
+                "last_seen FROM sites ORDER BY site_id"
+            ).fetchall()
+            self._site_policies = {r[0]: json.loads(r[3]) for r in self._site_rows}
         return [
-            SiteRow(r[0], r[1], r[2], json.loads(r[3]), r[4], max(r[5], self._seen.get(r[0], 0.0)))
-            for r in rows
+            SiteRow(
+                r[0],
+                r[1],
+                r[2],
+                dict(self._site_policies[r[0]]),
+                r[4],
+                max(r[5], self._seen.get(r[0], 0.0)),
+            )
+            for r in self._site_rows
         ]
 
     def certificate(self, site_id: str) -> str | None:

@@ -122,3 +122,21 @@ def test_an_unchanged_lifetime_epsilon_is_not_rewritten(tmp_path: Path) -> None:
     store.record(lifetime_epsilon={"site-a": 2.0})
     assert store.sites()[0].policy["lifetime_epsilon_spent"] == 2.0
     store.close()
+
+
+def test_the_sites_view_is_read_once_per_change_and_callers_cannot_edit_it(
+    tmp_path: Path,
+) -> None:
+    store = CoordinatorStore(tmp_path / "coordinator.sqlite", clock=lambda: 1000.0)
+    store.record_hello("site-a", "PEM", "1.0", {"max_delta": 1e-5})
+    store.sites()
+    statements: list[str] = []
+    store._conn.set_trace_callback(statements.append)
+    first = store.sites()
+    assert not any("FROM sites" in s for s in statements)  # no re-read without a change
+    first[0].policy["max_delta"] = 1.0  # a caller's copy
+    assert store.sites()[0].policy == {"max_delta": 1e-5}
+    store._conn.set_trace_callback(None)
+    store.record(lifetime_epsilon={"site-a": 0.5})
+    assert store.sites()[0].policy["lifetime_epsilon_spent"] == 0.5
+    store.close()
