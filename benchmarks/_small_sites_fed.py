@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from _small_sites import SplitData, data_config
+from round_bench import STAGES  # a round's task kinds, in order
 
 from fedctl.demo import Scores, score
 from fedctl.localfed import LocalFederation
@@ -54,7 +55,7 @@ class FedRun:
     epsilon_recomputed: float | None = None  # max over sites, from their ledgers
     epsilon_rel_diff: float | None = None  # max over sites of |reported - recomputed| / recomputed
     epsilon_own_recomputed: float | None = None  # max over sites, each site's own noise alone
-    timing: dict[str, float] = field(default_factory=dict)
+    timing: dict[str, Any] = field(default_factory=dict)
 
 
 def wait_for_run(stub: Any, run_id: str, timeout: float, log: Any) -> admin_pb2.RunStatus:
@@ -220,9 +221,13 @@ def recompute_epsilon(run: FedRun, federation: LocalFederation, text: str) -> No
     run.epsilon_rel_diff = max(diffs)
 
 
-def round_timing(store: Path, run_id: str) -> dict[str, float]:
+def round_timing(store: Path, run_id: str) -> dict[str, Any]:
     """The training phase by the coordinator's audit log: from the statistics aggregate (after
-    which the first round's TRAIN tasks go out) to the last update aggregate."""
+    which the first round's TRAIN tasks go out) to the last update aggregate. `rounds_per_s`
+    counts the first round, which also carries what a run does once (σ calibrated for the
+    run, first calls into torch); `steady_rounds_per_s` starts at the first round's aggregate,
+    so it is the round latency alone; `round_s_median` is the median round, `stage_s_median`
+    its stages (`stage_timeline`)."""
     with sqlite3.connect(store) as conn:
         rows = conn.execute(
             "SELECT ts, detail FROM audit_log WHERE action = 'aggregated' ORDER BY seq"
@@ -246,5 +251,33 @@ def round_timing(store: Path, run_id: str) -> dict[str, float]:
         "rounds": float(len(updates)),
         "train_s": train_s,
         "rounds_per_s": len(updates) / train_s if train_s > 0 else float("nan"),
+        "steady_rounds_per_s": (
+            (len(marks) - 2) / (marks[-1] - marks[1]) if marks[-1] > marks[1] else float("nan")
+        ),
         "round_s_median": statistics.median(gaps),
+        "stage_s_median": stage_timeline(store, run_id),
     }
+
+
+def stage_timeline(store: Path, run_id: str) -> dict[str, float]:
+    """Median seconds each stage of a training round takes at the coordinator, from the last
+    result of the stage before (the previous round's last Unmask for `train`) to its own last
+    result, over the rounds after the first: where a round's latency goes."""
+    with sqlite3.connect(store) as conn:
+        rows = conn.execute(
+            "SELECT ts, detail FROM audit_log WHERE action = 'result' ORDER BY seq"
+        ).fetchall()
+    last: dict[tuple[int, str], float] = {}
+    for ts, detail_text in rows:
+        d = json.loads(detail_text)
+        ours = d.get("run_id") == run_id and d.get("kind") in STAGES and "error" not in d
+        if ours and (d["kind"] == "train" or d.get("purpose") == "update"):
+            last[(int(d["round"]), d["kind"])] = float(ts)
+    rounds = sorted({r for r, _ in last})
+    spans: dict[str, list[float]] = {kind: [] for kind in STAGES}
+    for previous, current in itertools.pairwise(rounds):
+        marks = [last.get((previous, STAGES[-1])), *(last.get((current, k)) for k in STAGES)]
+        for kind, (a, b) in zip(STAGES, itertools.pairwise(marks), strict=True):
+            if a is not None and b is not None:
+                spans[kind].append(b - a)
+    return {kind: statistics.median(v) for kind, v in spans.items() if v}

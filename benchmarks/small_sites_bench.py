@@ -92,6 +92,7 @@ COLUMNS = [
     "wall_s",
     "wall_vs_local",
     "rounds_per_s",
+    "steady_rounds_per_s",
     "status",
 ]
 
@@ -104,7 +105,7 @@ def summarise(b: Bench, mode: str, runs: list[dict[str, Any]], **fields: Any) ->
     if not runs:
         return record
     record["epsilon"] = max(r["epsilon"] for r in runs)
-    for key in (*METRICS, "train_s", "rounds_per_s", "round_s_median"):
+    for key in (*METRICS, "train_s", "rounds_per_s", "steady_rounds_per_s", "round_s_median"):
         values = [r[key] for r in runs if r.get(key) is not None]
         if values:
             record[key] = statistics.fmean(values)

@@ -80,7 +80,9 @@ class AuditLog:
     (`head_file_path`), `False` writes none, a path writes it there; a read-only log
     (`create=False`) never writes one. An append in its own transaction writes the head file
     after committing; an append that joined a caller's transaction cannot (it may still be rolled
-    back), so the caller calls `flush_head()` after its commit.
+    back), so the caller calls `flush_head()` after its commit. `defer_head=True` leaves the
+    head file to `flush_head()` for every append (the entry itself is committed as always): a
+    site agent writes it once a second, not on the path of every release.
     """
 
     def __init__(
@@ -90,10 +92,12 @@ class AuditLog:
         clock: Clock,
         create: bool = True,
         head_file: str | Path | Literal[False] | None = None,
+        defer_head: bool = False,
     ) -> None:
         self._clock = clock
         self._lock = threading.RLock()
         self._head_pending = False
+        self._defer_head = defer_head
         if isinstance(connection_or_path, sqlite3.Connection):
             self._conn = connection_or_path
             self._owned = False
@@ -175,7 +179,7 @@ class AuditLog:
         with self._lock:
             joined = self._conn.in_transaction
             entry = self._append_locked(actor, action, ts, stored_detail, detail_json)
-            if joined:
+            if joined or self._defer_head:
                 self._head_pending = True
             else:
                 self._write_head(AuditHead(entry.seq, entry.hash, entry.ts))

@@ -1,8 +1,9 @@
 """The audit chain's head, kept apart from the database so a cut or replaced chain shows.
 
-After each committed append an audit log writes its head `{seq, hash, ts}` to a head file
-beside the database (`audit.sqlite` → `audit.sqlite.head`, replaced atomically, mode 0600). An
-operator ships copies elsewhere; `fedctl audit verify --head-file COPY` then fails on a chain
+After each committed append (or, deferred, at `flush_head`: a site agent every second, the
+coordinator every tick) an audit log writes its head `{seq, hash, ts}` to a head file beside the
+database (`audit.sqlite` → `audit.sqlite.head`, replaced atomically, mode 0600). An operator
+ships copies elsewhere; `fedctl audit verify --head-file COPY` then fails on a chain
 that no longer contains that head (federation/audit.py, "Limits").
 """
 

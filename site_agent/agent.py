@@ -39,6 +39,7 @@ from site_agent.connection import diagnose
 from site_agent.connection_problems import ConnectionProblem, check_own_certificate
 from site_agent.handlers import TaskHandlers, kind_label
 from site_agent.ledger import PrivacyLedger
+from site_agent.opacus_adapters import warm_up
 from site_agent.peer_certificates import PeerCertificates
 from site_agent.policy import policy_summary
 from site_agent.pseudonyms import pseudonym_key
@@ -59,6 +60,7 @@ MAX_BACKOFF_S = 30.0
 DIAGNOSE_TIMEOUT_S = 5.0
 HEARTBEAT_FILE = "heartbeat.json"
 HEARTBEAT_INTERVAL_S = 10.0
+AUDIT_HEAD_INTERVAL_S = 1.0
 RETENTION_INTERVAL_S = 86_400.0
 
 
@@ -102,8 +104,11 @@ class SiteAgent:
         # Releases and session secrets are encrypted at rest (site_agent/sealing.py).
         sealer = StateSealer(load_state_key(state_dir))
         self.cache = ReleaseCache(db, sealer)
-        self.sessions = SessionStore(db, sealer)
-        self.audit = AuditLog(state_dir / "audit.sqlite", clock=time.time)
+        # One connection for both: a stage's binding and session state commit together.
+        self.sessions = SessionStore(self.cache, sealer)
+        # Entries commit before anything is released; the head file (a copy of the chain's head
+        # for operators) is written at most once a second, off the release path (`_audit_heads`).
+        self.audit = AuditLog(state_dir / "audit.sqlite", clock=time.time, defer_head=True)
         self.records = ProcessingRecords(db)  # records of processing, erasure list (GDPR)
         key = serialization.load_pem_private_key(self.kit.key_pem, password=None)
         if not isinstance(key, ec.EllipticCurvePrivateKey):
@@ -156,14 +161,18 @@ class SiteAgent:
     # ------------------------------------------------------------------ the loop
     async def run_forever(self) -> None:
         """Serve the coordinator until cancelled (SIGTERM, Ctrl-C), with the heartbeat and the
-        daily retention purge beside (the first purge runs now, on start)."""
+        daily retention purge beside (the first purge runs now, on start), and torch's lazy
+        imports warmed up in a thread (`site_agent.opacus_adapters.warm_up`)."""
         heartbeat = asyncio.create_task(self._heartbeat_forever())
         retention = asyncio.create_task(self._retention_forever())
+        heads = asyncio.create_task(self._audit_heads_forever())
+        warm = asyncio.create_task(asyncio.to_thread(warm_up))  # off the first round's path
         try:
             await self._connect_forever()
         finally:
-            heartbeat.cancel()
-            retention.cancel()
+            for task in (heartbeat, retention, heads, warm):
+                task.cancel()
+            self.audit.flush_head()
 
     def purge_expired(self) -> PurgeCounts:
         """Purge run state idle beyond `policy.retention_days` (site_agent/retention.py); audited
@@ -322,6 +331,19 @@ class SiteAgent:
             self.audit.append(
                 self.site_id, "roster_updated", {"version": self.roster.version, "change": change}
             )
+
+    async def _audit_heads_forever(self) -> None:
+        """The audit head file, every AUDIT_HEAD_INTERVAL_S if entries were appended (and at
+        exit), as the coordinator writes its own every tick: the entries commit before anything
+        is released, and the file (write, fsync, rename) after each of a round's three entries
+        was milliseconds on the path of a release, or, written after the answer, a disk flush
+        colliding with the next stage's commits."""
+        while True:
+            await asyncio.sleep(AUDIT_HEAD_INTERVAL_S)
+            try:  # an OSError is logged by flush_head and retried at the next interval
+                await asyncio.to_thread(self.audit.flush_head)
+            except Exception:  # the file is a copy for operators: it must never stop the agent
+                log.exception("cannot write the audit head file")
 
     async def _serve(self, stub: federation_pb2_grpc.FederationStub) -> None:
         """Pull, answer, push, forever; a result the coordinator rejects is logged, not retried

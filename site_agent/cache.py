@@ -209,8 +209,12 @@ class SessionStore(SqliteComponent):
     With a `sealer` the states (private keys, shares) are encrypted at rest."""
 
     def __init__(
-        self, conn_or_path: sqlite3.Connection | str | Path, sealer: StateSealer | None = None
+        self,
+        conn_or_path: sqlite3.Connection | str | Path | SqliteComponent,
+        sealer: StateSealer | None = None,
     ) -> None:
+        """Given the `ReleaseCache`, the two share a connection, so a release's binding and the
+        session state that masked it commit together (`SqliteComponent.transaction`)."""
         super().__init__(conn_or_path, _SESSION_SCHEMA)
         self._sealer = sealer
 
@@ -252,6 +256,16 @@ class SessionStore(SqliteComponent):
                 (session, time.time()),
             )
         return cursor.rowcount == 1
+
+    def claim_and_save(self, session: str, key: SessionKey, data: bytes) -> bool:
+        """`claim` and, only if the claim is new, `save`, in one transaction: one durable commit
+        before the advertisement leaves instead of two. False (nothing saved) if `session` was
+        ever advertised here."""
+        with self._transaction():
+            if not self.claim(session):
+                return False
+            self.save(key, data)
+        return True
 
     def drop_run(self, run_id: str) -> None:
         """Forget a finished run's session states (they hold key material no longer needed);

@@ -1,4 +1,4 @@
-"""How the trainer's tensors and loss are handed to Opacus (`site_agent.train`).
+"""How the trainer's tensors and loss are handed to Opacus (`site_agent.train`); torch warm-up.
 
 Opacus wants a criterion it can switch to per-sample reduction (ghost clipping), a dataset its
 Poisson sampler indexes, and a collate function; these are ours, kept apart from the training
@@ -60,3 +60,9 @@ def secure_rng_problem() -> str | None:
             "Run with secure_mode=False, or install a torchcsprng built for this torch."
         )
     return None
+
+
+def warm_up() -> None:
+    """Import what torch loads on a process's first backward pass (`torch._dynamo`, ~1 s of CPU):
+    the agent does it in a thread at start, or every site paid it in its first round at once."""
+    import torch._dynamo  # noqa: F401

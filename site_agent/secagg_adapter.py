@@ -11,16 +11,20 @@ is a `secagg_refused` audit entry and a task error; nothing is released.
 from __future__ import annotations
 
 import base64
+import contextlib
+import datetime as dt
+import functools
 import json
 import logging
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from federation.audit import AuditLog
-from federation.identity import IdentityError, load_certificate, verify_peer_certificate
+from federation.identity import Identity, IdentityError, load_certificate, verify_peer_certificate
 from federation.plan import RunPlan
 from federation.roster import certificate_fingerprint
 from federation.tasks import PURPOSE_FROM_WIRE, SessionKey
@@ -44,6 +48,20 @@ ParticipantCheck = Callable[[str, str], None]
 """(site name, certificate PEM) → None, or raises ValueError with the reason (the roster)."""
 
 
+MAX_VERIFIED = 4096
+"""Certificates whose CA verdict is kept (`SecaggAdapter._issued`); more than any consortium."""
+
+
+@dataclass(frozen=True)
+class _Issued:
+    """What `verify_peer_certificate` established about one PEM, and its validity dates."""
+
+    identity: Identity
+    public_key: ec.EllipticCurvePublicKey
+    not_before: dt.datetime
+    not_after: dt.datetime
+
+
 @dataclass(frozen=True)
 class Participant:
     """A session participant as this site verified it (CA, roster, distinct), the only form in
@@ -52,6 +70,7 @@ class Participant:
     ident: int
     site: str
     certificate_pem: str
+    public_key: ec.EllipticCurvePublicKey
 
 
 class SecaggAdapter:
@@ -80,6 +99,9 @@ class SecaggAdapter:
         self.cache = cache
         self.audit = audit
         self.check_participant = check_participant
+        # The session this site saved last, with the bytes it saved (`_session`).
+        self._live: tuple[tuple[str, str, int, int], bytes, ClientSession] | None = None
+        self._verified: dict[str, _Issued] = {}  # PEM -> the CA's verdict (`_issued`)
 
     def handle(self, task: federation_pb2.Task, plan: RunPlan) -> bytes:
         """The answer to one secure-aggregation task; raises TaskFailed (already audited)."""
@@ -112,13 +134,16 @@ class SecaggAdapter:
                 if restored.stage is Stage.SHARE_KEYS:
                     return saved.advertisement
             raise SessionRefused(f"session {step.text} was already advertised here")
-        if not self.sessions.claim(step.text):
-            raise SessionRefused(f"session {step.text} was already advertised here")
         mine = next(p.ident for p in participants if p.site == self.site_id)
         peers = {p.ident: p.certificate_pem for p in participants}
-        session = ClientSession(expected, mine, self.identity_key, _public_keys(peers))
+        keys = {p.ident: p.public_key for p in participants}
+        session = ClientSession(expected, mine, self.identity_key, keys)
         out = session.advertise_keys()
-        self._save(step, _Saved(peers, expected.to_bytes(), out, session.to_bytes()))
+        # Claimed and saved in one commit, before the keys leave (claimed once, ever).
+        packed = _pack(_Saved(peers, expected.to_bytes(), out, session.to_bytes()))
+        if not self.sessions.claim_and_save(step.text, _key(step), packed):
+            raise SessionRefused(f"session {step.text} was already advertised here")
+        self._live = (_key(step), packed, session)
         return out
 
     def _continue(self, task: federation_pb2.Task, plan: RunPlan, step: SessionKey) -> bytes:
@@ -126,43 +151,60 @@ class SecaggAdapter:
         if stored is None:
             raise SessionRefused(f"no secure-aggregation session {step.text} here")
         saved = _unpack(stored)
-        session = self._restore(saved)
+        session = self._session(step, stored, saved)
         message = task.secagg.message
         kind = task.kind
-        if kind == K.TASK_KIND_SECAGG_SHARE_KEYS:
-            out = session.share_keys(message)
-        elif kind == K.TASK_KIND_SECAGG_MASKED_INPUT:
-            out = self._masked_input(session, message, step)
-        elif kind == K.TASK_KIND_SECAGG_CONSISTENCY_CHECK:
-            out = session.consistency_check(message)
-        elif kind == K.TASK_KIND_SECAGG_UNMASK:
-            check_survivors(plan, self.policy, len(UnmaskRequest.decode(message).survivors))
-            # From here on the release is in a sum that can be opened (durable first).
-            self.cache.mark_unmasked(step.run_id, step.purpose.value, step.round)
-            out = session.unmask(message)
-            self.audit.append(self.site_id, "unmask_answered", _detail(step))
-        else:
-            raise TaskFailed(K.TASK_ERROR_INVALID_TASK, f"unknown secure-aggregation task {kind}")
-        self._save(step, _Saved(saved.peers, saved.config, saved.advertisement, session.to_bytes()))
+        entry: tuple[str, dict[str, object]] | None = None  # audited once committed
+        # The stage's writes (a binding, the Unmask mark, the new state) commit together, before
+        # anything leaves: one durable commit a stage.
+        with self._one_commit():
+            if kind == K.TASK_KIND_SECAGG_SHARE_KEYS:
+                out = session.share_keys(message)
+            elif kind == K.TASK_KIND_SECAGG_MASKED_INPUT:
+                out, entry = self._masked_input(session, message, step)
+            elif kind == K.TASK_KIND_SECAGG_CONSISTENCY_CHECK:
+                out = session.consistency_check(message)
+            elif kind == K.TASK_KIND_SECAGG_UNMASK:
+                check_survivors(plan, self.policy, len(UnmaskRequest.decode(message).survivors))
+                # From here on the release is in a sum that can be opened (durable first).
+                self.cache.mark_unmasked(step.run_id, step.purpose.value, step.round)
+                out = session.unmask(message)
+                entry = ("unmask_answered", _detail(step))
+            else:
+                raise TaskFailed(
+                    K.TASK_ERROR_INVALID_TASK, f"unknown secure-aggregation task {kind}"
+                )
+            state = session.to_bytes()
+            packed = self._save(step, _Saved(saved.peers, saved.config, saved.advertisement, state))
+        if entry is not None:
+            self.audit.append(self.site_id, *entry)
+        self._live = (_key(step), packed, session)
         return out
 
-    def _masked_input(self, session: ClientSession, message: bytes, step: SessionKey) -> bytes:
+    def _one_commit(self) -> AbstractContextManager[None]:
+        """One transaction for the release cache's and the session store's writes when they
+        share a connection (the agent sets them up so); else each commits on its own (a second
+        connection's write inside the first's transaction would wait for its lock)."""
+        if self.sessions.shares_connection_with(self.cache):
+            return self.cache.transaction()
+        return contextlib.nullcontext()
+
+    def _masked_input(
+        self, session: ClientSession, message: bytes, step: SessionKey
+    ) -> tuple[bytes, tuple[str, dict[str, object]]]:
+        """The masked input and its audit entry; the release is bound to this session first
+        (in the stage's commit): never in another session's sum."""
         cached = self.cache.get(step.run_id, step.purpose.value, step.round)
         if cached is None or cached.vector is None:
             raise SessionRefused("no prepared release to mask")
         out = session.masked_input(message, cached.vector)
-        # Bound before the masked input leaves: never in another session's sum.
         bound = self.cache.bind(step.run_id, step.purpose.value, step.round, step.text)
-        self.audit.append(
-            self.site_id,
-            "release_masked",
-            {
-                **_detail(step),
-                "release_attempt": bound.meta.get("attempt"),
-                "release_sha256": bound.sha256,
-            },
-        )
-        return out
+        detail = {
+            **_detail(step),
+            "release_attempt": bound.meta.get("attempt"),
+            "release_sha256": bound.sha256,
+        }
+        return out, ("release_masked", detail)
 
     # ------------------------------------------------------------------ helpers
     def _refused(self, step: SessionKey, reason: str) -> TaskFailed:
@@ -175,8 +217,20 @@ class SecaggAdapter:
     def _restore(self, saved: _Saved) -> ClientSession:
         return ClientSession.from_bytes(saved.state, self.identity_key, _public_keys(saved.peers))
 
-    def _save(self, step: SessionKey, saved: _Saved) -> None:
-        self.sessions.save(_key(step), _pack(saved))
+    def _session(self, step: SessionKey, stored: bytes, saved: _Saved) -> ClientSession:
+        """The session object this site saved last if `stored` is still exactly what it saved
+        (restoring it costs half a millisecond a stage: state, certificates, key checks), else
+        restored from `stored`. Taken, not shared: a stage that fails midway leaves nothing
+        behind to reuse, and the next one restores from what is stored."""
+        live, self._live = self._live, None
+        if live is not None and live[0] == _key(step) and live[1] == stored:
+            return live[2]
+        return self._restore(saved)
+
+    def _save(self, step: SessionKey, saved: _Saved) -> bytes:
+        packed = _pack(saved)
+        self.sessions.save(_key(step), packed)
+        return packed
 
     def _verify_participants(self, body: federation_pb2.SecaggTask) -> list[Participant]:
         """Every participant: a distinct id, a certificate the consortium CA issued to the site
@@ -187,11 +241,10 @@ class SecaggAdapter:
             ident, site = int(entry.participant_id), entry.site_id
             pem = self._certificate_of(entry)
             try:
-                identity = verify_peer_certificate(
-                    pem.encode(), self.ca_certificate, expected_kind="site"
-                )
+                issued = self._issued(pem)
             except (ValueError, IdentityError) as exc:
                 raise SessionRefused(f"participant {ident} ({site}): {exc}") from None
+            identity = issued.identity
             if identity.name != site:
                 raise SessionRefused(
                     f"participant {ident} claims {site} but its certificate is {identity.name}"
@@ -203,8 +256,32 @@ class SecaggAdapter:
                     self.check_participant(site, pem)
                 except ValueError as exc:
                     raise SessionRefused(f"participant {site}: {exc}") from None
-            verified[ident] = Participant(ident, site, pem)
+            verified[ident] = Participant(ident, site, pem, issued.public_key)
         return [verified[i] for i in sorted(verified)]
+
+    def _issued(self, pem: str) -> _Issued:
+        """`verify_peer_certificate` of a participant's PEM, once per PEM: issued by the CA, an
+        ECDSA key, a site identity, the key usage are facts of its bytes, and re-verifying every
+        participant in every session was 2 ms a round. Its dates are checked at every use."""
+        issued, now = self._verified.get(pem), _now()
+        if issued is None:
+            identity = verify_peer_certificate(
+                pem.encode(), self.ca_certificate, expected_kind="site", now=now
+            )
+            cert = load_certificate(pem)
+            key = cert.public_key()
+            assert isinstance(key, ec.EllipticCurvePublicKey)  # verify_peer_certificate checked
+            issued = _Issued(identity, key, cert.not_valid_before_utc, cert.not_valid_after_utc)
+            if len(self._verified) >= MAX_VERIFIED:
+                self._verified.clear()
+            self._verified[pem] = issued
+            return issued
+        if now < issued.not_before or now > issued.not_after:
+            raise IdentityError(
+                f"certificate is not valid at {now.isoformat()} (valid "
+                f"{issued.not_before.isoformat()} to {issued.not_after.isoformat()})"
+            )
+        return issued
 
     def _certificate_of(self, entry: federation_pb2.ParticipantCertificate) -> str:
         """A participant's certificate: sent in the session (older coordinators), or named by
@@ -220,7 +297,7 @@ class SecaggAdapter:
             )
         if sha256:
             try:
-                actual = certificate_fingerprint(load_certificate(pem))
+                actual = _fingerprint(pem)
             except (IdentityError, ValueError) as exc:
                 raise SessionRefused(f"participant {ident} ({site}): {exc}") from None
             if actual != sha256.lower():
@@ -229,6 +306,16 @@ class SecaggAdapter:
                     " fingerprint names"
                 )
         return pem
+
+
+def _now() -> dt.datetime:
+    """The moment a participant's certificate must be valid at (tests move it)."""
+    return dt.datetime.now(dt.UTC)
+
+
+@functools.lru_cache(maxsize=MAX_VERIFIED)
+def _fingerprint(pem: str) -> str:
+    return certificate_fingerprint(load_certificate(pem))
 
 
 def _key(step: SessionKey) -> tuple[str, str, int, int]:

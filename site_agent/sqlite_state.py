@@ -41,14 +41,21 @@ class SqliteComponent:
 
     def __init__(
         self,
-        conn_or_path: sqlite3.Connection | str | Path,
+        conn_or_path: sqlite3.Connection | str | Path | SqliteComponent,
         schema: tuple[str, ...],
         migrate: Callable[[sqlite3.Connection], None] | None = None,
     ):
         """``migrate`` runs after ``schema``, in the same transaction (an older database is
-        upgraded entirely or not at all)."""
-        self._lock = threading.RLock()
-        if isinstance(conn_or_path, sqlite3.Connection):
+        upgraded entirely or not at all). Given another component, this one shares its
+        connection *and* its lock, so that one `transaction()` can span both (two components
+        on one connection with two locks could interleave their transactions)."""
+        self._lock: threading.RLock = threading.RLock()
+        self._conn: sqlite3.Connection
+        self._owned: bool
+        if isinstance(conn_or_path, SqliteComponent):
+            self._conn, self._owned = conn_or_path._conn, False
+            self._lock = conn_or_path._lock
+        elif isinstance(conn_or_path, sqlite3.Connection):
             self._conn, self._owned = conn_or_path, False
         else:
             self._conn, self._owned = open_state_db(conn_or_path), True
@@ -78,6 +85,17 @@ class SqliteComponent:
                 self._conn.rollback()
                 raise
             self._conn.commit()
+
+    def shares_connection_with(self, other: SqliteComponent) -> bool:
+        """Whether a `transaction()` of one is joined by the other's writes (see __init__)."""
+        return self._conn is other._conn and self._lock is other._lock
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One IMMEDIATE transaction that this component's writes (and those of components that
+        share its connection) join: one durable commit where there were several."""
+        with self._transaction():
+            yield
 
     @contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
