@@ -46,7 +46,9 @@ def test_site_killed_at_every_stage_round_completes_with_exact_sum(
     stub = federation.admin()
     federation.wait_for_sites(stub, 3)
     rounds = len(CRASHES)
-    run_id = submit(stub, e2e_plan(rounds))
+    # every crash costs one deadline: a training step takes the survivors ~2 s here, a stage
+    # milliseconds, so shorter deadlines than the default e2e plan's still leave wide margins
+    run_id = submit(stub, e2e_plan(rounds, train_timeout=12.0, stage_timeout=4.0))
 
     for _, _, round_ in CRASHES:
         deadline = time.monotonic() + 120
