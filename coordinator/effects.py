@@ -82,6 +82,9 @@ class RoundRecord:
     participants: list[str]
     survivors: list[str]
     metrics: dict[str, float] = field(default_factory=dict)
+    epsilon: dict[str, float] = field(default_factory=dict)
+    """ε each site had reported spending in the run when the step was summed (its latest
+    result's figure): the report's ε-over-rounds curve, without access to the audit log."""
 
     def to_json(self) -> dict[str, Any]:
         """The spelling in snapshots, audit entries and model cards (one for all three)."""
@@ -92,6 +95,7 @@ class RoundRecord:
             "participants": list(self.participants),
             "survivors": list(self.survivors),
             "metrics": dict(self.metrics),
+            "epsilon": dict(self.epsilon),
         }
 
     @classmethod
@@ -104,6 +108,7 @@ class RoundRecord:
             participants=list(data["participants"]),
             survivors=list(data["survivors"]),
             metrics=dict(data["metrics"]),
+            epsilon=dict(data.get("epsilon", {})),  # absent before the field existed
         )
 
 

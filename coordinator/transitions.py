@@ -60,6 +60,7 @@ class RunTransitions:
     tasks: dict[str, PendingTask]
     history: list[RoundRecord]
     published: dict[str, dict[str, float]]
+    privacy: dict[str, dict[str, float]]
     stats: ConsortiumStats | None
     global_vector: np.ndarray | None
     global_round: int
@@ -224,6 +225,7 @@ class RunTransitions:
             participants=sorted(self.session_sites.values()),
             survivors=list(summed.survivors),
             metrics=metrics,
+            epsilon={s: p["epsilon_run"] for s, p in self.privacy.items() if "epsilon_run" in p},
         )
         self.history.append(record)
         self._effects.append(StepAggregated(record, total))

@@ -115,7 +115,8 @@ def epsilon_series(
     audit: Iterable[Mapping[str, Any]] | None,
 ) -> tuple[dict[str, list[tuple[int, float]]], bool]:
     """Per site, (round, ε spent so far in the run): from the audit's `result` entries when
-    there are any (over rounds), else the final figure of the status or the card."""
+    there are any, else from the ε each aggregation record kept (both over rounds), else the
+    final figure of the status or the card."""
     series: dict[str, dict[int, float]] = {}
     for entry in audit or []:
         detail = entry.get("detail", {})
@@ -127,6 +128,12 @@ def epsilon_series(
         rounds = series.setdefault(actor.removeprefix("site:"), {})
         r = int(detail.get("round", 0))
         rounds[r] = max(rounds.get(r, 0.0), float(detail["epsilon_run"]))
+    if not series:  # no audit to read: the ε each step's record kept (coordinator/effects.py)
+        for record in card.get("history", []):
+            for site, eps in (record.get("epsilon") or {}).items():
+                rounds = series.setdefault(site, {})
+                r = int(record.get("round", 0))
+                rounds[r] = max(rounds.get(r, 0.0), float(eps))
     if series:
         return {s: sorted(r.items()) for s, r in series.items()}, True
     final: dict[str, float] = {

@@ -185,6 +185,18 @@ def test_epsilon_falls_back_to_the_final_figures_without_an_audit() -> None:
     assert over_rounds and len(series["hospital-a"]) == ROUNDS + 1
 
 
+def test_without_an_audit_the_records_epsilon_gives_the_curve_over_rounds() -> None:
+    card = json.loads(crafted_export().model_card_json)
+    for r, record in enumerate(card["history"]):
+        record["epsilon"] = {"hospital-a": 0.1 * (r + 1), "hospital-b": 0.2 * (r + 1)}
+    series, over_rounds = epsilon_series(card, crafted_status(), None)
+    assert over_rounds
+    rounds = sorted({int(record["round"]) for record in card["history"]})
+    assert [r for r, _ in series["hospital-a"]] == rounds
+    eps = [e for _, e in series["hospital-b"]]
+    assert eps == sorted(eps) and eps[-1] == pytest.approx(0.2 * len(card["history"]))
+
+
 def test_fedctl_report_is_registered_and_explains_a_missing_matplotlib(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
