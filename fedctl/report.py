@@ -270,7 +270,13 @@ def write_report(
     # privacy
     series, over_rounds = epsilon_series(card, status, audit)
     if series:
-        how = "after each result, from the audit log" if over_rounds else "final, from the status"
+        how = "final, from the status"
+        if over_rounds:
+            how = (
+                "after each result, from the audit log"
+                if audit
+                else "at each aggregation, from the model card's history"
+            )
         body = image_html(
             plots.epsilon_plot(series, plan.privacy.epsilon, over_rounds), "epsilon"
         ) + (
