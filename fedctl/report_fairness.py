@@ -71,20 +71,7 @@ def _subgroup_body(rows: list[dict[str, Any]], metrics: Mapping[str, float]) -> 
         ],
     )
     gaps = subgroup_gaps(metrics)
-    gap_table = table_html(
-        ["feature", "metric", "highest", "lowest", "gap (95% CI)", "larger than its uncertainty"],
-        [
-            [
-                g["feature"],
-                g["metric"],
-                g["highest"],
-                g["lowest"],
-                _gap_text(g),
-                "⚠ yes" if g["flagged"] else "no",
-            ]
-            for g in gaps
-        ],
-    )
+    gap_table = gap_table_html(gaps, feature_column=True)
     figure = image_html(subgroup_plot(rows), "subgroup c_windowed, ibs and O/E")
     return (
         figure
@@ -109,6 +96,26 @@ def _calibration_line(metrics: Mapping[str, float]) -> str:
         f'<p class="note">Consortium calibration in the large, observed / expected events'
         f" (oe_ratio): {_with_interval(metrics, 'oe_ratio')}; 1 = calibrated, above 1 the"
         " model predicts too few events.</p>"
+    )
+
+
+def gap_table_html(gaps: Sequence[Mapping[str, Any]], *, feature_column: bool) -> str:
+    """The gap table of `subgroup_gaps` rows (subgroups, or sites as the levels of one
+    feature): highest against lowest level, the gap's interval and whether it is flagged."""
+    head = ["metric", "highest", "lowest", "gap (95% CI)", "larger than its uncertainty"]
+    return table_html(
+        (["feature"] if feature_column else []) + head,
+        [
+            ([g["feature"]] if feature_column else [])
+            + [
+                g["metric"],
+                g["highest"],
+                g["lowest"],
+                _gap_text(g),
+                "⚠ yes" if g["flagged"] else "no",
+            ]
+            for g in gaps
+        ],
     )
 
 

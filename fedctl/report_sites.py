@@ -17,7 +17,7 @@ from typing import Any
 
 from fedctl.model_card import evaluations
 from fedctl.model_card_sites import per_site_analyses
-from fedctl.report_fairness import _count, _gap_text
+from fedctl.report_fairness import _count, gap_table_html
 from fedctl.report_html import section_html, table_html
 from federation.metric_intervals import Z95
 from federation.site_metrics import site_rows
@@ -47,23 +47,7 @@ def site_section(card: Mapping[str, Any]) -> str:
         ],
     )
     gaps = analyses["gaps"]
-    gap_table = (
-        table_html(
-            ["metric", "highest", "lowest", "gap (95% CI)", "larger than its uncertainty"],
-            [
-                [
-                    g["metric"],
-                    g["highest"],
-                    g["lowest"],
-                    _gap_text(g),
-                    "⚠ yes" if g["flagged"] else "no",
-                ]
-                for g in gaps
-            ],
-        )
-        if gaps
-        else ""
-    )
+    gap_table = gap_table_html(gaps, feature_column=False) if gaps else ""
     body = (
         table + '<p class="note">Each site\'s own figures on its held-out rows, where its policy'
         " publishes them (policy.publish_own_metrics, off by default): a separate release with"
