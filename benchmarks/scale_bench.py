@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sqlite3
 import statistics
 import sys
@@ -46,7 +45,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _report, round_bench (by file name)
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _cpu_windows import CpuSampler
+from _cpu_windows import CpuSampler, process_cpu_s
 from _report import print_table, write_json
 from round_bench import hidden_width_for, round_windows, run_until_done
 
@@ -78,9 +77,7 @@ SMALL_SITE_POLICY = {"min_cohort_size": 20}
 
 def _proc_figures(pid: int) -> tuple[float, float, int]:
     """(CPU seconds, peak RSS in MB, bytes written) of a live process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    cpu = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    cpu = process_cpu_s(pid)
     peak_kb = 0
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
