@@ -6,18 +6,17 @@ bulk of a session's answers (or it saves nothing)."""
 from __future__ import annotations
 
 import dataclasses
-import itertools
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from coordinator import snapshot
-from coordinator.effects import Phase, StepPart
+from coordinator.effects import Effect, StepPart
 from coordinator.engine import RunEngine
+from coordinator.messages import PendingTask, SiteResult
 from federation.tasks import TaskKind
-from tests.unit.coordinator.test_engine import FakeSite, _plan
+from tests.unit.coordinator.test_engine import _run
 
 pytestmark = pytest.mark.unit
 
@@ -30,41 +29,26 @@ def _drive(
     """Run to the end; check the invariant after every result. Returns (session answers,
     answer-only ones). A site in `dropped` goes silent at that (kind, round); every
     `epsilon_every`-th session answer reports a new ε (0: never)."""
-    plan = _plan(rounds=2)
-    names = [f"site-{i}" for i in range(n_sites)]
-    ids = (f"task-{i}" for i in itertools.count())
-    now = 1000.0
-    engine, _ = RunEngine.start("run-1", plan, names, now, ids=lambda: next(ids))
-    sites = {name: FakeSite(name, np.random.default_rng(i)) for i, name in enumerate(names)}
-    silent: set[str] = set()
-    answers = quiet = 0
-    for _ in range(10_000):
-        if engine.phase in (Phase.FINISHING, Phase.DONE):
-            break
-        progressed = False
-        for name in names:
-            task = engine.task_for(name)
-            if task is None or name in silent:
-                continue
-            if dropped.get(name) == (task.kind, task.round):
-                silent.add(name)
-                continue
-            result = sites[name].answer(task, engine)
-            if task.kind.is_secagg:
-                answers += 1
-                if epsilon_every and answers % epsilon_every == 0:
-                    result = dataclasses.replace(result, epsilon_run=answers / 100.0)
-            before = snapshot.restart_key(engine)
-            engine.on_result(name, result, now)
-            if engine.answer_only:
-                quiet += 1
-                assert engine.step is StepPart.SECAGG
-                assert snapshot.restart_key(engine) == before, (name, task.kind)
-            progressed = True
-        if not progressed:
-            now += 61.0
-            engine.tick(now)
-    return answers, quiet
+    drop: dict[tuple[TaskKind, int], set[str]] = {}
+    for site, at in dropped.items():
+        drop.setdefault(at, set()).add(site)
+    counts = {"answers": 0, "quiet": 0}
+
+    def answer(engine: RunEngine, site: str, task: PendingTask, result: SiteResult) -> list[Effect]:
+        if task.kind.is_secagg:
+            counts["answers"] += 1
+            if epsilon_every and counts["answers"] % epsilon_every == 0:
+                result = dataclasses.replace(result, epsilon_run=counts["answers"] / 100.0)
+        before = snapshot.restart_key(engine)
+        effects = engine.on_result(site, result, 1000.0)
+        if engine.answer_only:
+            counts["quiet"] += 1
+            assert engine.step is StepPart.SECAGG
+            assert snapshot.restart_key(engine) == before, (site, task.kind)
+        return effects
+
+    _run(n_sites, rounds=2, drop=drop, answer=answer)
+    return counts["answers"], counts["quiet"]
 
 
 def test_most_answers_of_a_session_are_answer_only() -> None:

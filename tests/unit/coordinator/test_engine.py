@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -146,8 +147,11 @@ def _run(
     drop: dict[tuple[TaskKind, int], set[str]] | None = None,
     attempts: int = 3,
     optimizer: str = "fedavg",
+    answer: Callable[[RunEngine, str, PendingTask, SiteResult], list[Effect]] | None = None,
 ) -> tuple[RunEngine, dict[str, FakeSite], Aggregates]:
-    """Drive an engine to the end; sites in drop[(kind, round)] go silent on that task."""
+    """Drive an engine to the end; sites in drop[(kind, round)] go silent on that task.
+    `answer(engine, site, task, result)` feeds each result (default: `engine.on_result`), for
+    tests that change or check around it."""
     plan = _plan(rounds, attempts, optimizer)
     names = [f"site-{i}" for i in range(n_sites)]
     ids = (f"task-{i}" for i in itertools.count())
@@ -167,7 +171,11 @@ def _run(
             if drop and name in drop.get((task.kind, task.round), set()):
                 silent.add(name)  # crashed: never answers again
                 continue
-            effects = engine.on_result(name, sites[name].answer(task, engine), clock[0])
+            result = sites[name].answer(task, engine)
+            if answer is None:
+                effects = engine.on_result(name, result, clock[0])
+            else:
+                effects = answer(engine, name, task, result)
             aggregates += _aggregates(effects)
             progressed = True
         if not progressed:
