@@ -1,4 +1,7 @@
-"""An engine to and from the store: one small JSON state plus named float32 vectors.
+"""An engine to and from the store: one JSON state plus named float32 vectors.
+
+The state is one document here; the store keeps it as rows (a head, a part per site, the round
+records: `coordinator/state_parts.py`) and writes only those a change touched.
 
 The application saves a snapshot after every engine change, in the same transaction as the
 change's audit entries, so a coordinator killed at any instant restarts from the last change it

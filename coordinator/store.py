@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from coordinator.run_rows import RunRows
 from coordinator.store_rows import SCHEMA, Aggregate, RunRow, SiteRow
 from coordinator.wal import WalCommits
 from federation.audit import AuditLog
@@ -42,6 +43,7 @@ class CoordinatorStore:
         self._site_policies: dict[str, dict[str, Any]] = {}
         self._commits = WalCommits(self._conn, self.path, on_rollback=self._forget_cached)
         self._conn.executescript(SCHEMA)
+        self._runs = RunRows(self._conn)
         self._clock = clock
         # Writes coordinator.sqlite.head beside the store: on every tick that committed appends
         # (`flush`), not after each commit (see there).
@@ -211,57 +213,72 @@ class CoordinatorStore:
         is also kept per round: written again whenever `global_round` moves, even unchanged.
         """
         run_id = state["run_id"]
-        now = self._clock()
+        try:
+            with self.transaction():
+                run_committed = self._runs.write(run_id, self._clock(), state, submitted_by)
+                vectors_committed = self._write_vectors(run_id, vectors, global_round)
+                for purpose, round_, attempt, survivors, total in aggregates:
+                    self._conn.execute(
+                        "INSERT OR REPLACE INTO aggregates VALUES (?, ?, ?, ?, ?, ?)",
+                        (
+                            run_id,
+                            purpose,
+                            round_,
+                            attempt,
+                            json.dumps(survivors),
+                            np.ascontiguousarray(total, dtype="<u4").tobytes(),
+                        ),
+                    )
+                for site_id, epsilon in (lifetime_epsilon or {}).items():
+                    self._record_lifetime_epsilon(site_id, epsilon)
+                for actor, action, detail in audit:
+                    self.audit.append(actor, action, detail)
+        except BaseException:
+            self._runs.forget(run_id)  # what it wrote is unknown: rewrite it whole next time
+            raise
+        # only once committed: after a rollback the next save writes them again
+        run_committed()
+        vectors_committed()
+
+    def _write_vectors(
+        self, run_id: str, vectors: dict[str, np.ndarray], global_round: int | None
+    ) -> Callable[[], None]:
+        """Write the vectors whose bytes changed (and the round's global vector) inside the
+        caller's transaction; returns what to call once it committed (`save_run`)."""
         written: list[tuple[tuple[str, str], bytes]] = []
         round_written: int | None = None
-        with self.transaction():
-            self._write_state(run_id, now, state, submitted_by)
-            for name, vector in vectors.items():
-                key = (run_id, name)
-                array = np.ascontiguousarray(vector, dtype="<f4")
-                digest = hashlib.sha256(array.data).digest()  # the buffer, not a copy
-                changed = self._saved_vectors.get(key) != digest
-                new_round = (
-                    name == "global_vector"
-                    and global_round is not None
-                    and (changed or self._saved_rounds.get(run_id) != global_round)
-                )
-                if not (changed or new_round):
-                    continue
-                blob = array.tobytes()
-                if changed:
-                    self._conn.execute(
-                        "INSERT OR REPLACE INTO run_vectors (run_id, name, data) VALUES (?, ?, ?)",
-                        (run_id, name, blob),
-                    )
-                    written.append((key, digest))
-                if new_round:
-                    self._conn.execute(
-                        "INSERT OR REPLACE INTO round_vectors (run_id, round, data) "
-                        "VALUES (?, ?, ?)",
-                        (run_id, global_round, blob),
-                    )
-                    round_written = global_round
-            for purpose, round_, attempt, survivors, total in aggregates:
+        for name, vector in vectors.items():
+            key = (run_id, name)
+            array = np.ascontiguousarray(vector, dtype="<f4")
+            digest = hashlib.sha256(array.data).digest()  # the buffer, not a copy
+            changed = self._saved_vectors.get(key) != digest
+            new_round = (
+                name == "global_vector"
+                and global_round is not None
+                and (changed or self._saved_rounds.get(run_id) != global_round)
+            )
+            if not (changed or new_round):
+                continue
+            blob = array.tobytes()
+            if changed:
                 self._conn.execute(
-                    "INSERT OR REPLACE INTO aggregates VALUES (?, ?, ?, ?, ?, ?)",
-                    (
-                        run_id,
-                        purpose,
-                        round_,
-                        attempt,
-                        json.dumps(survivors),
-                        np.ascontiguousarray(total, dtype="<u4").tobytes(),
-                    ),
+                    "INSERT OR REPLACE INTO run_vectors (run_id, name, data) VALUES (?, ?, ?)",
+                    (run_id, name, blob),
                 )
-            for site_id, epsilon in (lifetime_epsilon or {}).items():
-                self._record_lifetime_epsilon(site_id, epsilon)
-            for actor, action, detail in audit:
-                self.audit.append(actor, action, detail)
-        # only once committed: after a rollback the next save writes them again
-        self._saved_vectors.update(written)
-        if round_written is not None:
-            self._saved_rounds[run_id] = round_written
+                written.append((key, digest))
+            if new_round:
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO round_vectors (run_id, round, data) VALUES (?, ?, ?)",
+                    (run_id, global_round, blob),
+                )
+                round_written = global_round
+
+        def committed() -> None:
+            self._saved_vectors.update(written)
+            if round_written is not None:
+                self._saved_rounds[run_id] = round_written
+
+        return committed
 
     def record(
         self,
@@ -280,39 +297,13 @@ class CoordinatorStore:
             for actor, action, detail in audit:
                 self.audit.append(actor, action, detail)
 
-    def _write_state(
-        self, run_id: str, now: float, state: dict[str, Any], submitted_by: str
-    ) -> None:
-        """The run's row: its JSON state, status and times (inside the caller's transaction)."""
-        self._conn.execute(
-            """INSERT INTO runs (run_id, submitted, updated, status, submitted_by, state_json)
-               VALUES (?, ?, ?, ?, ?, ?)
-               ON CONFLICT(run_id) DO UPDATE SET updated = excluded.updated,
-                   status = excluded.status, state_json = excluded.state_json""",
-            (run_id, now, now, state["status"], submitted_by, json.dumps(state)),
-        )
-
     def runs(self, limit: int = 0) -> list[RunRow]:
         """Runs, newest first (`limit` 0: all): what a restart resumes and ListRuns shows."""
-        query = (
-            "SELECT run_id, submitted, updated, status, submitted_by, state_json FROM runs "
-            "ORDER BY submitted DESC"
-        )
-        rows = self._conn.execute(query + (f" LIMIT {int(limit)}" if limit > 0 else "")).fetchall()
-        return [RunRow(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in rows]
+        return self._runs.runs(limit)
 
     def run(self, run_id: str) -> RunRow | None:
         """One run's row, for a finished run's status and submission times."""
-        row = self._conn.execute(
-            "SELECT run_id, submitted, updated, status, submitted_by, state_json FROM runs "
-            "WHERE run_id = ?",
-            (run_id,),
-        ).fetchone()
-        return (
-            None
-            if row is None
-            else RunRow(row[0], row[1], row[2], row[3], row[4], json.loads(row[5]))
-        )
+        return self._runs.run(run_id)
 
     def run_vectors(self, run_id: str) -> dict[str, np.ndarray]:
         """A run's named float32 vectors (global model, optimiser moments), for restoring it."""

@@ -24,6 +24,18 @@ CREATE TABLE IF NOT EXISTS runs (
     submitted_by TEXT NOT NULL,
     state_json TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS run_parts (
+    run_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    part_json TEXT NOT NULL,
+    PRIMARY KEY (run_id, name)
+);
+CREATE TABLE IF NOT EXISTS run_history (
+    run_id TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    record_json TEXT NOT NULL,
+    PRIMARY KEY (run_id, idx)
+);
 CREATE TABLE IF NOT EXISTS run_vectors (
     run_id TEXT NOT NULL,
     name TEXT NOT NULL,
@@ -67,8 +79,9 @@ class SiteRow:
 
 @dataclass(frozen=True)
 class RunRow:
-    """A run as stored: its last snapshot (`state`, see coordinator/snapshot.py) and who
-    submitted it, which the snapshot does not hold."""
+    """A run as stored: its last snapshot (`state`, see coordinator/snapshot.py; kept as rows
+    by coordinator/state_parts.py and joined again on reading) and who submitted it, which the
+    snapshot does not hold."""
 
     run_id: str
     submitted: float
