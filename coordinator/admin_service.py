@@ -22,12 +22,14 @@ from federation.vectors import encode_vector
 from federation.wire.v1 import admin_pb2, admin_pb2_grpc
 
 ONLINE_WINDOW_S = 2 * MAX_POLL_WAIT_S
-"""A site is ONLINE while its last RPC (Hello, PullTask or PushResult) is younger than this.
+"""A site is ONLINE while its last RPC (Hello, PullTask, PushResult or PushAndPull) is younger
+than this.
 
-A live agent opens a PullTask as soon as the previous one returns, and the coordinator holds one
-at most MAX_POLL_WAIT_S (25 s), so a healthy site is never silent for longer than one long-poll
-plus the time it takes to answer a task; twice the long-poll wait (50 s) tolerates one poll lost
-to a network blip, while a dead agent shows OFFLINE at most 50 s after its last call."""
+A live agent opens a long-poll (PullTask, or PushAndPull with its answer) as soon as the previous
+one returns, and the coordinator holds one at most MAX_POLL_WAIT_S (25 s), so a healthy site is
+never silent for longer than one long-poll plus the time it takes to answer a task; twice the
+long-poll wait (50 s) tolerates one poll lost to a network blip, while a dead agent shows OFFLINE
+at most 50 s after its last call."""
 MAX_PLAN_BYTES = 1_000_000
 
 

@@ -54,6 +54,7 @@ AUTHORISATION: Mapping[str, frozenset[Principal]] = MappingProxyType(
         _FEDERATION + "Hello": SITE,
         _FEDERATION + "PullTask": SITE,
         _FEDERATION + "PushResult": SITE,
+        _FEDERATION + "PushAndPull": SITE,
         _FEDERATION + "GetCertificates": SITE,
         # operator -> coordinator: changing runs or taking a model out needs the admin role
         _ADMIN + "SubmitRun": ADMIN,

@@ -1,4 +1,4 @@
-"""The site-facing gRPC service: Hello, PullTask (long-poll), PushResult.
+"""The site-facing gRPC service: Hello, PullTask (long-poll), PushResult, PushAndPull (both).
 
 Hospitals accept no inbound connections, so everything a site does starts here. The caller is
 the peer certificate's site (`current_identity`, set by the authorisation interceptor), never a
@@ -80,7 +80,36 @@ class FederationService(federation_pb2_grpc.FederationServicer):
         Holding the call open is what lets a site behind a firewall hear of work promptly."""
         site = await self._site(request.site_id, context)
         self.c.store.touch_site(site)
-        wait = min(request.wait_ms / 1000.0, MAX_POLL_WAIT_S)
+        return await self._next_task(site, request.wait_ms)
+
+    async def PushResult(
+        self, request: federation_pb2.TaskResult, context: aio.ServicerContext
+    ) -> federation_pb2.PushAck:
+        """Take a site's answer to its outstanding task; persisted before the site is answered.
+
+        A result for any other task (a replay) is refused with FAILED_PRECONDITION, a value out
+        of range with INVALID_ARGUMENT, before the engine sees it; both are audited."""
+        site = await self._site("", context)
+        self.c.store.touch_site(site)
+        duplicate = await self._take_result(site, request, context)
+        return federation_pb2.PushAck(task_id=request.task_id, duplicate=duplicate)
+
+    async def PushAndPull(
+        self, request: federation_pb2.PushAndPullRequest, context: aio.ServicerContext
+    ) -> federation_pb2.Task:
+        """PushResult, then PullTask, in one call: the same result checks and refusals (a
+        refused result ends the call with its status and no task), persisted before the
+        long-poll starts. Half the RPCs per site and stage, and so half the TLS, interceptor and
+        servicer work the coordinator does for each site in a round."""
+        site = await self._site("", context)
+        self.c.store.touch_site(site)
+        await self._take_result(site, request.result, context)
+        return await self._next_task(site, request.wait_ms)
+
+    async def _next_task(self, site: str, wait_ms: int) -> federation_pb2.Task:
+        """The long-poll of PullTask and PushAndPull: `site`'s current task, waiting up to
+        `wait_ms` (capped at MAX_POLL_WAIT_S) for one, else an IDLE task."""
+        wait = min(wait_ms / 1000.0, MAX_POLL_WAIT_S)
         loop = asyncio.get_running_loop()
         give_up = loop.time() + wait
         while True:
@@ -95,15 +124,13 @@ class FederationService(federation_pb2_grpc.FederationServicer):
                 )
             await self.c.wait_for_task(site, remaining)
 
-    async def PushResult(
-        self, request: federation_pb2.TaskResult, context: aio.ServicerContext
-    ) -> federation_pb2.PushAck:
-        """Take a site's answer to its outstanding task; persisted before the site is answered.
-
-        A result for any other task (a replay) is refused with FAILED_PRECONDITION, a value out
-        of range with INVALID_ARGUMENT, before the engine sees it; both are audited."""
-        site = await self._site("", context)
-        self.c.store.touch_site(site)
+    async def _take_result(
+        self, site: str, request: federation_pb2.TaskResult, context: aio.ServicerContext
+    ) -> bool:
+        """The push of PushResult and PushAndPull: check `site`'s result and hand it to its
+        engine; True if it had been taken already (a retried push). A refusal aborts the call
+        (FAILED_PRECONDITION: answers no outstanding task; INVALID_ARGUMENT: a value out of
+        range), audited, before the engine sees the result."""
         kind = task_kind_from_wire(request.kind)
         engine = self.c.engine_for_result(site, request.task_id)
         if engine is None or kind is None:
@@ -130,7 +157,7 @@ class FederationService(federation_pb2_grpc.FederationServicer):
                 log.warning("published metrics from %s refused: %s", site, exc.reason)
         result = convert.result_from_wire(request, kind, published_refused=refused)
         try:
-            duplicate = self.c.take_result(engine, site, result, len(request.payload))
+            return self.c.take_result(engine, site, result, len(request.payload))
         except ResultRejected as exc:  # audited by take_result
             code = (
                 grpc.StatusCode.INVALID_ARGUMENT
@@ -139,7 +166,6 @@ class FederationService(federation_pb2_grpc.FederationServicer):
             )
             await context.abort(code, exc.reason)
             raise AssertionError("unreachable") from None
-        return federation_pb2.PushAck(task_id=request.task_id, duplicate=duplicate)
 
     async def GetCertificates(
         self, request: federation_pb2.GetCertificatesRequest, context: aio.ServicerContext

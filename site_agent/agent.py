@@ -1,14 +1,14 @@
 """The site agent: the outbound-only connection loop that pulls tasks and pushes answers.
 
 Hospitals accept no inbound connections, so the agent calls out: `Hello` (its policy summary; the
-coordinator's roster and suggested long-poll wait come back), then `PullTask` long-polls and
-`PushResult` answers, forever. It reconnects with capped, jittered exponential backoff, so a
-coordinator restart shows up only as a log line, and it writes a heartbeat file for the container
-health check. When the coordinator is unavailable, `site_agent.connection.diagnose` says why
-(name, port, which certificate and why), logged once per cause rather than once per attempt; an
-expired site certificate stops the agent at start. What a task *means* is
-`site_agent.handlers`: every release is charged to the privacy ledger before it can leave the
-site, and every decision is written to the audit log.
+coordinator's roster and suggested long-poll wait come back), then it answers each task and
+long-polls for the next in one `PushAndPull` (`site_agent.serve_loop`), forever. It reconnects
+with capped, jittered exponential backoff, so a coordinator restart shows up only as a log line,
+and it writes a heartbeat file for the container health check. When the coordinator is
+unavailable, `site_agent.connection.diagnose` says why (name, port, which certificate and why),
+logged once per cause rather than once per attempt; an expired site certificate stops the agent
+at start. What a task *means* is `site_agent.handlers`: every release is charged to the privacy
+ledger before it can leave the site, and every decision is written to the audit log.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from site_agent.cache import ReleaseCache, SessionStore
 from site_agent.config import SiteConfig
 from site_agent.connection import diagnose
 from site_agent.connection_problems import ConnectionProblem, check_own_certificate
-from site_agent.handlers import TaskHandlers, kind_label
+from site_agent.handlers import TaskHandlers
 from site_agent.ledger import PrivacyLedger
 from site_agent.opacus_adapters import warm_up
 from site_agent.peer_certificates import PeerCertificates
@@ -48,12 +48,11 @@ from site_agent.retention import PurgeCounts, purge_expired
 from site_agent.roster import SiteRoster
 from site_agent.sealing import StateSealer, load_state_key
 from site_agent.secagg_adapter import SecaggAdapter
-from site_agent.session_peers import prepare_session
+from site_agent.serve_loop import serve
 from site_agent.split import split_fingerprint
 
 log = logging.getLogger("concordia.site")
 
-APPROVAL_POLL_S = 5.0
 POLL_WAIT_MS = 20_000
 INITIAL_BACKOFF_S = 1.0
 MAX_BACKOFF_S = 30.0
@@ -346,44 +345,7 @@ class SiteAgent:
                 log.exception("cannot write the audit head file")
 
     async def _serve(self, stub: federation_pb2_grpc.FederationStub) -> None:
-        """Pull, answer, push, forever; a result the coordinator rejects is logged, not retried
-        (it answers no outstanding task), any other RPC failure reconnects."""
-        while True:
-            task = await stub.PullTask(
-                federation_pb2.PullTaskRequest(site_id=self.site_id, wait_ms=self.poll_wait_ms)
-            )
-            if task.kind == federation_pb2.TASK_KIND_IDLE or not task.task_id:
-                if task.retry_after_ms:
-                    await asyncio.sleep(task.retry_after_ms / 1000)
-                continue
-            started = time.monotonic()
-            self.last_task = kind_label(task.kind)
-            await prepare_session(
-                stub, task, self.roster, self.peer_certificates, lambda: self._hello(stub)
-            )
-            result = await asyncio.to_thread(self.handle, task)
-            log.info(
-                "%s %s round %d: %s in %.3f s",
-                task.run_id,
-                self.last_task,
-                task.round,
-                "refused" if result.HasField("error") else "done",
-                time.monotonic() - started,
-            )
-            try:
-                await stub.PushResult(result)
-            except aio.AioRpcError as exc:
-                if exc.code() in (
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                ):
-                    log.warning("coordinator rejected our result: %s", exc.details())
-                    continue
-                raise
-            if (
-                result.error.code == federation_pb2.TASK_ERROR_APPROVAL_PENDING
-                and not task.plan_offer.dry_run  # a dry run's note: nothing to ask again
-            ):
-                # The offer stays open until a person decides; ask again in a while, not in a
-                # tight loop (the coordinator hands the same offer back at once).
-                await asyncio.sleep(APPROVAL_POLL_S)
+        """Answer tasks on this connection until an RPC fails (then `_connect_forever`
+        reconnects): each result goes back with the request for the next task in one
+        `PushAndPull`, with `PushResult` + `PullTask` where it cannot (site_agent/serve_loop.py)."""
+        await serve(self, stub, lambda: self._hello(stub))

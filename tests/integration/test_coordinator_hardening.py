@@ -165,7 +165,11 @@ def test_malformed_requests_cost_one_rate_limited_line_and_no_traceback(
     fed: LocalFederation,
 ) -> None:
     for payload in GARBAGE:
-        for message in (federation_pb2.TaskResult, federation_pb2.HelloRequest):
+        for message in (
+            federation_pb2.TaskResult,
+            federation_pb2.HelloRequest,
+            federation_pb2.PushAndPullRequest,
+        ):
             with pytest.raises(DecodeError):
                 message.FromString(payload)
     site_kit = TlsKit.from_kit_dir(fed.site_kit("hospital-b"))
@@ -176,6 +180,7 @@ def test_malformed_requests_cost_one_rate_limited_line_and_no_traceback(
         _raw(site, FEDERATION + "PushResult"),
         _raw(site, FEDERATION + "Hello"),
         _raw(site, FEDERATION + "PullTask"),
+        _raw(site, FEDERATION + "PushAndPull"),
         _raw(operator, "/concordia.federation.v1.Admin/GetRun"),
     ]
     log_before = fed.log_text("coordinator")

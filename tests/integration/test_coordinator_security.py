@@ -204,6 +204,112 @@ def test_replayed_result_from_an_earlier_stage_is_refused_and_audited(
     fed.admin().StopRun(admin_pb2.StopRunRequest(run_id=run_id, reason="test over"))
 
 
+def _answer(task: federation_pb2.Task) -> federation_pb2.TaskResult:
+    return federation_pb2.TaskResult(task_id=task.task_id, kind=task.kind)
+
+
+def _push_and_pull(
+    stub: federation_pb2_grpc.FederationStub, result: federation_pb2.TaskResult, wait_ms: int
+) -> federation_pb2.Task:
+    request = federation_pb2.PushAndPullRequest(result=result, wait_ms=wait_ms)
+    task: federation_pb2.Task = stub.PushAndPull(request, timeout=10)
+    return task
+
+
+def _finish_earlier_runs(stub: federation_pb2_grpc.FederationStub, site: str) -> None:
+    """Acknowledge the RUN_FINISHED tasks the runs stopped by earlier tests left for `site`."""
+    while True:
+        task = stub.PullTask(federation_pb2.PullTaskRequest(site_id=site, wait_ms=0))
+        if task.kind == federation_pb2.TASK_KIND_IDLE:
+            return
+        assert task.kind == federation_pb2.TASK_KIND_RUN_FINISHED, task.kind
+        stub.PushResult(_answer(task))
+
+
+def _refused(call: Callable[[], object]) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    code: grpc.StatusCode = caught.value.code()
+    return code
+
+
+def test_push_and_pull_takes_the_result_answers_the_next_task_and_refuses_as_push_result(
+    fed: LocalFederation,
+) -> None:
+    plan = PLAN.replace("quorum = 2\n", 'quorum = 2\nsites = ["hospital-a", "hospital-b"]\n')
+    a, b = (_site_stub(fed, name) for name in ("hospital-a", "hospital-b"))
+    for stub, name in ((a, "hospital-a"), (b, "hospital-b")):
+        stub.Hello(federation_pb2.HelloRequest(site_id=name))
+        _finish_earlier_runs(stub, name)
+    run_id = fed.admin().SubmitRun(admin_pb2.SubmitRunRequest(plan_text=plan)).run_id
+    assert run_id
+    offer_a = a.PullTask(federation_pb2.PullTaskRequest(site_id="hospital-a", wait_ms=5000))
+    offer_b = b.PullTask(federation_pb2.PullTaskRequest(site_id="hospital-b", wait_ms=5000))
+    assert {offer_a.kind, offer_b.kind} == {federation_pb2.TASK_KIND_PLAN_OFFER}
+    # hospital-a cannot answer hospital-b's task: it is outstanding for b, not for a
+    assert _refused(lambda: _push_and_pull(a, _answer(offer_b), 0)) == (
+        grpc.StatusCode.FAILED_PRECONDITION
+    )
+    # a value out of range is INVALID_ARGUMENT, as with PushResult, and changes nothing
+    bad = _answer(offer_a)
+    bad.privacy.epsilon_spent_run = float("nan")
+    assert _refused(lambda: _push_and_pull(a, bad, 0)) == grpc.StatusCode.INVALID_ARGUMENT
+    # taken (re-sending it is a duplicate); nothing is due for a until b has answered too
+    assert _push_and_pull(a, _answer(offer_a), 300).kind == federation_pb2.TASK_KIND_IDLE
+    assert a.PushResult(_answer(offer_a)).duplicate
+    # b's offer is still b's to answer: one call takes it and hands b its next task
+    stats_b = _push_and_pull(b, _answer(offer_b), 5000)
+    assert stats_b.kind == federation_pb2.TASK_KIND_FEDERATED_STATS and stats_b.run_id == run_id
+    stats_a = a.PullTask(federation_pb2.PullTaskRequest(site_id="hospital-a", wait_ms=5000))
+    assert stats_a.kind == federation_pb2.TASK_KIND_FEDERATED_STATS
+    # the last answer re-sent is a duplicate: the call answers with the current task
+    assert _push_and_pull(a, _answer(offer_a), 0).task_id == stats_a.task_id
+    # once a has answered the statistics, the offer answer is a replay: refused and audited
+    assert _push_and_pull(a, _answer(stats_a), 300).kind == federation_pb2.TASK_KIND_IDLE
+    assert _refused(lambda: _push_and_pull(a, _answer(offer_a), 0)) == (
+        grpc.StatusCode.FAILED_PRECONDITION
+    )
+    assert a.PushResult(_answer(stats_a)).duplicate  # the statistics answer was taken
+    rejected = [
+        (actor, detail.get("task_id"))
+        for actor, action, detail in _audit_actions(fed)
+        if action == "result_rejected"
+    ]
+    assert ("site:hospital-a", offer_b.task_id) in rejected
+    assert rejected.count(("site:hospital-a", offer_a.task_id)) == 2  # out of range, replay
+    status = fed.admin().GetRun(admin_pb2.GetRunRequest(run_id=run_id))
+    assert {s.site_id: s.decision for s in status.sites} == {
+        "hospital-a": admin_pb2.PLAN_DECISION_ACCEPTED,
+        "hospital-b": admin_pb2.PLAN_DECISION_ACCEPTED,
+    }
+    fed.admin().StopRun(admin_pb2.StopRunRequest(run_id=run_id, reason="test over"))
+    _finish_earlier_runs(a, "hospital-a")
+    _finish_earlier_runs(b, "hospital-b")
+
+
+def test_push_and_pull_is_for_sites_only(fed: LocalFederation) -> None:
+    kit = TlsKit.from_kit_dir(fed.kits / "operators" / "operator")
+    operator = federation_pb2_grpc.FederationStub(
+        secure_channel(f"localhost:{fed.port}", kit, TransportSettings())
+    )
+    request = federation_pb2.PushAndPullRequest(result=federation_pb2.TaskResult(task_id="t"))
+    with pytest.raises(grpc.RpcError) as caught:
+        operator.PushAndPull(request, timeout=10)
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "is not a site" in (caught.value.details() or "")
+    assert any(
+        action == "denied" and str(detail.get("method", "")).endswith("/PushAndPull")
+        for _, action, detail in _audit_actions(fed)
+    )
+    ca = (fed.kits / "coordinator" / "ca.pem").read_bytes()
+    anonymous = grpc.secure_channel(
+        f"localhost:{fed.port}", grpc.ssl_channel_credentials(root_certificates=ca)
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        federation_pb2_grpc.FederationStub(anonymous).PushAndPull(request, timeout=5)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE  # no certificate: no handshake
+
+
 def _hello(stub: federation_pb2_grpc.FederationStub, site: str) -> grpc.StatusCode:
     try:
         response = stub.Hello(federation_pb2.HelloRequest(site_id=site), timeout=10)

@@ -129,6 +129,14 @@ class PullTaskRequest(_message.Message):
     wait_ms: int
     def __init__(self, site_id: _Optional[str] = ..., wait_ms: _Optional[int] = ...) -> None: ...
 
+class PushAndPullRequest(_message.Message):
+    __slots__ = ("result", "wait_ms")
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    result: TaskResult
+    wait_ms: int
+    def __init__(self, result: _Optional[_Union[TaskResult, _Mapping]] = ..., wait_ms: _Optional[int] = ...) -> None: ...
+
 class GlobalVector(_message.Message):
     __slots__ = ("float32_le", "length", "sha256")
     FLOAT32_LE_FIELD_NUMBER: _ClassVar[int]

@@ -49,6 +49,11 @@ class FederationStub:
                 request_serializer=federation_dot_wire_dot_v1_dot_federation__pb2.TaskResult.SerializeToString,
                 response_deserializer=federation_dot_wire_dot_v1_dot_federation__pb2.PushAck.FromString,
                 _registered_method=True)
+        self.PushAndPull = channel.unary_unary(
+                '/concordia.federation.v1.Federation/PushAndPull',
+                request_serializer=federation_dot_wire_dot_v1_dot_federation__pb2.PushAndPullRequest.SerializeToString,
+                response_deserializer=federation_dot_wire_dot_v1_dot_federation__pb2.Task.FromString,
+                _registered_method=True)
         self.GetCertificates = channel.unary_unary(
                 '/concordia.federation.v1.Federation/GetCertificates',
                 request_serializer=federation_dot_wire_dot_v1_dot_federation__pb2.GetCertificatesRequest.SerializeToString,
@@ -83,6 +88,21 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PushAndPull(self, request, context):
+        """Deliver a result and long-poll for the next task in one call, so that a site answering
+        a stage costs the coordinator one RPC, not two. The result is taken exactly as by
+        PushResult (same checks; the same refusals with the same status codes: a result for a task
+        that is not outstanding is FAILED_PRECONDITION, an out-of-range value INVALID_ARGUMENT) and
+        persisted before anything is answered; a refused result answers the call with that status
+        and no task (the site then pulls with PullTask). Then the call waits for the site's next
+        task exactly as PullTask does (up to wait_ms; TASK_KIND_IDLE when nothing is due).
+        A coordinator without it answers UNIMPLEMENTED: the site re-sends the same result with
+        PushResult (accepted as a duplicate if it was taken) and pulls with PullTask.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetCertificates(self, request, context):
         """The certificates with these SHA-256 fingerprints, of sites that have said Hello. A
         session names its participants by fingerprint; a site fetches a certificate it does not
@@ -109,6 +129,11 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.PushResult,
                     request_deserializer=federation_dot_wire_dot_v1_dot_federation__pb2.TaskResult.FromString,
                     response_serializer=federation_dot_wire_dot_v1_dot_federation__pb2.PushAck.SerializeToString,
+            ),
+            'PushAndPull': grpc.unary_unary_rpc_method_handler(
+                    servicer.PushAndPull,
+                    request_deserializer=federation_dot_wire_dot_v1_dot_federation__pb2.PushAndPullRequest.FromString,
+                    response_serializer=federation_dot_wire_dot_v1_dot_federation__pb2.Task.SerializeToString,
             ),
             'GetCertificates': grpc.unary_unary_rpc_method_handler(
                     servicer.GetCertificates,
@@ -197,6 +222,33 @@ class Federation:
             '/concordia.federation.v1.Federation/PushResult',
             federation_dot_wire_dot_v1_dot_federation__pb2.TaskResult.SerializeToString,
             federation_dot_wire_dot_v1_dot_federation__pb2.PushAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PushAndPull(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/concordia.federation.v1.Federation/PushAndPull',
+            federation_dot_wire_dot_v1_dot_federation__pb2.PushAndPullRequest.SerializeToString,
+            federation_dot_wire_dot_v1_dot_federation__pb2.Task.FromString,
             options,
             channel_credentials,
             insecure,

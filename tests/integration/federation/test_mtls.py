@@ -36,6 +36,7 @@ from federation.tls import (
 )
 from federation.wire.v1 import federation_pb2 as pb
 from federation.wire.v1 import federation_pb2_grpc as pb_grpc
+from site_agent import serve_loop
 
 pytestmark = pytest.mark.integration
 
@@ -219,3 +220,75 @@ def test_peer_identity_in_an_asyncio_servicer(kits: Kits) -> None:
 def test_channel_credentials_build_from_a_kit(kits: Kits) -> None:
     assert isinstance(channel_credentials(kits.site), grpc.ChannelCredentials)
     assert kits.coordinator.certificate.not_valid_after_utc > dt.datetime.now(dt.UTC)
+
+
+class _EnoughServed(Exception):
+    """Raised by the fake site's handler to end the serve loop."""
+
+
+class _CountingSite:
+    """What the serve loop uses of a SiteAgent; the third task ends the loop."""
+
+    site_id = "hospital-a"
+    poll_wait_ms = 0
+    last_task: str | None = None
+    roster: Any = None
+    peer_certificates: Any = None
+
+    def __init__(self) -> None:
+        self.handled = 0
+
+    def handle(self, task: pb.Task) -> pb.TaskResult:
+        self.handled += 1
+        if self.handled == 3:
+            raise _EnoughServed
+        return pb.TaskResult(task_id=task.task_id, kind=task.kind)
+
+
+class _RecordingStub:
+    """The real stub, recording each call's method and status code."""
+
+    def __init__(self, stub: Any) -> None:
+        self.stub = stub
+        self.calls: list[tuple[str, str]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.stub, name)
+
+        async def call(request: Any) -> Any:
+            try:
+                reply = await method(request, timeout=RPC_TIMEOUT)
+            except grpc.aio.AioRpcError as exc:
+                self.calls.append((name, exc.code().name))
+                raise
+            self.calls.append((name, "OK"))
+            return reply
+
+        return call
+
+
+def test_a_coordinator_without_push_and_pull_is_served_by_push_result(
+    kits: Kits, address: str
+) -> None:
+    """EchoIdentityServicer predates PushAndPull: gRPC itself answers UNIMPLEMENTED, and the
+    site's loop re-sends the result with PushResult and stays with PushResult + PullTask."""
+
+    async def scenario() -> list[tuple[str, str]]:
+        async with aio_secure_channel(address, kits.site) as channel:
+            stub = _RecordingStub(_stub(channel))
+
+            async def no_hello() -> None:
+                raise AssertionError("no session here")
+
+            with pytest.raises(_EnoughServed):
+                await serve_loop.serve(_CountingSite(), stub, no_hello)  # type: ignore[arg-type]
+            return stub.calls
+
+    assert asyncio.run(scenario()) == [
+        ("PullTask", "OK"),
+        ("PushAndPull", "UNIMPLEMENTED"),
+        ("PushResult", "OK"),  # the same result again
+        ("PullTask", "OK"),
+        ("PushResult", "OK"),  # no second PushAndPull on this connection
+        ("PullTask", "OK"),
+    ]
