@@ -17,7 +17,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -27,6 +27,7 @@ from cryptography import x509
 from grpc import aio
 
 from coordinator.guard import RateLimitedLog
+from coordinator.wrapping import WrappingInterceptor
 from federation.identity import (
     Identity,
     IdentityError,
@@ -234,28 +235,21 @@ def refusal_line(peer: str, cert: x509.Certificate | None, method: str, reason: 
     return f"refused {who} calling {method.rsplit('/', 1)[-1]}: {reason}; {advice}"
 
 
-class AuthorisationInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
+class AuthorisationInterceptor(WrappingInterceptor):
     """Authorises each RPC from the peer certificate and the roster, before any handler runs,
     so no handler can forget to; `on_denied(identity, method, reason)` audits each refusal."""
 
     def __init__(
         self, on_denied: Callable[[Identity | None, str, str], None], roster: RosterWatcher
     ) -> None:
+        super().__init__()
         self._on_denied = on_denied
         self._roster = roster
         self._refusals = RateLimitedLog(log)
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         """Wrap the method's handler so the check runs before it, whatever the method: a new
         RPC cannot be added without passing through the authorisation table."""
-        handler = await continuation(details)
-        if handler is None:
-            return handler
-        method: str = details.method
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._guard_unary(method, handler.unary_unary),

@@ -19,13 +19,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from grpc import aio
 
+from coordinator.wrapping import WrappingInterceptor
 from federation.tls import peer_identity
 
 log = logging.getLogger("concordia.coordinator")
@@ -169,24 +170,17 @@ def peer_key(context: aio.ServicerContext) -> str:
     return peer.rsplit(":", 1)[0] if peer.count(":") > 1 else peer  # drop the ephemeral port
 
 
-class RequestGuard(aio.ServerInterceptor):  # type: ignore[misc]
+class RequestGuard(WrappingInterceptor):
     """Malformed request → INVALID_ARGUMENT, escaped exception → INTERNAL; one line each, so
     the caller gets an answer and the log a bounded trace instead of grpc's traceback."""
 
     def __init__(self, rate_log: RateLimitedLog | None = None) -> None:
+        super().__init__()
         self.rate_log = rate_log or RateLimitedLog(log)
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         """Wrap deserializer and handler of every method: grpc itself would log a traceback
         for both kinds of failure, outside any handler's reach."""
-        handler = await continuation(details)
-        if handler is None:
-            return handler
-        method: str = details.method
         deserializer = _safe_deserializer(handler.request_deserializer)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(

@@ -90,14 +90,26 @@ class RunRows:
         self._parts.pop(run_id, None)
         self._history.pop(run_id, None)
 
-    def runs(self, limit: int = 0) -> list[RunRow]:
-        """Runs, newest first (`limit` 0: all), each with its whole snapshot."""
+    def runs(self, limit: int = 0, *, state: bool = True) -> list[RunRow]:
+        """Runs, newest first (`limit` 0: all), each with its whole snapshot (`state=False`:
+        without it, as in `run`)."""
         query = f"SELECT {_COLUMNS} FROM runs ORDER BY submitted DESC"
         rows = self._conn.execute(query + (f" LIMIT {int(limit)}" if limit > 0 else "")).fetchall()
+        if not state:
+            return [RunRow(r[0], r[1], r[2], r[3], r[4], {}) for r in rows]
         return [self._row(r) for r in rows]
 
-    def run(self, run_id: str) -> RunRow | None:
-        """One run with its whole snapshot, or None."""
+    def run(self, run_id: str, *, state: bool = True) -> RunRow | None:
+        """One run with its whole snapshot, or None. `state=False`: its times, status and
+        submitter only (`state` empty), for a live run's status, which an operator's watch asks
+        for twice a second and whose snapshot, O(n) rows, it does not need."""
+        if not state:
+            row = self._conn.execute(
+                "SELECT run_id, submitted, updated, status, submitted_by FROM runs "
+                "WHERE run_id = ?",
+                (run_id,),
+            ).fetchone()
+            return None if row is None else RunRow(row[0], row[1], row[2], row[3], row[4], {})
         row = self._conn.execute(
             f"SELECT {_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)
         ).fetchone()
@@ -105,8 +117,8 @@ class RunRows:
 
     def _row(self, row: tuple[Any, ...]) -> RunRow:
         head = json.loads(row[5])
-        state = self._whole(row[0], head) if state_parts.is_split(head) else head
-        return RunRow(row[0], row[1], row[2], row[3], row[4], state)
+        whole = self._whole(row[0], head) if state_parts.is_split(head) else head
+        return RunRow(row[0], row[1], row[2], row[3], row[4], whole)
 
     def _whole(self, run_id: str, head: dict[str, Any]) -> dict[str, Any]:
         """A head joined with its parts and history (a row of the older layout is whole)."""

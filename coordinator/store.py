@@ -297,13 +297,15 @@ class CoordinatorStore:
             for actor, action, detail in audit:
                 self.audit.append(actor, action, detail)
 
-    def runs(self, limit: int = 0) -> list[RunRow]:
-        """Runs, newest first (`limit` 0: all): what a restart resumes and ListRuns shows."""
-        return self._runs.runs(limit)
+    def runs(self, limit: int = 0, *, state: bool = True) -> list[RunRow]:
+        """Runs, newest first (`limit` 0: all): what a restart resumes and ListRuns shows
+        (`state=False`: without their snapshots, `RunRows.run`)."""
+        return self._runs.runs(limit, state=state)
 
-    def run(self, run_id: str) -> RunRow | None:
-        """One run's row, for a finished run's status and submission times."""
-        return self._runs.run(run_id)
+    def run(self, run_id: str, *, state: bool = True) -> RunRow | None:
+        """One run's row, for a finished run's status and submission times; `state=False`
+        leaves out its snapshot (`RunRows.run`)."""
+        return self._runs.run(run_id, state=state)
 
     def run_vectors(self, run_id: str) -> dict[str, np.ndarray]:
         """A run's named float32 vectors (global model, optimiser moments), for restoring it."""
