@@ -38,7 +38,12 @@ class RunRows:
         """Write `state` for `run_id` inside the caller's open transaction: the head, the parts
         whose text changed and the new history records. Returns what to call once the
         transaction committed (the memory of what is written); if it does not commit, call
-        `forget(run_id)` instead."""
+        `forget(run_id)` instead.
+
+        What it relies on (`snapshot.dump` gives both): the history only grows, by records that
+        never change once written (`RoundRecord` is frozen), so only new ones are written; and
+        a saved document is not changed in place afterwards, since its parts are kept to
+        compare the next save's with."""
         known = self._written.get(run_id)
         cut = state_parts.split(state, previous=self._parts.get(run_id) if known else None)
         self._conn.execute(
@@ -53,7 +58,13 @@ class RunRows:
             known, history_written = {}, 0
         else:
             history_written = self._history.get(run_id, 0)
-        texts = {name: json.dumps(part) for name, part in cut.parts.items()}
+        # a part equal to the one last written keeps its text: n sites' parts compared, only
+        # the changed ones encoded (the parts hold copies, never the engine's live objects)
+        before = self._parts.get(run_id, {}) if known else {}
+        texts = {
+            name: known[name] if name in known and before.get(name) == part else json.dumps(part)
+            for name, part in cut.parts.items()
+        }
         changed = [(run_id, n, t) for n, t in texts.items() if known.get(n) != t]
         gone = [(run_id, name) for name in known if name not in texts]
         self._conn.executemany(

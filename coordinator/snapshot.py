@@ -70,8 +70,10 @@ def _changing_state(engine: RunEngine) -> dict[str, Any]:
         if resumable_tasks(engine)
         else [],
         "answered": engine.answered,
-        "privacy": engine.privacy,
-        "published": engine.published,
+        # copies, not the engine's own dicts: the store compares a site's part with the one it
+        # last wrote (`coordinator/run_rows.py`), which must not change under it in place
+        "privacy": {site: dict(p) for site, p in engine.privacy.items()},
+        "published": {site: dict(p) for site, p in engine.published.items()},
         "global_round": engine.global_round,
         "stats": None
         if stats is None

@@ -89,6 +89,27 @@ def test_a_split_keeping_earlier_positions_still_joins_to_the_state(
     }
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.lists(states(), min_size=1, max_size=5))
+def test_a_store_saving_state_after_state_reads_back_the_last(
+    tmp_path_factory: pytest.TempPathFactory, sequence: list[dict[str, Any]]
+) -> None:
+    path = tmp_path_factory.mktemp("seq") / "c.sqlite"
+    store = CoordinatorStore(path, clock=Clock())
+    history: list[Any] = []
+    for state in sequence:  # the engine's history only grows, by frozen records
+        history = history + state["history"]
+        state["history"] = history
+    for state in sequence:  # what changed is written, what went is deleted, the rest kept
+        store.save_run(json.loads(json.dumps(state)), {})  # a fresh document, as dump makes
+        row = store.run("run-1")
+        assert row is not None and row.state == state
+    store.close()
+    again = CoordinatorStore(path, clock=Clock())  # and from the file alone
+    assert again.run("run-1").state == sequence[-1]  # type: ignore[union-attr]
+    again.close()
+
+
 def test_a_list_naming_a_site_twice_stays_whole_in_the_head() -> None:
     cut = state_parts.split({"status": "x", "acked": ["a", "a"], "accepted": ["a", "b"]})
     assert cut.head["acked"] == ["a", "a"] and "accepted" not in cut.head
