@@ -7,6 +7,8 @@ import json
 import pytest
 from dp_accounting import dp_event
 from dp_accounting.rdp import RdpAccountant
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from site_agent.accounting import (
     RDP_ORDERS,
@@ -117,3 +119,26 @@ def test_malformed_state_is_a_typed_error(text: str) -> None:
 def test_bad_delta_is_a_typed_error() -> None:
     with pytest.raises(AccountingError, match="delta"):
         PrivacyAccountant().epsilon(0.0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([0.8, 1.3, 4.0]),
+            st.sampled_from([0.01, 0.2, 1.0]),
+            st.integers(1, 50),
+        ),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_a_long_history_of_few_mechanisms_composes_like_google(
+    history: list[tuple[float, float, int]],
+) -> None:
+    # rows of the same mechanism are summed by their steps before composing (the cost follows
+    # the mechanisms, not the rows); Google's accountant composes every row on its own
+    entries = [Entry(sigma, q, steps) for sigma, q, steps in history]
+    assert epsilon_of(entries, DELTA, "rdp") == pytest.approx(
+        google_rdp_epsilon(history, DELTA), rel=1e-6
+    )
