@@ -381,6 +381,11 @@ class Coordinator:
                 audit=entries,
                 aggregates=aggregates,
                 lifetime_epsilon=lifetime_epsilon,
+                # what no site can give again waits for the disk: a decoded sum (and the model
+                # it moved), the run's submission and its end; the rest (an offer's answer, an
+                # acknowledgement, a stage opening) a restart asks for again, answered from the
+                # sites' release caches (docs/operations.md, "Failure modes")
+                durable=bool(aggregates) or saved is None or engine.status.terminal,
             )
             self._saved[engine.run_id] = key
             wake = True

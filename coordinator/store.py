@@ -199,9 +199,12 @@ class CoordinatorStore:
         audit: Sequence[tuple[str, str, dict[str, Any]]] = (),
         aggregates: Sequence[Aggregate] = (),
         lifetime_epsilon: Mapping[str, float] | None = None,
+        durable: bool = True,
     ) -> None:
-        """Persist an engine snapshot (and any audit entries) atomically, waiting for the disk.
-        A result that changed nothing a restart reads is saved with `record` instead.
+        """Persist an engine snapshot (and any audit entries) atomically, waiting for the disk
+        unless `durable` is False (then synced within the tick, coordinator/wal.py: a killed
+        process loses none of it, a power loss at most the last tick). A result that changed
+        nothing a restart reads is saved with `record` instead.
 
         `lifetime_epsilon` ({site: ε}) is what the result being saved reported as the site's
         lifetime spend: written to its sites row in the same transaction, so the figure
@@ -214,7 +217,7 @@ class CoordinatorStore:
         """
         run_id = state["run_id"]
         try:
-            with self.transaction():
+            with self.transaction(durable=durable):
                 run_committed = self._runs.write(run_id, self._clock(), state, submitted_by)
                 vectors_committed = self._write_vectors(run_id, vectors, global_round)
                 for purpose, round_, attempt, survivors, total in aggregates:

@@ -140,3 +140,41 @@ def test_the_sites_view_is_read_once_per_change_and_callers_cannot_edit_it(
     store.record(lifetime_epsilon={"site-a": 0.5})
     assert store.sites()[0].policy["lifetime_epsilon_spent"] == 0.5
     store.close()
+
+
+def test_only_what_no_site_can_give_again_waits_for_the_disk(
+    tmp_path: Path, fsyncs: list[int]
+) -> None:
+    """Driving a whole run through the application: a result that decodes a sum (and moves the
+    model), the submission and the run's end are synced before the answer; an offer's answer,
+    an acknowledgement or a session answer is not (synced at the tick), since a restart asks
+    the site again and it answers from its release cache."""
+    import numpy as np
+
+    from coordinator.effects import Phase
+    from tests.unit.coordinator.test_app import NAMES, Clock, _coordinator
+    from tests.unit.coordinator.test_engine import PLAN, FakeSite
+
+    app = _coordinator(tmp_path / "c.sqlite", Clock())
+    fsyncs.clear()
+    engine = app.submit(PLAN.format(rounds=1, attempts=3), "toml", "urn:op")
+    assert len(fsyncs) == 1  # the submission
+    sites = {n: FakeSite(n, np.random.default_rng(i)) for i, n in enumerate(NAMES)}
+    synced: dict[bool, int] = {True: 0, False: 0}  # aggregated? -> results that synced
+    results: dict[bool, int] = {True: 0, False: 0}
+    for _ in range(500):
+        if engine.progress().phase in (Phase.FINISHING, Phase.DONE):
+            break
+        for name in NAMES:
+            found = app.find_task(name)
+            if found is None:
+                continue
+            run, task = found
+            before, sums = len(fsyncs), len(app.store.aggregates(run.run_id))
+            app.take_result(run, name, sites[name].answer(task, run), 0)
+            aggregated = len(app.store.aggregates(run.run_id)) > sums
+            results[aggregated] += 1
+            synced[aggregated] += len(fsyncs) > before
+    assert results[True] == 3  # statistics, update, metrics
+    assert synced[True] == 3  # each decoded sum waited for the disk
+    assert results[False] > 40 and synced[False] == 0  # no other result did
