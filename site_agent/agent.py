@@ -108,7 +108,9 @@ class SiteAgent:
         # Entries commit before anything is released; the head file (a copy of the chain's head
         # for operators) is written at most once a second, off the release path (`_audit_heads`).
         self.audit = AuditLog(state_dir / "audit.sqlite", clock=time.time, defer_head=True)
-        self.records = ProcessingRecords(db)  # records of processing, erasure list (GDPR)
+        # records of processing, erasure list (GDPR); on the ledger's connection, so a charge and
+        # the run's ε in its record commit together (`ReleaseCharging._charge`)
+        self.records = ProcessingRecords(self.ledger)
         key = serialization.load_pem_private_key(self.kit.key_pem, password=None)
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise ValueError("the site key must be an ECDSA P-256 key (as fedctl provision makes)")

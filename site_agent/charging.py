@@ -137,25 +137,28 @@ class ReleaseCharging:
                 "own_noise_multiplier": share.own_noise_multiplier,
             }
         try:
-            charge = self.ledger.charge(
-                run_id=task.run_id,
-                purpose=str(purpose),  # a Purpose, or a release of its own (published metrics)
-                round=task.round,
-                attempt=task.attempt,
-                partition=partition,
-                noise_multiplier=sigma,
-                sample_rate=q,
-                steps=steps,
-                delta=privacy.delta,
-                run_epsilon_cap=min(privacy.epsilon, policy.max_epsilon_per_run),
-                lifetime_epsilon_cap=policy.lifetime_epsilon,
-                accountant=privacy.accountant,
-                budget_view="own" if policy.budget_epsilon == "worst_case" else "assumed",
-                **skellam,
-            )
+            # one durable commit for the charge and the run's ε in its record of processing
+            # (they share the ledger's connection when the agent built them)
+            with self.ledger.transaction():
+                charge = self.ledger.charge(
+                    run_id=task.run_id,
+                    purpose=str(purpose),  # a Purpose, or a release of its own (published metrics)
+                    round=task.round,
+                    attempt=task.attempt,
+                    partition=partition,
+                    noise_multiplier=sigma,
+                    sample_rate=q,
+                    steps=steps,
+                    delta=privacy.delta,
+                    run_epsilon_cap=min(privacy.epsilon, policy.max_epsilon_per_run),
+                    lifetime_epsilon_cap=policy.lifetime_epsilon,
+                    accountant=privacy.accountant,
+                    budget_view="own" if policy.budget_epsilon == "worst_case" else "assumed",
+                    **skellam,
+                )
+                self.records.spent(task.run_id, charge.epsilon_run, self.clock())
         except BudgetExceeded as exc:
             raise TaskFailed(K.TASK_ERROR_BUDGET_EXHAUSTED, str(exc)) from None
-        self.records.spent(task.run_id, charge.epsilon_run, self.clock())
         self.audit.append(
             self.site_id,
             "release_charged",

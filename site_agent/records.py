@@ -76,7 +76,7 @@ def _contains(blob: bytes, pseudonym: str) -> bool:
 class ProcessingRecords(SqliteComponent):
     """The site's records of processing and its erasure list."""
 
-    def __init__(self, conn_or_path: sqlite3.Connection | str | Path) -> None:
+    def __init__(self, conn_or_path: sqlite3.Connection | str | Path | SqliteComponent) -> None:
         super().__init__(conn_or_path, _SCHEMA)
 
     # ------------------------------------------------------------------ runs

@@ -177,3 +177,36 @@ def test_the_split_may_change_while_nothing_was_released(tmp_path: Path) -> None
 def test_an_empty_fingerprint_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="non-empty"):
         ledger(tmp_path, "")
+
+
+def test_a_charge_and_the_runs_record_of_processing_commit_together(tmp_path: Path) -> None:
+    """The agent builds its records of processing on the ledger's connection, so the charge
+    and the run's ε in its record are one transaction (one durable commit): both or neither."""
+    from fedctl.demo import plan_text
+    from federation.plan import parse_plan
+    from site_agent.records import ProcessingRecords
+
+    book = PrivacyLedger(tmp_path / "site.sqlite", clock=lambda: 1.0)
+    records = ProcessingRecords(book)
+    plan = parse_plan(plan_text(2))
+    records.record_run(
+        "run-1",
+        plan,
+        lawful_basis="consent",
+        cohort_size=100,
+        training_rows=80,
+        pseudonyms=None,
+        coordinator=None,
+        now=1.0,
+    )
+    with pytest.raises(RuntimeError), book.transaction():
+        first = charge(book, Entry(1.0, 0.1, 10))
+        records.spent("run-1", first.epsilon_run, 2.0)
+        raise RuntimeError("the process fails before the commit")
+    assert book.releases("run-1") == [] and records.runs()[0]["epsilon"] in (None, 0.0)
+    with book.transaction():
+        second = charge(book, Entry(1.0, 0.1, 10))
+        records.spent("run-1", second.epsilon_run, 2.0)
+    again = ProcessingRecords(tmp_path / "site.sqlite")  # what another connection reads
+    assert again.runs()[0]["epsilon"] == pytest.approx(second.epsilon_run)
+    assert len(PrivacyLedger(tmp_path / "site.sqlite", clock=lambda: 1.0).releases("run-1")) == 1
