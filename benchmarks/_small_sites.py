@@ -187,8 +187,10 @@ def plan_text(
     privacy: Mapping[str, Any],
     secagg: Mapping[str, Any],
     optional_training: Mapping[str, Any] | None = None,
+    model: Mapping[str, Any] | None = None,
 ) -> str:
-    """A linear-model plan as TOML (the layout of `fedctl.demo.plan_text`). `optional_training`
+    """A plan as TOML (the layout of `fedctl.demo.plan_text`), of the linear model unless
+    `model` names another (the round-latency measurement at d ≈ 1e3). `optional_training`
     keys are written only if this checkout's TrainingPlan has the field: they spell today's
     behaviour (e.g. `aggregation = "unweighted"`), so leaving them out changes nothing."""
     known = set(TrainingPlan.model_fields)
@@ -196,7 +198,7 @@ def plan_text(
     parts = [
         f"name = {json.dumps(name)}\nquorum = {quorum}\nseed = 0\n",
         _toml_table("time_grid", {"cuts": split.cuts}),
-        _toml_table("model", {"kind": "linear"}),
+        _toml_table("model", model or {"kind": "linear"}),
         _toml_table("training", training),
         _toml_table("privacy", privacy),
         _toml_table("secagg", secagg),

@@ -96,6 +96,7 @@ def distributed_plan(b: Bench, shares: int) -> str:
     }
     if a.holdout_min_site_rows is not None:
         training["holdout_min_site_rows"] = a.holdout_min_site_rows
+    width = a.dist_mlp_width
     return plan_text(
         b.split,
         f"small-sites-{b.split.name}-distributed-h{shares}",
@@ -103,4 +104,5 @@ def distributed_plan(b: Bench, shares: int) -> str:
         training=training,
         privacy=privacy(b, noise_shares=shares),
         secagg=SECAGG,
+        model={"kind": "mlp", "hidden": [width, width]} if width else None,
     )

@@ -264,6 +264,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument("--dist-sample-rate", type=float, default=1.0, help="per-patient Poisson rate")
     g.add_argument("--dist-max-grad-norm", type=float, default=2.0)
     g.add_argument("--dist-server-optimizer", default="fedadam")
+    g.add_argument(
+        "--dist-mlp-width",
+        type=int,
+        default=0,
+        help="an MLP of two hidden layers this wide instead of the linear model (0); 16 gives "
+        "d ≈ 1e3 on FLCHAIN, the size the round-latency target names",
+    )
     g.add_argument("--dist-server-lr", type=float, default=0.05, help="FedAdam step size")
     args = p.parse_args(argv)
     args.repeats = args.repeats or (1 if args.quick else 5)
