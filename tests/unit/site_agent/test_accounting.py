@@ -121,16 +121,16 @@ def test_bad_delta_is_a_typed_error() -> None:
         PrivacyAccountant().epsilon(0.0)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=15, deadline=None)  # Google's accountant is the slow side
 @given(
     st.lists(
         st.tuples(
-            st.sampled_from([0.8, 1.3, 4.0]),
-            st.sampled_from([0.01, 0.2, 1.0]),
+            st.sampled_from([0.8, 4.0]),
+            st.sampled_from([0.01, 1.0]),
             st.integers(1, 50),
         ),
         min_size=1,
-        max_size=30,
+        max_size=12,  # four mechanisms: rows repeat one
     )
 )
 def test_a_long_history_of_few_mechanisms_composes_like_google(
