@@ -54,7 +54,12 @@ _INLINE_KINDS = frozenset(
 at a consortium's sizes (a hundred peers: tens of ms), where the hand-off to a worker thread and
 back (a future, a wake-up of the loop, the GIL changing hands twice) was a measurable share of
 a short round's CPU. Training, statistics and evaluation stay in a worker thread, where the
-event loop keeps the heartbeat going while they run."""
+event loop keeps the heartbeat going while they run; so does a stage kind once it took longer
+than INLINE_MAX_S (a masked input of a million-parameter model over a hundred peers expands
+a hundred masks: seconds)."""
+INLINE_MAX_S = 0.05
+"""A stage kind that took longer than this on the event loop is handled in a worker thread for
+the rest of the connection: the loop is blocked at most once per kind, for one stage."""
 
 
 class ServedSite(Protocol):
@@ -78,6 +83,7 @@ async def serve(
     again when a session names a certificate the site's roster lacks. Raises the RPC error that
     should make the agent reconnect."""
     combined = True  # until the coordinator says it has no PushAndPull
+    slow: set[int] = set()  # stage kinds too long to handle on the event loop (`_answer`)
     task: federation_pb2.Task | None = None
     while True:
         if task is None:
@@ -89,7 +95,7 @@ async def serve(
                 await asyncio.sleep(task.retry_after_ms / 1000)
             task = None
             continue
-        result = await _answer(site, stub, task, hello)
+        result = await _answer(site, stub, task, hello, slow)
         approval_pending = (
             result.error.code == federation_pb2.TASK_ERROR_APPROVAL_PENDING
             and not task.plan_offer.dry_run  # a dry run's note: nothing to ask again
@@ -125,14 +131,20 @@ async def _answer(
     stub: federation_pb2_grpc.FederationStub,
     task: federation_pb2.Task,
     hello: Callable[[], Awaitable[None]],
+    slow: set[int],
 ) -> federation_pb2.TaskResult:
-    """Fetch what a session's first task needs, then handle the task in a worker thread
-    (training is CPU-bound; the event loop keeps the heartbeat going) and log how it went."""
+    """Fetch what a session's first task needs, then handle the task, on the event loop if it
+    is a short secure-aggregation stage (`_INLINE_KINDS`, unless its kind already took longer
+    than INLINE_MAX_S on this connection: `slow`), else in a worker thread (training is
+    CPU-bound; the event loop keeps the heartbeat going); log how it went."""
     started = time.monotonic()
     site.last_task = kind_label(task.kind)
     await prepare_session(stub, task, site.roster, site.peer_certificates, hello)
-    if task.kind in _INLINE_KINDS:
+    if task.kind in _INLINE_KINDS and task.kind not in slow:
+        began = time.monotonic()
         result = site.handle(task)  # a few ms of work: a thread handoff would cost a fifth more
+        if time.monotonic() - began > INLINE_MAX_S:
+            slow.add(task.kind)  # a large model or consortium: threads from now on
     else:
         result = await asyncio.to_thread(site.handle, task)
     log.info(

@@ -196,3 +196,39 @@ def test_any_other_rpc_error_of_push_and_pull_reconnects() -> None:
     coordinator = Failing([Step(ACCEPT, False, False)], push_and_pull=True)
     assert _serve(coordinator, FakeSite()) == grpc.StatusCode.DEADLINE_EXCEEDED
     assert coordinator.calls == ["PullTask", "PushAndPull"]  # no PushResult, no pull: reconnect
+
+
+def test_a_stage_too_long_for_the_event_loop_moves_to_a_worker_thread() -> None:
+    """Secure-aggregation stages run on the event loop while they are short; a kind that once
+    took longer than INLINE_MAX_S runs in a worker thread for the rest of the connection, so a
+    large model's masked input blocks the loop at most once."""
+    import threading
+    import time
+
+    kind = pb.TASK_KIND_SECAGG_CONSISTENCY_CHECK
+
+    class Stages(ScriptedCoordinator):
+        def _next(self) -> pb.Task:
+            if self._handed == len(self.steps):
+                raise _error(grpc.StatusCode.UNAVAILABLE)
+            self._handed += 1
+            return pb.Task(task_id=f"t{self._handed}", run_id="run-1", kind=kind)
+
+    class SlowOnce(FakeSite):
+        def __init__(self) -> None:
+            super().__init__()
+            self.threads: list[int] = []
+
+        def handle(self, task: pb.Task) -> pb.TaskResult:
+            self.threads.append(threading.get_ident())
+            if task.task_id == "t2":
+                time.sleep(serve_loop.INLINE_MAX_S * 2)  # this stage is slow once
+            return super().handle(task)
+
+    script = [Step(ACCEPT, approval_pending=False, idle_before=False) for _ in range(4)]
+    site = SlowOnce()
+    assert _serve(Stages(script, push_and_pull=True), site) == grpc.StatusCode.UNAVAILABLE
+    loop_thread = threading.get_ident()  # asyncio.run runs the loop on this thread
+    assert site.handled == ["t1", "t2", "t3", "t4"]
+    assert site.threads[:2] == [loop_thread, loop_thread]  # short, then the slow one: inline
+    assert all(t != loop_thread for t in site.threads[2:])  # after it: a worker thread
