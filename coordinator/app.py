@@ -383,8 +383,9 @@ class Coordinator:
                 lifetime_epsilon=lifetime_epsilon,
                 # what no site can give again waits for the disk: a decoded sum (and the model
                 # it moved), the run's submission and its end; the rest (an offer's answer, an
-                # acknowledgement, a stage opening) a restart asks for again, answered from the
-                # sites' release caches (docs/operations.md, "Failure modes")
+                # acknowledgement, a stage opening) a restart asks for again: a site re-sends a
+                # release never masked, never re-masks one, and charges what it makes anew
+                # (docs/operations.md, "When things go wrong")
                 durable=bool(aggregates) or saved is None or engine.status.terminal,
             )
             self._saved[engine.run_id] = key

@@ -148,7 +148,7 @@ def test_only_what_no_site_can_give_again_waits_for_the_disk(
     """Driving a whole run through the application: a result that decodes a sum (and moves the
     model), the submission and the run's end are synced before the answer; an offer's answer,
     an acknowledgement or a session answer is not (synced at the tick), since a restart asks
-    the site again and it answers from its release cache."""
+    the site again (docs/operations.md, "When things go wrong")."""
     import numpy as np
 
     from coordinator.effects import Phase
