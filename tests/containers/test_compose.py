@@ -25,6 +25,7 @@ pytestmark = [pytest.mark.containers, pytest.mark.timeout(900)]
 
 HOSPITALS = ("hospital-a", "hospital-b", "hospital-c")
 KILLED = "hospital-c"
+ROUNDS_WITH_KILL = 4  # room for the kill to land before the last round
 TIMINGS: dict[str, float] = {}
 
 
@@ -190,7 +191,9 @@ def test_a_hospital_killed_mid_round_the_round_completes_with_the_other_two(
     started = time.monotonic()
     try:
         response = stub.SubmitRun(
-            admin_pb2.SubmitRunRequest(format=admin_pb2.PLAN_FORMAT_TOML, plan_text=_plan(3)),
+            admin_pb2.SubmitRunRequest(
+                format=admin_pb2.PLAN_FORMAT_TOML, plan_text=_plan(ROUNDS_WITH_KILL)
+            ),
             timeout=30,
         )
         assert not response.errors, response.errors
@@ -199,24 +202,27 @@ def test_a_hospital_killed_mid_round_the_round_completes_with_the_other_two(
         def status() -> admin_pb2.RunStatus:
             return stub.GetRun(admin_pb2.GetRunRequest(run_id=run_id), timeout=10)
 
-        # Kill hospital-c in round 2: at training (the usual case), else at the stage we see.
+        # Kill hospital-c as soon as round 2 (or later) shows. A round can take less than one
+        # poll here, so the test does not insist on catching round 2 itself: it needs only that
+        # the kill lands before the last round, which four rounds leave room for.
         deadline = time.monotonic() + 300
         while True:
             now = status()
             assert now.state not in (
                 federation_pb2.RUN_STATE_FAILED,
                 federation_pb2.RUN_STATE_STOPPED,
+                federation_pb2.RUN_STATE_COMPLETED,
             ), now.message
-            if now.round == 2 and now.stage >= admin_pb2.RUN_STAGE_TRAIN:
+            if now.round >= 2:
                 break
-            assert now.round <= 2, f"round 2 went by unseen: {now}"
             assert time.monotonic() < deadline, f"round 2 never started: {now}"
-            time.sleep(0.2)
+            time.sleep(0.05)
         podman.podman("kill", compose.container(KILLED))
+        killed_in = now.round
         killed_at = admin_pb2.RunStage.Name(now.stage)
-        print(f"[containers] killed {KILLED} in round 2 at {killed_at}", flush=True)
+        print(f"[containers] killed {KILLED} in round {killed_in} at {killed_at}", flush=True)
 
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 400
         while now.state not in (
             federation_pb2.RUN_STATE_COMPLETED,
             federation_pb2.RUN_STATE_FAILED,
@@ -225,25 +231,26 @@ def test_a_hospital_killed_mid_round_the_round_completes_with_the_other_two(
             assert time.monotonic() < deadline, f"the run did not finish: {now}"
             time.sleep(1)
             now = status()
-        _timed("run with a hospital killed (3 rounds)", started)
+        _timed(f"run with a hospital killed ({ROUNDS_WITH_KILL} rounds)", started)
         assert now.state == federation_pb2.RUN_STATE_COMPLETED, now.message
         alive = {s.site_id: s.alive for s in now.sites}
         assert alive[KILLED] is False, alive
 
         export = stub.ExportRun(admin_pb2.ExportRunRequest(run_id=run_id), timeout=30)
         card = json.loads(export.model_card_json)
-        updates = {
-            r["round"]: set(r["survivors"]) for r in card["history"] if r["purpose"] == "update"
-        }
-        assert sorted(updates) == [1, 2, 3], card["history"]
-        assert updates[1] == set(HOSPITALS)
-        assert updates[3] == {"hospital-a", "hospital-b"}
-        # Killed before sending its masked input, the site is not in round 2's sum; killed later,
-        # it is (its masked input arrived): either way round 2 completed without it alive.
-        if killed_at in ("RUN_STAGE_TRAIN", "RUN_STAGE_SECAGG_ADVERTISE_KEYS"):
-            assert updates[2] == {"hospital-a", "hospital-b"}, updates
-        else:
-            assert {"hospital-a", "hospital-b"} <= updates[2], updates
+        updates = [
+            (r["round"], set(r["survivors"])) for r in card["history"] if r["purpose"] == "update"
+        ]
+        assert [r for r, _ in updates] == list(range(1, ROUNDS_WITH_KILL + 1)), card["history"]
+        # Every round completed: with all three while hospital-c lived, then with the other
+        # two. The round it died in holds it only if its masked input arrived first.
+        without = [r for r, survivors in updates if KILLED not in survivors]
+        assert without, f"no round completed without {KILLED}: {updates}"
+        first_without = without[0]
+        for r, survivors in updates:
+            expected = set(HOSPITALS) if r < first_without else set(HOSPITALS) - {KILLED}
+            assert survivors == expected, updates
+        assert first_without >= killed_in, (killed_in, updates)  # alive until the kill
         state: Any = compose.inspect(KILLED)["State"]
         assert state["Status"] == "exited" and state["ExitCode"] == 137, state
     finally:
