@@ -126,6 +126,8 @@ class Coordinator:
         result is already on the record through that result's own entry."""
         now = self.clock()
         self.store.flush()
+        if self.roster is not None:  # a revocation takes effect with every site parked, too
+            self.roster.refresh()
         for engine in list(self.engines.values()):
             effects = engine.tick(now)
             audit: list[AuditEntry] = [

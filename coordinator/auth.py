@@ -156,6 +156,12 @@ class RosterWatcher:
         self.refresh()
         return self._signed
 
+    @property
+    def version_in_force(self) -> int:
+        """The version of the roster in force, without re-reading the file: a long-poll compares
+        it before and after it waits, and ends when it moved (see FederationService)."""
+        return self._roster.version
+
     def refresh(self) -> None:
         """Re-read the file if it changed, at most once per interval: a revocation must take
         effect on a running coordinator, without a stat() on every call."""

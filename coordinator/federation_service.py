@@ -108,21 +108,30 @@ class FederationService(federation_pb2_grpc.FederationServicer):
 
     async def _next_task(self, site: str, wait_ms: int) -> federation_pb2.Task:
         """The long-poll of PullTask and PushAndPull: `site`'s current task, waiting up to
-        `wait_ms` (capped at MAX_POLL_WAIT_S) for one, else an IDLE task."""
+        `wait_ms` (capped at MAX_POLL_WAIT_S) for one, else an IDLE task.
+
+        A new roster ends the wait with IDLE, task or not: the caller was admitted under the
+        old one, and its next call meets the new one at the door. So a revoked or superseded
+        certificate is refused within about a second (the roster's re-read interval), not when
+        its parked call would have timed out, and is handed no task in between."""
         wait = min(wait_ms / 1000.0, MAX_POLL_WAIT_S)
         loop = asyncio.get_running_loop()
         give_up = loop.time() + wait
+        admitted_under = self._roster_version()
         while True:
+            if self._roster_version() != admitted_under:
+                return _idle()
             found = self.c.find_task(site)
             if found is not None:
                 engine, task = found
                 return convert.task_to_wire(task, engine, self.c.certificates.fingerprint)
             remaining = give_up - loop.time()
             if remaining <= 0:
-                return federation_pb2.Task(
-                    task_id="", kind=federation_pb2.TASK_KIND_IDLE, retry_after_ms=0
-                )
+                return _idle()
             await self.c.wait_for_task(site, remaining)
+
+    def _roster_version(self) -> int | None:
+        return None if self.c.roster is None else self.c.roster.version_in_force
 
     async def _take_result(
         self, site: str, request: federation_pb2.TaskResult, context: aio.ServicerContext
@@ -187,3 +196,8 @@ class FederationService(federation_pb2_grpc.FederationServicer):
                 for site, pem, sha256 in found
             ]
         )
+
+
+def _idle() -> federation_pb2.Task:
+    """Nothing to do now: the site pulls again at once."""
+    return federation_pb2.Task(task_id="", kind=federation_pb2.TASK_KIND_IDLE, retry_after_ms=0)

@@ -146,8 +146,12 @@ async def serve(
         detail = {"version": loaded.version, "path": str(roster.path)}
         store.audit.append("coordinator", "roster_loaded", detail)
 
+    def roster_changed(loaded: Roster) -> None:
+        audit_roster(loaded)
+        coordinator.notify()  # every parked long-poll ends: each site is checked again
+
     audit_roster(roster.roster)
-    roster.on_change = audit_roster
+    roster.on_change = roster_changed
     resumed = coordinator.resume()
     if resumed:
         log.info("resumed runs: %s", ", ".join(resumed))

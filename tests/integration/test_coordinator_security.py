@@ -354,8 +354,8 @@ def test_a_ca_signed_certificate_not_on_the_roster_is_refused_at_hello(
 
 def test_sites_added_and_revoked_while_the_coordinator_runs(fed: LocalFederation) -> None:
     """add-site and revoke rewrite the coordinator's roster.json; the running coordinator
-    follows: new sites are admitted, a revoked one is refused at its next Hello and is no longer a
-    run candidate."""
+    follows: new sites are admitted, a revoked one's parked long-poll ends at once, it is refused
+    at its next call and is no longer a run candidate."""
     add_site(fed.kits, "hospital-c")
     add_site(fed.kits, "hospital-d")
     stubs = {name: _site_stub(fed, name) for name in ("hospital-c", "hospital-d")}
@@ -367,8 +367,17 @@ def test_sites_added_and_revoked_while_the_coordinator_runs(fed: LocalFederation
     handed = stubs["hospital-c"].Hello(federation_pb2.HelloRequest(site_id="hospital-c")).roster
     assert load_signed_roster(handed, ca_cert).version == 3
 
-    revoke(fed.kits, "hospital-c", "test revocation")
+    # hospital-c parks a long-poll of 20 s; the revocation ends it (IDLE, no task) long before,
+    # so its next call meets the new roster: not a 20 s window for a revoked certificate.
     stub_c = stubs["hospital-c"]
+    parked = stub_c.PullTask.future(
+        federation_pb2.PullTaskRequest(site_id="hospital-c", wait_ms=20_000), timeout=12
+    )
+    time.sleep(0.5)
+    assert not parked.done()
+    revoke(fed.kits, "hospital-c", "test revocation")
+    ended = parked.result()  # DEADLINE_EXCEEDED at 12 s if the park outlived the roster
+    assert ended.kind == federation_pb2.TASK_KIND_IDLE and not ended.task_id, ended
     _eventually(
         lambda: _hello(stub_c, "hospital-c") == grpc.StatusCode.PERMISSION_DENIED,
         "revoked hospital-c still admitted",
