@@ -34,7 +34,7 @@ def test_a_pending_site_blocks_only_itself_until_approved(federation: LocalFeder
     federation.start_site("hospital-c", env={"CONCORDIA_POLICY_APPROVAL": "manual"})
     stub = federation.admin()
     federation.wait_for_sites(stub, 3)
-    plan = e2e_plan(1).replace("[secagg]", "[secagg]\noffer_timeout_s = 8.0")
+    plan = e2e_plan(1).replace("[secagg]", "[secagg]\noffer_timeout_s = 4.0")
     sha = parse_plan(plan).sha256()
 
     first = submit(stub, plan)
