@@ -41,6 +41,8 @@ class CoordinatorStore:
         # the sites table as last read, and its parsed policies (`sites`); None: read it again
         self._site_rows: list[tuple[Any, ...]] | None = None
         self._site_policies: dict[str, dict[str, Any]] = {}
+        # liveness written by `flush_seen` since those rows were read: merged in, not re-read
+        self._seen_written: dict[str, float] = {}
         self._commits = WalCommits(self._conn, self.path, on_rollback=self._forget_cached)
         self._conn.executescript(SCHEMA)
         self._runs = RunRows(self._conn)
@@ -125,7 +127,7 @@ class CoordinatorStore:
         if not self._seen:
             return
         seen, self._seen = self._seen, {}
-        self._site_rows = None
+        self._seen_written.update(seen)  # the cached rows stay: only their last_seen moved
         with self.transaction(durable=False):  # `flush` syncs right after
             self._conn.executemany(
                 "UPDATE sites SET last_seen = MAX(last_seen, ?) WHERE site_id = ?",
@@ -151,17 +153,22 @@ class CoordinatorStore:
             "UPDATE sites SET policy_json = ? WHERE site_id = ?", (json.dumps(policy), site_id)
         )
         self._lifetime[site_id] = float(epsilon)
-        self._site_rows = None
+        if self._site_rows is not None:  # the cached rows stay: only this policy changed
+            self._site_policies[site_id] = policy
 
     def sites(self) -> list[SiteRow]:
-        """Every site ever seen, by id: the run candidates and ListSites. Parsed once per change
-        of the table (an operator's status view asks every half second, for every site)."""
+        """Every site ever seen, by id: the run candidates and ListSites. Read and parsed again
+        only when a Hello or a rollback changed the table: an operator's status view asks every
+        half second (and `watch` on every change), and re-parsing a hundred policies each time
+        the tick wrote liveness or a result its lifetime ε was most of a busy round's GetRun."""
         if self._site_rows is None:
             self._site_rows = self._conn.execute(
                 "SELECT site_id, certificate_pem, agent_version, policy_json, first_seen, "
                 "last_seen FROM sites ORDER BY site_id"
             ).fetchall()
             self._site_policies = {r[0]: json.loads(r[3]) for r in self._site_rows}
+            self._seen_written = {}
+        written, seen = self._seen_written, self._seen
         return [
             SiteRow(
                 r[0],
@@ -169,7 +176,7 @@ class CoordinatorStore:
                 r[2],
                 dict(self._site_policies[r[0]]),
                 r[4],
-                max(r[5], self._seen.get(r[0], 0.0)),
+                max(r[5], written.get(r[0], 0.0), seen.get(r[0], 0.0)),
             )
             for r in self._site_rows
         ]

@@ -200,3 +200,37 @@ def test_the_audit_head_file_is_written_per_flush_not_per_commit(path: Path) -> 
     store.record_hello("site-c", "PEM-C", "1.0", {})
     store.close()  # and shutdown writes it
     assert read_head_file(head_file_path(path)).seq == seq + 1
+
+
+def test_the_cached_site_rows_follow_liveness_and_lifetime_epsilon_and_match_a_reopen(
+    path: Path,
+) -> None:
+    """`sites()` keeps its parsed rows across liveness flushes and ε reports (it re-reads only
+    on a Hello), so what it shows must move with them exactly as the file does."""
+    clock = Clock()
+    store = CoordinatorStore(path, clock=clock)
+    store.record_hello("site-a", "PEM a", "1.0", {"lifetime_epsilon_spent": 0.0, "max_delta": 1e-5})
+    store.record_hello("site-b", "PEM b", "1.0", {"lifetime_epsilon_spent": 0.5})
+    before = {row.site_id: row for row in store.sites()}  # the cache is loaded here
+
+    store.touch_site("site-a")
+    store.flush()
+    store.record(lifetime_epsilon={"site-b": 1.25})
+    store.touch_site("site-b")  # noted, not yet flushed
+    now = {row.site_id: row for row in store.sites()}
+    assert now["site-a"].last_seen > before["site-a"].last_seen
+    assert now["site-b"].last_seen > now["site-a"].last_seen
+    assert now["site-b"].policy["lifetime_epsilon_spent"] == 1.25
+    assert now["site-a"].policy == {"lifetime_epsilon_spent": 0.0, "max_delta": 1e-5}
+    now["site-b"].policy["lifetime_epsilon_spent"] = 99.0  # a caller's copy, not the cache
+    assert store.sites()[1].policy["lifetime_epsilon_spent"] == 1.25
+    store.close()  # flushes site-b's liveness
+
+    again = CoordinatorStore(path, clock=Clock())
+    try:
+        reread = {row.site_id: row for row in again.sites()}
+        assert {k: (r.policy, r.last_seen) for k, r in reread.items()} == {
+            k: (r.policy, r.last_seen) for k, r in now.items() if k == "site-a"
+        } | {"site-b": ({"lifetime_epsilon_spent": 1.25}, now["site-b"].last_seen)}
+    finally:
+        again.close()
