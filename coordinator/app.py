@@ -130,12 +130,13 @@ class Coordinator:
             self.roster.refresh()
         for engine in list(self.engines.values()):
             effects = engine.tick(now)
-            audit: list[AuditEntry] = [
-                ("coordinator", "run_progress", effect.progress.audit_detail())
-                for effect in effects
-                if isinstance(effect, ProgressChanged)
-            ]
-            self._persist(engine, effects, audit)
+            if effects:  # none: nothing moved, nothing to save (test_engine's `_tick` checks)
+                audit: list[AuditEntry] = [
+                    ("coordinator", "run_progress", effect.progress.audit_detail())
+                    for effect in effects
+                    if isinstance(effect, ProgressChanged)
+                ]
+                self._persist(engine, effects, audit)
             if engine.phase is Phase.DONE:
                 self.engines.pop(engine.run_id, None)
                 self._served.pop(engine.run_id, None)
