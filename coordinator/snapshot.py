@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import json
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -34,18 +35,50 @@ GLOBAL_VECTOR = "global_vector"
 
 def dump(engine: RunEngine) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """(JSON-able state, named vectors): everything `load` needs except the live session.
-    Vectors are kept apart from the JSON so the store can skip rewriting unchanged megabytes."""
+    Vectors are kept apart from the JSON so the store can skip rewriting unchanged megabytes.
+
+    The plan's and the history's JSON are built once and reused (`_FixedParts`): the plan is
+    fixed at submission and the history only grows by frozen records, and rebuilding both on
+    every save made a save O(rounds), a run O(rounds²) (distributed mode runs hundreds of
+    one-step rounds). The reused dicts are shared between dumps: nothing may change them."""
+    fixed = _FIXED.get(engine)
+    if fixed is None or fixed.plan is not engine.plan:
+        fixed = _FIXED[engine] = _FixedParts(engine.plan, engine.plan.model_dump(mode="json"))
     state: dict[str, Any] = {
         "run_id": engine.run_id,
-        "plan": engine.plan.model_dump(mode="json"),
+        "plan": fixed.plan_json,
         "dry_run": engine.dry_run,
         **_changing_state(engine),
-        "history": [r.to_json() for r in engine.history],
+        "history": fixed.history_json(engine.history),
     }
     vectors: dict[str, np.ndarray] = dict(engine.optimizer.state())
     if engine.global_vector is not None:
         vectors[GLOBAL_VECTOR] = engine.global_vector
     return state, vectors
+
+
+class _FixedParts:
+    """One engine's plan JSON, and the JSON of its history records so far (see `dump`)."""
+
+    def __init__(self, plan: RunPlan, plan_json: dict[str, Any]) -> None:
+        self.plan = plan
+        self.plan_json = plan_json
+        self._records: list[RoundRecord] = []
+        self._json: list[dict[str, Any]] = []
+
+    def history_json(self, history: list[RoundRecord]) -> list[dict[str, Any]]:
+        """The JSON of `history`, converting only the records appended since the last call; if
+        the list is not an extension of the one seen (never, for an engine), all of it."""
+        known = len(self._records)
+        if known > len(history) or (known and history[known - 1] is not self._records[-1]):
+            self._records, self._json, known = [], [], 0
+        for record in history[known:]:
+            self._records.append(record)
+            self._json.append(record.to_json())
+        return list(self._json)
+
+
+_FIXED: weakref.WeakKeyDictionary[RunEngine, _FixedParts] = weakref.WeakKeyDictionary()
 
 
 def _changing_state(engine: RunEngine) -> dict[str, Any]:

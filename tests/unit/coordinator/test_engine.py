@@ -187,10 +187,15 @@ def _run(
 
 def _tick(engine: RunEngine, now: float) -> list[Effect]:
     """`engine.tick`, checking the promise the coordinator's tick relies on to skip saving: a
-    tick that reports no effect changed nothing a snapshot holds."""
+    tick that reports no effect changed nothing a snapshot holds; and that `snapshot.dump`'s
+    reused parts are what converting them afresh gives."""
     import json
 
-    before = json.dumps(snapshot.dump(engine)[0], sort_keys=True)
+    state = snapshot.dump(engine)[0]
+    # the plan's and history's JSON are reused between dumps: still exactly a fresh conversion
+    assert state["history"] == [record.to_json() for record in engine.history]
+    assert state["plan"] == engine.plan.model_dump(mode="json")
+    before = json.dumps(state, sort_keys=True)
     effects = engine.tick(now)
     if not effects:
         assert json.dumps(snapshot.dump(engine)[0], sort_keys=True) == before
