@@ -28,24 +28,30 @@ it from the ledger.
 
 from __future__ import annotations
 
-import functools
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from site_agent.accounting import ACCOUNTANT_KINDS, AccountantKind, Entry, Mechanism, epsilon_of
+from site_agent.ledger_compose import PARTITIONS as PARTITIONS
+from site_agent.ledger_compose import RELEASE_PARTITIONS as RELEASE_PARTITIONS
+from site_agent.ledger_compose import (
+    ROW_QUERY,
+    ComposedScope,
+    Row,
+    compose_rows,
+    epsilon_of_rows,
+    row_of,
+    table_version,
+)
+from site_agent.ledger_compose import VIEWS as VIEWS
+from site_agent.ledger_compose import Partition as Partition
+from site_agent.ledger_compose import View as View
 from site_agent.ledger_schema import SCHEMA, migrate
 from site_agent.sqlite_state import SqliteComponent as SqliteComponent
 from site_agent.sqlite_state import open_state_db as open_state_db
-
-Partition = Literal["train", "holdout", "both"]
-#: The disjoint partitions ε is the max over; a 'both' release belongs to each one's history.
-PARTITIONS: tuple[Literal["train", "holdout"], ...] = ("train", "holdout")
-RELEASE_PARTITIONS: tuple[Partition, ...] = ("train", "holdout", "both")
-View = Literal["assumed", "own"]
-VIEWS: tuple[View, ...] = ("assumed", "own")
 
 _SPLIT_KEY = "split_fingerprint"
 
@@ -73,53 +79,7 @@ class Charge:
     epsilon_lifetime_own: float
 
 
-@dataclass(frozen=True)
-class _Row:
-    """One recorded release as the accountant sees it: both views, and the accountant it names."""
-
-    run_id: str
-    partition: str
-    kind: AccountantKind
-    assumed: Entry
-    own: Entry
-
-    def entry(self, view: View) -> Entry:
-        return self.assumed if view == "assumed" else self.own
-
-
-_ROW_QUERY = (
-    "SELECT run_id, partition, accountant, noise_multiplier, sample_rate, steps, mechanism,"
-    " l2_sensitivity, l1_sensitivity, own_noise_multiplier FROM ledger_releases"
-)
-
-
-@functools.lru_cache(maxsize=8192)  # a pure function of the record: rows are read per task
-def _row(record: tuple[Any, ...]) -> _Row:
-    run_id, partition, kind, sigma, q, steps, mechanism, l2, l1, own = record
-    assumed = Entry(sigma, q, steps, mechanism, l2, l1)
-    own_entry = assumed if own is None else replace(assumed, noise_multiplier=own)
-    return _Row(run_id, partition, kind, assumed, own_entry)
-
-
-def _epsilon(rows: list[_Row], view: View, delta: float) -> float:
-    """ε of ``rows`` in one view.
-
-    Partitions compose in parallel: the largest partition ε, where a 'both' release was
-    computed on every row, so it is in each partition's history. Each history is composed with
-    the accountant its rows name (a run's rows all name its plan's, so the run is charged as it
-    was calibrated); rows naming several (runs of different plans) take the smallest of their
-    figures, which is sound since each accountant bounds the whole history on its own.
-    """
-    kinds = sorted({r.kind for r in rows})
-    if not kinds:
-        return 0.0
-    return max(
-        min(
-            epsilon_of([r.entry(view) for r in rows if r.partition in (p, "both")], delta, kind)
-            for kind in kinds
-        )
-        for p in PARTITIONS
-    )
+_SCOPES_KEPT = 8
 
 
 def _view(view: str) -> View:
@@ -158,6 +118,8 @@ class PrivacyLedger(SqliteComponent):
         self._kind: AccountantKind = accountant
         # (run id or None, view, δ) -> (table version, ε): `_memoised`
         self._memo: dict[tuple[str | None, View, float], tuple[tuple[Any, ...], float]] = {}
+        # run id or None (the lifetime) -> (table version, its rows composed): `_composed`
+        self._scopes: dict[str | None, tuple[tuple[Any, ...], ComposedScope]] = {}
         if split_fingerprint is not None:
             self.check_split(split_fingerprint)
 
@@ -247,11 +209,21 @@ class PrivacyLedger(SqliteComponent):
         if kind not in ACCOUNTANT_KINDS:
             raise ValueError(f"accountant must be one of {ACCOUNTANT_KINDS}, got {kind!r}")
         own_entry = new if own is None else replace(new, noise_multiplier=own)
-        pending = _Row(run_id, partition, kind, new, own_entry)
+        pending = Row(run_id, partition, kind, new, own_entry)
         epsilon_of([], delta, kind)  # validates delta before taking the write lock
         with self._transaction() as conn:
-            rows = [*map(_row, conn.execute(_ROW_QUERY + " ORDER BY id")), pending]
-            figures = {view: self._figures(rows, run_id, delta, view) for view in VIEWS}
+            version = table_version(conn)
+            scopes = [self._composed(conn, scope, version).copy() for scope in (run_id, None)]
+            for scope in scopes:
+                scope.add_row(pending)
+            if all(scope.exact for scope in scopes):
+                figures = {
+                    view: (scopes[0].epsilon(view, delta), scopes[1].epsilon(view, delta))
+                    for view in VIEWS
+                }
+            else:  # a PRV-accounted scope: composed from its rows (ledger_compose says why)
+                rows = [*map(row_of, conn.execute(ROW_QUERY + " ORDER BY id")), pending]
+                figures = {view: self._figures(rows, run_id, delta, view) for view in VIEWS}
             eps_run, eps_life = figures[budget_view]
             if eps_run > run_epsilon_cap:
                 raise BudgetExceeded(
@@ -293,6 +265,12 @@ class PrivacyLedger(SqliteComponent):
             )
             release_id = cursor.lastrowid
         assert release_id is not None
+        # committed: the extended scopes are the table's as of this row (a guess at the new
+        # version that is wrong only makes the next read compose again)
+        after = (release_id, int(version[1]) + 1)
+        for scope_id, scope in zip((run_id, None), scopes, strict=True):
+            if scope.exact:
+                self._keep(scope_id, after, scope)
         return Charge(
             epsilon_run=figures["assumed"][0],
             epsilon_lifetime=figures["assumed"][1],
@@ -302,18 +280,18 @@ class PrivacyLedger(SqliteComponent):
         )
 
     @staticmethod
-    def _figures(rows: list[_Row], run_id: str, delta: float, view: View) -> tuple[float, float]:
+    def _figures(rows: list[Row], run_id: str, delta: float, view: View) -> tuple[float, float]:
         """(run ε, lifetime ε) of ``rows`` in one view."""
         this_run = [r for r in rows if r.run_id == run_id]
-        return _epsilon(this_run, view, delta), _epsilon(rows, view, delta)
+        return epsilon_of_rows(this_run, view, delta), epsilon_of_rows(rows, view, delta)
 
     # ------------------------------------------------------------------ reading
-    def _rows(self, run_id: str | None) -> list[_Row]:
-        query, args = _ROW_QUERY, tuple[str, ...]()
+    def _rows(self, run_id: str | None) -> list[Row]:
+        query, args = ROW_QUERY, tuple[str, ...]()
         if run_id is not None:
             query, args = query + " WHERE run_id = ?", (run_id,)
         with self._reading() as conn:
-            return [_row(r) for r in conn.execute(query + " ORDER BY id", args).fetchall()]
+            return [row_of(r) for r in conn.execute(query + " ORDER BY id", args).fetchall()]
 
     def epsilon_run(self, run_id: str, delta: float, view: View = "assumed") -> float:
         """ε this run has spent (max over the two partitions), as every task result reports it;
@@ -330,14 +308,37 @@ class PrivacyLedger(SqliteComponent):
         (every task result reports both figures: 1.5 ms of CPU a task). Releases are only ever
         inserted, with ids never reused, so (largest id, count) names the table's content."""
         with self._reading() as conn:
-            version = tuple(
-                conn.execute("SELECT MAX(id), COUNT(*) FROM ledger_releases").fetchone()
-            )
+            version = table_version(conn)
             hit = self._memo.get((run_id, view, delta))
             if hit is None or hit[0] != version:
-                hit = (version, _epsilon(self._rows(run_id), view, delta))
+                scope = self._composed(conn, run_id, version)
+                if scope.exact:
+                    hit = (version, scope.epsilon(view, delta))
+                else:
+                    hit = (version, epsilon_of_rows(self._rows(run_id), view, delta))
                 self._memo[(run_id, view, delta)] = hit
         return hit[1]
+
+    def _composed(
+        self, conn: sqlite3.Connection, run_id: str | None, version: tuple[Any, ...]
+    ) -> ComposedScope:
+        """The run's (None: every) release composed (site_agent.ledger_compose), as of the
+        table `version`: kept between charges and extended by each, composed again from the
+        rows only when the table changed otherwise (another process, a rollback). Do not
+        modify it: `copy()` first."""
+        kept = self._scopes.get(run_id)
+        if kept is not None and kept[0] == version:
+            return kept[1]
+        scope = compose_rows(conn, run_id)
+        self._keep(run_id, version, scope)
+        return scope
+
+    def _keep(self, run_id: str | None, version: tuple[Any, ...], scope: ComposedScope) -> None:
+        self._scopes.pop(run_id, None)
+        self._scopes[run_id] = (version, scope)
+        while len(self._scopes) > _SCOPES_KEPT:  # the lifetime and the latest runs
+            oldest = next(key for key in self._scopes if key is not None)
+            del self._scopes[oldest]
 
     def history(
         self, run_id: str | None = None, partition: str | None = None, view: View = "assumed"
