@@ -4,7 +4,8 @@ A release is one `accounting.Entry` (σ, q, steps; for a Skellam release also it
 tagged with the run, purpose, round, attempt and the data partition it was computed on. ε is never
 stored as a running total: it is recomputed by `accounting.epsilon_of` from the recorded entries,
 so the ledger survives restarts and composes across rounds and runs exactly as if one accountant
-had seen the whole history.
+had seen the whole history. Between charges that history is kept merged per mechanism in memory
+(site_agent.ledger_compose), so a charge does not re-read it.
 
 Parallel composition. The training partition (federated statistics and DP-SGD) and the held-out
 partition (evaluation metrics) are disjoint sets of patients chosen by a keyed hash of each
