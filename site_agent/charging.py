@@ -80,8 +80,8 @@ class ReleaseCharging:
                 l2_sensitivity=r.get("l2_sensitivity"),
                 l1_sensitivity=r.get("l1_sensitivity"),
             )
-            for r in self.ledger.releases(run_id)
-            if r["purpose"] == Purpose.STATS.value and r["partition"] in ("train", "both")
+            for r in self.ledger.releases(run_id, purpose=Purpose.STATS.value)
+            if r["partition"] in ("train", "both")
         ]
 
     def _cohort_weight(self, task: federation_pb2.Task, run: RunContext) -> float:

@@ -354,12 +354,21 @@ class PrivacyLedger(SqliteComponent):
             if partition in (None, r.partition) or (r.partition == "both" and partition != "both")
         ]
 
-    def releases(self, run_id: str | None = None) -> list[dict[str, Any]]:
-        """Every recorded release as a plain dict (for audit and reports), oldest first."""
+    def releases(
+        self, run_id: str | None = None, purpose: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Every recorded release (of a run, of a purpose) as a plain dict (for audit and
+        reports), oldest first. Filtered here, not by the caller: a run's statistics release is
+        read every round, and a distributed run records hundreds of training rows."""
+        where = [
+            (column, value)
+            for column, value in (("run_id", run_id), ("purpose", purpose))
+            if value is not None
+        ]
         query = "SELECT * FROM ledger_releases"
-        args: tuple[Any, ...] = ()
-        if run_id is not None:
-            query, args = query + " WHERE run_id = ?", (run_id,)
+        if where:
+            query += " WHERE " + " AND ".join(f"{column} = ?" for column, _ in where)
+        args: tuple[Any, ...] = tuple(value for _, value in where)
         with self._reading() as conn:
             cursor = conn.execute(query + " ORDER BY id", args)
             names = [d[0] for d in cursor.description]

@@ -159,8 +159,15 @@ class ComposedScope:
             return 0.0
         return max(
             min(
-                epsilon_of(list(self._merged[view, p].values()), delta, kind)  # type: ignore[arg-type]
+                _epsilon_of_merged(tuple(self._merged[view, p].values()), delta, kind)
                 for kind in sorted(self.kinds)
             )
             for p in PARTITIONS
         )
+
+
+@functools.lru_cache(maxsize=256)
+def _epsilon_of_merged(entries: tuple[Entry, ...], delta: float, kind: str) -> float:
+    """`epsilon_of` of merged entries, remembered: a run's scope and the lifetime's are the
+    same entries until a second run, and a partition with nothing new composes the same."""
+    return epsilon_of(list(entries), delta, kind)  # type: ignore[arg-type]

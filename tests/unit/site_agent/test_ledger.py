@@ -210,3 +210,28 @@ def test_a_charge_and_the_runs_record_of_processing_commit_together(tmp_path: Pa
     again = ProcessingRecords(tmp_path / "site.sqlite")  # what another connection reads
     assert again.runs()[0]["epsilon"] == pytest.approx(second.epsilon_run)
     assert len(PrivacyLedger(tmp_path / "site.sqlite", clock=lambda: 1.0).releases("run-1")) == 1
+
+
+def test_releases_are_filtered_by_run_and_purpose_in_order(tmp_path: Path) -> None:
+    book = PrivacyLedger(tmp_path / "site.sqlite", clock=lambda: 1000.0)
+    for run_id, purpose in [
+        ("r1", "stats"),
+        ("r1", "update"),
+        ("r2", "stats"),
+        ("r1", "update"),
+        ("r1", "stats"),
+    ]:
+        book.charge(
+            run_id=run_id, purpose=purpose, round=0, attempt=0, partition="train",
+            noise_multiplier=2.0, sample_rate=1.0, steps=1, delta=1e-5,
+            run_epsilon_cap=100.0, lifetime_epsilon_cap=100.0,
+        )  # fmt: skip
+    everything = book.releases()
+    assert [(r["run_id"], r["purpose"]) for r in book.releases("r1", purpose="stats")] == [
+        ("r1", "stats")
+    ] * 2
+    assert book.releases("r1", purpose="stats") == [
+        r for r in everything if (r["run_id"], r["purpose"]) == ("r1", "stats")
+    ]
+    assert book.releases(purpose="update") == [r for r in everything if r["purpose"] == "update"]
+    assert book.releases("r3") == [] and book.releases() == everything
