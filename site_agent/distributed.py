@@ -131,6 +131,11 @@ class DistributedTraining:
         self._event = torch.as_tensor(event, dtype=torch.float32)
         self.encoding = distributed.encoding(plan, Purpose.UPDATE)
         self.sample_rate = plan.training.sample_rate
+        # built once and loaded with each round's global vector: building it (random initial
+        # weights) every one-step round cost more than loading it (no buffers; Dropout keeps none)
+        self._model = build_model(
+            plan.model, plan.feature_schema.n_encoded, plan.time_grid.n_intervals
+        )
         privacy = plan.privacy
         self.noise_multiplier = calibrate_noise_multiplier(
             privacy.epsilon,
@@ -170,7 +175,7 @@ class DistributedTraining:
         """The noiseless sum of clipped per-patient gradients over one Poisson batch (float64);
         never released as such (tests compare the noise in a sum against it)."""
         plan = self.plan
-        model = build_model(plan.model, plan.feature_schema.n_encoded, plan.time_grid.n_intervals)
+        model = self._model
         load_flat_parameters(model, np.asarray(global_vector, dtype=np.float32))
         batch = poisson_batch(self._raw.shape[0], self.sample_rate, rng)
         x = torch.as_tensor(standardise(self._raw[batch], means, scales), dtype=torch.float32)
