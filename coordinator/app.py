@@ -131,12 +131,10 @@ class Coordinator:
         for engine in list(self.engines.values()):
             effects = engine.tick(now)
             if effects:  # none: nothing moved, nothing to save (test_engine's `_tick` checks)
-                audit: list[AuditEntry] = [
-                    ("coordinator", "run_progress", effect.progress.audit_detail())
-                    for effect in effects
-                    if isinstance(effect, ProgressChanged)
+                moved = [
+                    e.progress.audit_detail() for e in effects if isinstance(e, ProgressChanged)
                 ]
-                self._persist(engine, effects, audit)
+                self._persist(engine, effects, [("coordinator", "run_progress", d) for d in moved])
             if engine.phase is Phase.DONE:
                 self.engines.pop(engine.run_id, None)
                 self._served.pop(engine.run_id, None)
