@@ -255,22 +255,30 @@ def epsilon_of(history: list[Entry], delta: float, kind: AccountantKind = "rdp")
         return float(prv.get_epsilon(delta=delta))
 
 
+MergeKey = tuple[str, float, float, float | None, float | None]
+
+
+def merge_key(entry: Entry) -> MergeKey:
+    """What makes two entries one mechanism, whose steps then simply add: how `_rdp_epsilon`
+    groups a history, and how the ledger keeps one merged (site_agent.ledger_compose)."""
+    return (
+        entry.mechanism,
+        entry.noise_multiplier,
+        entry.sample_rate,
+        entry.l2_sensitivity,
+        entry.l1_sensitivity,
+    )
+
+
 def _rdp_epsilon(history: list[Entry], delta: float) -> float:
     """What RDPAccountant.get_privacy_spent does, with the one-step RDP curve of each entry
     cached: the RDP of ``n`` steps is exactly ``n`` × that of one step. Entries of the same
     mechanism are summed by their steps first, so the cost follows the number of distinct
     mechanisms, not the length of the history: a site's lifetime history gains a row per
     release (hundreds per run in distributed mode), and every charge recomposes it."""
-    steps: dict[tuple[object, ...], list[Any]] = {}  # mechanism -> [an entry of it, steps]
+    steps: dict[MergeKey, list[Any]] = {}  # mechanism -> [an entry of it, steps]
     for entry in history:
-        key = (
-            entry.mechanism,
-            entry.noise_multiplier,
-            entry.sample_rate,
-            entry.l2_sensitivity,
-            entry.l1_sensitivity,
-        )
-        group = steps.setdefault(key, [entry, 0])
+        group = steps.setdefault(merge_key(entry), [entry, 0])
         group[1] += entry.steps
     rdp = sum(np.asarray(_rdp_one_step_of(e)) * n for e, n in steps.values())
     with warnings.catch_warnings():

@@ -38,16 +38,15 @@ from typing import Any
 from site_agent.accounting import ACCOUNTANT_KINDS, AccountantKind, Entry, Mechanism, epsilon_of
 from site_agent.ledger_compose import PARTITIONS as PARTITIONS
 from site_agent.ledger_compose import RELEASE_PARTITIONS as RELEASE_PARTITIONS
+from site_agent.ledger_compose import VIEWS as VIEWS
 from site_agent.ledger_compose import (
-    ROW_QUERY,
     ComposedScope,
     Row,
     compose_rows,
     epsilon_of_rows,
-    row_of,
+    scope_rows,
     table_version,
 )
-from site_agent.ledger_compose import VIEWS as VIEWS
 from site_agent.ledger_compose import Partition as Partition
 from site_agent.ledger_compose import View as View
 from site_agent.ledger_schema import SCHEMA, migrate
@@ -223,7 +222,7 @@ class PrivacyLedger(SqliteComponent):
                     for view in VIEWS
                 }
             else:  # a PRV-accounted scope: composed from its rows (ledger_compose says why)
-                rows = [*map(row_of, conn.execute(ROW_QUERY + " ORDER BY id")), pending]
+                rows = [*scope_rows(conn, None), pending]
                 figures = {view: self._figures(rows, run_id, delta, view) for view in VIEWS}
             eps_run, eps_life = figures[budget_view]
             if eps_run > run_epsilon_cap:
@@ -288,11 +287,8 @@ class PrivacyLedger(SqliteComponent):
 
     # ------------------------------------------------------------------ reading
     def _rows(self, run_id: str | None) -> list[Row]:
-        query, args = ROW_QUERY, tuple[str, ...]()
-        if run_id is not None:
-            query, args = query + " WHERE run_id = ?", (run_id,)
         with self._reading() as conn:
-            return [row_of(r) for r in conn.execute(query + " ORDER BY id", args).fetchall()]
+            return scope_rows(conn, run_id)
 
     def epsilon_run(self, run_id: str, delta: float, view: View = "assumed") -> float:
         """ε this run has spent (max over the two partitions), as every task result reports it;

@@ -23,7 +23,7 @@ import sqlite3
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from site_agent.accounting import AccountantKind, Entry, epsilon_of
+from site_agent.accounting import AccountantKind, Entry, MergeKey, epsilon_of, merge_key
 
 Partition = Literal["train", "holdout", "both"]
 #: The disjoint partitions ε is the max over; a 'both' release belongs to each one's history.
@@ -87,30 +87,23 @@ def table_version(conn: sqlite3.Connection) -> tuple[Any, ...]:
     return tuple(conn.execute("SELECT MAX(id), COUNT(*) FROM ledger_releases").fetchone())
 
 
-def compose_rows(conn: sqlite3.Connection, run_id: str | None) -> ComposedScope:
-    """The run's (None: every) recorded release, composed."""
+def scope_rows(conn: sqlite3.Connection, run_id: str | None) -> list[Row]:
+    """The run's (None: every) recorded release, oldest first."""
     query, args = ROW_QUERY, tuple[str, ...]()
     if run_id is not None:
         query, args = query + " WHERE run_id = ?", (run_id,)
+    return [row_of(record) for record in conn.execute(query + " ORDER BY id", args)]
+
+
+def compose_rows(conn: sqlite3.Connection, run_id: str | None) -> ComposedScope:
+    """The run's (None: every) recorded release, composed."""
     scope = ComposedScope()
-    for record in conn.execute(query + " ORDER BY id", args):
-        scope.add_row(row_of(record))
+    for row in scope_rows(conn, run_id):
+        scope.add_row(row)
     return scope
 
 
-MergeKey = tuple[str, float, float, float | None, float | None]
 UNMERGED_KINDS = frozenset({"prv"})
-
-
-def merge_key(entry: Entry) -> MergeKey:
-    """What makes two entries one mechanism (their steps then simply add)."""
-    return (
-        entry.mechanism,
-        entry.noise_multiplier,
-        entry.sample_rate,
-        entry.l2_sensitivity,
-        entry.l1_sensitivity,
-    )
 
 
 class ComposedScope:
