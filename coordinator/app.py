@@ -370,10 +370,11 @@ class Coordinator:
                 woken.update(effect.sites)
                 wake = True
         saved = self._saved.get(engine.run_id)
-        key = saved if answer_only and saved is not None else snapshot.restart_key(engine)
+        changing = None if answer_only and saved is not None else snapshot.changing_state(engine)
+        key = saved if changing is None else snapshot.restart_key(engine, changing)
         changed = saved != key or bool(aggregates)
         if changed:
-            state, vectors = snapshot.dump(engine)
+            state, vectors = snapshot.dump(engine, changing)
             self.store.save_run(
                 state,
                 vectors,

@@ -33,14 +33,19 @@ from survival.schema import Standardization
 GLOBAL_VECTOR = "global_vector"
 
 
-def dump(engine: RunEngine) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def dump(
+    engine: RunEngine, changing: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """(JSON-able state, named vectors): everything `load` needs except the live session.
     Vectors are kept apart from the JSON so the store can skip rewriting unchanged megabytes.
 
     The plan's and the history's JSON are built once and reused (`_FixedParts`): the plan is
     fixed at submission and the history only grows by frozen records, and rebuilding both on
     every save made a save O(rounds), a run O(rounds²) (distributed mode runs hundreds of
-    one-step rounds). The reused dicts are shared between dumps: nothing may change them."""
+    one-step rounds). The reused dicts are shared between dumps: nothing may change them.
+
+    `changing`: `changing_state(engine)` when the caller has just built it (for `restart_key`),
+    so that one save encodes the per-site fields once, not twice."""
     fixed = _FIXED.get(engine)
     if fixed is None or fixed.plan is not engine.plan:
         fixed = _FIXED[engine] = _FixedParts(engine.plan, engine.plan.model_dump(mode="json"))
@@ -48,7 +53,7 @@ def dump(engine: RunEngine) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         "run_id": engine.run_id,
         "plan": fixed.plan_json,
         "dry_run": engine.dry_run,
-        **_changing_state(engine),
+        **(changing_state(engine) if changing is None else changing),
         "history": fixed.history_json(engine.history),
     }
     vectors: dict[str, np.ndarray] = dict(engine.optimizer.state())
@@ -81,7 +86,7 @@ class _FixedParts:
 _FIXED: weakref.WeakKeyDictionary[RunEngine, _FixedParts] = weakref.WeakKeyDictionary()
 
 
-def _changing_state(engine: RunEngine) -> dict[str, Any]:
+def changing_state(engine: RunEngine) -> dict[str, Any]:
     """The part of `dump`'s state that is not fixed at submission (run id, plan, dry run) and
     not the append-only history: what `restart_key` compares."""
     stats = engine.stats
@@ -130,7 +135,7 @@ def resumable_tasks(engine: RunEngine) -> bool:
     return not (engine.step is StepPart.SECAGG and not engine.status.terminal)
 
 
-def restart_key(engine: RunEngine) -> str:
+def restart_key(engine: RunEngine, changing: dict[str, Any] | None = None) -> str:
     """A text that changes exactly when what a restart would act on changes: whether it did
     decides whether a result rewrites the run's row (and re-reads its vectors).
 
@@ -140,11 +145,10 @@ def restart_key(engine: RunEngine) -> str:
     submission, and the history only grows by frozen records, so its length stands for it.
     That keeps the per-result cost to the small changing part, where encoding the whole state
     (the plan and a record of every round's participants) made each result O(n · rounds)."""
-    changing = _changing_state(engine)
-    if not resumable_tasks(engine):
-        del changing["answered"]
-    changing["history_length"] = len(engine.history)
-    return json.dumps(changing, sort_keys=True)
+    state = changing_state(engine) if changing is None else changing
+    keyed = {k: v for k, v in state.items() if k != "answered" or resumable_tasks(engine)}
+    keyed["history_length"] = len(engine.history)
+    return json.dumps(keyed, sort_keys=True)
 
 
 def load(
@@ -205,7 +209,22 @@ def restore(
 
 
 def task_to_json(task: PendingTask) -> dict[str, Any]:
-    """A pending task as stored: secagg bytes in base64 (the state is JSON)."""
+    """A pending task as stored: secagg bytes in base64 (the state is JSON).
+
+    Built once per task (a task is frozen) and shared by every later snapshot: a stage's n
+    tasks stay pending while its n results arrive, and re-encoding all of them (base64 of
+    their secure-aggregation messages) at every result was O(n) of each result's cost. Callers
+    must not change the returned document."""
+    cached = _TASK_JSON.get(task)
+    if cached is None:
+        cached = _TASK_JSON[task] = _task_json(task)
+    return cached
+
+
+_TASK_JSON: weakref.WeakKeyDictionary[PendingTask, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def _task_json(task: PendingTask) -> dict[str, Any]:
     return {
         "task_id": task.task_id,
         "site": task.site,

@@ -188,13 +188,20 @@ def _run(
 def _tick(engine: RunEngine, now: float) -> list[Effect]:
     """`engine.tick`, checking the promise the coordinator's tick relies on to skip saving: a
     tick that reports no effect changed nothing a snapshot holds; and that `snapshot.dump`'s
-    reused parts are what converting them afresh gives."""
+    reused parts (plan, history, tasks) are what converting them afresh gives, and that
+    `restart_key` is the same whether it builds the changing state or is handed it."""
     import json
 
     state = snapshot.dump(engine)[0]
     # the plan's and history's JSON are reused between dumps: still exactly a fresh conversion
     assert state["history"] == [record.to_json() for record in engine.history]
     assert state["plan"] == engine.plan.model_dump(mode="json")
+    # so are the tasks' documents, built once per task
+    fresh = [snapshot._task_json(task) for task in engine.tasks.values()]
+    assert state["tasks"] == (fresh if snapshot.resumable_tasks(engine) else [])
+    changing = snapshot.changing_state(engine)
+    assert snapshot.restart_key(engine, changing) == snapshot.restart_key(engine)
+    assert "answered" in changing and "history_length" not in changing  # not changed by it
     before = json.dumps(state, sort_keys=True)
     effects = engine.tick(now)
     if not effects:
