@@ -292,9 +292,7 @@ class Coordinator:
             if not duplicate and result.epsilon_lifetime is not None
             else None
         )
-        self._persist(
-            engine, effects, audit, lifetime_epsilon=lifetime, answer_only=engine.answer_only
-        )
+        self._persist(engine, effects, audit, lifetime, moved=engine.restart_state_moved)
         return duplicate
 
     def reject_result(self, site: str, task_id: str, reason: str, run_id: str | None) -> None:
@@ -328,51 +326,38 @@ class Coordinator:
         effects: Sequence[Effect],
         audit: Sequence[AuditEntry],
         lifetime_epsilon: dict[str, float] | None = None,
-        answer_only: bool = False,
+        moved: bool | None = None,
     ) -> None:
         """Save the engine if it changed (or there is something to audit), with every decoded
         sum and its `aggregated` entry, in one transaction; then wake whoever waits.
         `lifetime_epsilon` (a result's reported lifetime spend per site) joins that
-        transaction. `answer_only` (`RunEngine.answer_only`): the input only recorded a
-        session answer, so whether the state changed need not be computed: it did not."""
+        transaction. `moved` (`RunEngine.restart_state_moved`): whether the input changed what
+        a restart reads, when the engine knows (None: compare `snapshot.restart_key`s). At n
+        sites a stage has n session answers (certainly unchanged) and a local step n
+        acknowledgements (certainly changed): encoding the O(n) state to compare was each
+        one's largest cost."""
         entries = list(audit)
         aggregates: list[Aggregate] = []
         woken: set[str] = set()
         wake = False
         for effect in effects:
             if isinstance(effect, StepAggregated):
-                record = effect.record
-                aggregates.append(
-                    (
-                        record.purpose.value,
-                        record.round,
-                        record.attempt,
-                        record.survivors,
-                        effect.total,
-                    )
-                )
-                detail = {"run_id": engine.run_id, **record.to_json()}
+                aggregates.append(effect.row())
+                detail = {"run_id": engine.run_id, **effect.record.to_json()}
                 entries.append(("coordinator", "aggregated", detail))
-                dropped = sorted(set(record.participants) - set(record.survivors))
-                log.info(
-                    "run %s: %s round %d aggregated (attempt %d) over %d of %d sites%s",
-                    engine.run_id,
-                    record.purpose.value,
-                    record.round,
-                    record.attempt + 1,
-                    len(record.survivors),
-                    len(record.participants),
-                    f"; dropped {', '.join(dropped)}" if dropped else "",
-                )
+                log.info("%s", effect.log_line(engine.run_id))
             elif isinstance(effect, RunFinished):
                 log.info("run %s %s: %s", engine.run_id, effect.status.value, effect.message)
             elif isinstance(effect, TasksChanged):
                 woken.update(effect.sites)
                 wake = True
         saved = self._saved.get(engine.run_id)
-        changing = None if answer_only and saved is not None else snapshot.changing_state(engine)
-        key = saved if changing is None else snapshot.restart_key(engine, changing)
-        changed = saved != key or bool(aggregates)
+        if moved is not None and saved is not None:  # the key of an uncompared save is ""
+            changing, key, changed = None, "" if moved else saved, moved or bool(aggregates)
+        else:
+            changing = snapshot.changing_state(engine)
+            key = snapshot.restart_key(engine, changing)
+            changed = saved != key or bool(aggregates)
         if changed:
             state, vectors = snapshot.dump(engine, changing)
             self.store.save_run(

@@ -194,6 +194,21 @@ class StepAggregated:
     record: RoundRecord
     total: np.ndarray
 
+    def row(self) -> tuple[str, int, int, list[str], np.ndarray]:
+        """The store's `aggregates` row: purpose, round, attempt, survivors, the raw sum."""
+        r = self.record
+        return (r.purpose.value, r.round, r.attempt, r.survivors, self.total)
+
+    def log_line(self, run_id: str) -> str:
+        """What the coordinator logs for it: the step, its attempt, and who dropped out."""
+        r = self.record
+        dropped = sorted(set(r.participants) - set(r.survivors))
+        return (
+            f"run {run_id}: {r.purpose.value} round {r.round} aggregated (attempt {r.attempt + 1})"
+            f" over {len(r.survivors)} of {len(r.participants)} sites"
+            + (f"; dropped {', '.join(dropped)}" if dropped else "")
+        )
+
 
 @dataclass(frozen=True)
 class ProgressChanged:

@@ -88,6 +88,10 @@ class RunEngine(RunTransitions):
         self.answered: dict[str, str] = {}  # site -> task id of its last accepted result
         self.history: list[RoundRecord] = []
         self.privacy: dict[str, dict[str, float]] = {}
+        self.restart_state_moved: bool | None = None
+        """Whether the last `on_result` changed what a restart reads, where that is known
+        without comparing snapshots (None: not known). True for a result taken outside a
+        session: its task leaves the stored tasks. False for `answer_only`."""
         self.answer_only = False
         """Whether the last `on_result` only recorded a session answer: the site's task is done,
         no stage advanced, nothing else moved. Nothing a restart reads changed then (the
@@ -150,7 +154,7 @@ class RunEngine(RunTransitions):
         Raises ResultRejected (state unchanged) for a result that answers no outstanding task
         (e.g. a replay from an earlier round), arrives after its deadline, or is malformed.
         """
-        self.answer_only = False
+        self.answer_only, self.restart_state_moved = False, None
         task = self.tasks.get(site)
         if task is None or task.task_id != result.task_id:
             if self.answered.get(site) == result.task_id:
@@ -181,6 +185,7 @@ class RunEngine(RunTransitions):
                 raise ResultRejected(f"site {site}: no secure-aggregation session for it", "stale")
             self._session.receive(site, result.payload, now)  # may raise: nothing changed yet
         privacy_before = self.privacy.get(site)
+        tasks_stored = self.step is not StepPart.SECAGG or self.status.terminal
 
         def take() -> None:
             if result.epsilon_run is not None:
@@ -201,6 +206,7 @@ class RunEngine(RunTransitions):
             and effects == [TasksChanged((site,))]
             and site not in self.tasks
         )
+        self.restart_state_moved = False if self.answer_only else (True if tasks_stored else None)
         return effects
 
     def tick(self, now: float) -> list[Effect]:

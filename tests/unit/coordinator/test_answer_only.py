@@ -1,7 +1,8 @@
-"""`RunEngine.answer_only` lets the application skip computing whether a result changed what a
-restart reads; so whenever it is set, that must really be unchanged (`snapshot.restart_key`),
-whatever sites drop out and whatever privacy figures they report, and it must be set for the
-bulk of a session's answers (or it saves nothing)."""
+"""`RunEngine.answer_only` and `restart_state_moved` let the application skip computing whether
+a result changed what a restart reads; so whenever the engine says "unchanged" that must really
+be unchanged (`snapshot.restart_key`), and whenever it says "moved" it must really have moved,
+whatever sites drop out and whatever privacy figures they report; and the hints must cover the
+bulk of a session's answers and of a local step's acknowledgements (or they save nothing)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def _drive(
     drop: dict[tuple[TaskKind, int], set[str]] = {}
     for site, at in dropped.items():
         drop.setdefault(at, set()).add(site)
-    counts = {"answers": 0, "quiet": 0}
+    counts = {"answers": 0, "quiet": 0, "local": 0, "moved": 0}
 
     def answer(engine: RunEngine, site: str, task: PendingTask, result: SiteResult) -> list[Effect]:
         if task.kind.is_secagg:
@@ -45,9 +46,16 @@ def _drive(
             counts["quiet"] += 1
             assert engine.step is StepPart.SECAGG
             assert snapshot.restart_key(engine) == before, (site, task.kind)
+        assert (engine.restart_state_moved is False) == engine.answer_only
+        if engine.restart_state_moved:
+            counts["moved"] += 1
+            assert snapshot.restart_key(engine) != before, (site, task.kind)
+        if not task.kind.is_secagg and effects:
+            counts["local"] += 1
         return effects
 
     _run(n_sites, rounds=2, drop=drop, answer=answer)
+    assert counts["moved"] >= counts["local"] > 0  # every local result taken is known moved
     return counts["answers"], counts["quiet"]
 
 
