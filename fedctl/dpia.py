@@ -155,6 +155,8 @@ def _describe_feature(feature: Any) -> tuple[str, str]:
         detail = (
             f"bounds [{feature.min:g}, {feature.max:g}], out of bounds: {feature.out_of_bounds}"
         )
+        if feature.transform != "none":
+            detail += f", the model sees {feature.transform}(value)"
         if not feature.required:
             detail += f", optional (missing imputed as {feature.impute:g})"
         return "numeric", detail

@@ -192,7 +192,7 @@ def synthetic_population(plan: RunPlan, means: Sequence[float], stds: Sequence[f
         width = len(feature.encoded_names())
         if isinstance(feature, NumericFeature):
             x[:, col] = np.clip(
-                rng.normal(mean[col], std[col], POPULATION), feature.min, feature.max
+                rng.normal(mean[col], std[col], POPULATION), *feature.encoded_range()
             )
             if width == 2:
                 x[:, col + 1] = rng.random(POPULATION) < np.clip(mean[col + 1], 0, 1)

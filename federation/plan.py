@@ -244,6 +244,9 @@ class RunPlan(_Strict):
         for key, default in SECAGG_ADDED_DEFAULTS.items():  # and all-pairs plans theirs
             if body["secagg"].get(key) == default:
                 del body["secagg"][key]
+        for feature in body["features"]:  # and plans without feature transforms theirs
+            if feature.get("transform") == "none":
+                del feature["transform"]
         return json.dumps(body, sort_keys=True, separators=(",", ":"))
 
     def sha256(self) -> str:

@@ -126,7 +126,7 @@ class Subgroup:
     feature: str
     labels: tuple[str, ...]
     column: int  # the feature's first encoded column
-    cuts: tuple[float, ...]  # numeric: the band cut points; categorical: ()
+    cuts: tuple[float, ...]  # numeric: the band cut points, encoded (`transform`); categorical: ()
     numeric: bool
     optional: bool
 
@@ -169,6 +169,7 @@ def subgroups(evaluation: EvaluationPlan, schema: FeatureSchema) -> tuple[Subgro
         if isinstance(feature, NumericFeature):
             cuts = list(evaluation.cuts.get(name) or [(feature.min + feature.max) / 2.0])
             labels = _band_labels(feature.min, cuts, feature.max)
+            cuts = feature.encode(np.asarray(cuts)).tolist()  # membership reads the encoded column
         else:
             cuts, labels = [], list(feature.levels)
         if optional:

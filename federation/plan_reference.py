@@ -59,6 +59,9 @@ SURVIVAL_MEANINGS: dict[tuple[type[BaseModel], str], str] = {
     " exactly when the feature is optional, and within [min, max]",
     (NumericFeature, "out_of_bounds"): "clip: a value outside the bounds is clipped and counted;"
     " exclude: its row is excluded",
+    (NumericFeature, "transform"): "none: the model sees the clipped value; log1p: log(1 +"
+    " value), for a heavy-tailed non-negative measurement (needs min >= 0; the DP bounds become"
+    " log(1 + min), log(1 + max); bounds, impute, cuts and bands stay in the column's units)",
     (CategoricalFeature, "kind"): "selects a categorical feature",
     (CategoricalFeature, "name"): "the column every site provides (unique across features)",
     (CategoricalFeature, "levels"): "the declared levels (at least two, distinct); dummy-coded"

@@ -295,14 +295,15 @@ def _clip01(value: float) -> float:
 
 def encoded_bounds(schema: FeatureSchema) -> tuple[np.ndarray, np.ndarray]:
     """Public (low, high) of every encoded design-matrix column: a numeric value column takes its
-    clinical bounds, dummies and missing indicators are 0/1."""
+    clinical bounds (through its `transform`), dummies and missing indicators are 0/1."""
     low: list[float] = []
     high: list[float] = []
     for feature in schema.features:
         for index, _ in enumerate(feature.encoded_names()):
             if isinstance(feature, NumericFeature) and index == 0:
-                low.append(feature.min)
-                high.append(feature.max)
+                feature_low, feature_high = feature.encoded_range()
+                low.append(feature_low)
+                high.append(feature_high)
             else:
                 low.append(0.0)
                 high.append(1.0)

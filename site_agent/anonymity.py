@@ -115,7 +115,7 @@ def generalise(schema: FeatureSchema, layer: KAnonymityPlan, raw: np.ndarray) ->
             continue
         block = out[:, cols]
         if isinstance(feature, NumericFeature):
-            value = band_midpoints(block[:, 0], band_edges(feature, layer))
+            value = band_midpoints(block[:, 0], feature.encode(band_edges(feature, layer)))
             if not feature.required:  # the imputed constant of a missing entry stays
                 value = np.where(block[:, 1] > 0.5, block[:, 0], value)
             block[:, 0] = value
