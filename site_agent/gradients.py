@@ -5,7 +5,14 @@ sampled patients' clipped gradients (integer-encoded, plus a Skellam share, thro
 aggregation). Adding or removing one patient moves that sum by at most `max_grad_norm` in L2,
 which is the sensitivity Δ the encoding and the accountant use.
 
-Per-patient gradients come from `torch.func` in two vectorised passes, so that the loss is
+Per-patient gradients of a model built from `nn.Linear` layers and parameter-free modules (every
+`survival.models` kind) come from one ordinary batched pass (`_linear_gradients`): a patient's loss
+depends on its own row only, so row i of ∂(Σ nll)/∂z for a layer's output z is ∂nll_i/∂z_i, and
+the layer's per-patient gradients are that row times the row's input (weight) and the row itself
+(bias), as Opacus computes them for Linear layers. At d ≈ 1e3 and 250 patients that is several
+times faster than tracing per row, and distributed mode computes it every round.
+
+Any other model gets them from `torch.func` in two vectorised passes, so that the loss is
 `survival.loss.nll_per_patient` itself (its input checks are data-dependent Python control flow,
 which `vmap` cannot trace):
 
@@ -102,12 +109,56 @@ def per_patient_gradients(model: nn.Module, x: Tensor, interval: Tensor, event: 
     if rows == 0:
         width = sum(p.numel() for p in params.values())
         return torch.zeros((0, width), dtype=torch.float64)
-    try:
-        per_row = _vmap_gradients(model, params, x, interval, event)
-    except _VmapUnavailable as exc:
-        warnings.warn(f"per-patient gradients row by row: {exc}", RuntimeWarning, stacklevel=2)
-        per_row = _loop_gradients(model, params, x, interval, event)
+    per_row = _linear_gradients(model, x, interval, event)
+    if per_row is None:
+        try:
+            per_row = _vmap_gradients(model, params, x, interval, event)
+        except _VmapUnavailable as exc:
+            warnings.warn(f"per-patient gradients row by row: {exc}", RuntimeWarning, stacklevel=2)
+            per_row = _loop_gradients(model, params, x, interval, event)
     return _flatten(per_row, rows).to(torch.float64)
+
+
+def _linear_gradients(
+    model: nn.Module, x: Tensor, interval: Tensor, event: Tensor
+) -> Params | None:
+    """Per-patient gradients from one batched forward and backward pass (module docstring), or
+    None when the model is not only Linear layers each applied once (then `vmap` does it)."""
+    linears = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    owned = {id(p) for m in linears.values() for p in m.parameters(recurse=False)}
+    if not linears or any(id(p) not in owned for p in model.parameters()):
+        return None
+    inputs: dict[str, Tensor] = {}
+    outputs: dict[str, Tensor] = {}
+    reused: list[str] = []
+
+    def recorder(name: str) -> Callable[[nn.Module, tuple[Tensor, ...], Tensor], None]:
+        def record(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
+            if name in outputs:
+                reused.append(name)
+            inputs[name], outputs[name] = args[0], output
+
+        return record
+
+    handles = [m.register_forward_hook(recorder(name)) for name, m in linears.items()]
+    try:
+        with torch.enable_grad():
+            logits = model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if reused or set(outputs) != set(linears) or not logits.requires_grad:
+        return None
+    loss = nll_per_patient(logits, interval, event).sum()
+    names = list(outputs)
+    backprops = torch.autograd.grad(loss, [outputs[name] for name in names])
+    grads: Params = {}
+    for name, g in zip(names, backprops, strict=True):
+        g = g.detach()
+        grads[f"{name}.weight"] = torch.einsum("bo,bi->boi", g, inputs[name].detach())
+        if linears[name].bias is not None:
+            grads[f"{name}.bias"] = g
+    return {name: grads[name] for name, _ in model.named_parameters()}
 
 
 class _VmapUnavailable(RuntimeError):

@@ -186,6 +186,41 @@ def test_eval_mode_dropout_is_deterministic_and_matches_the_loop() -> None:
     np.testing.assert_allclose(rows, reference_rows(model, x, interval, event), atol=1e-9)
 
 
+@pytest.mark.parametrize("name", SPECS)
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_the_batched_linear_path_equals_vmap(name: str, mode: str) -> None:
+    """Both fast paths give the per-row reference (above); here they also agree with each other
+    bit for bit up to float rounding, for every model kind (dropout off: masks are random)."""
+    model = make_model(SPECS[name])
+    model.train(mode == "train")
+    x, interval, event = make_batch(33)
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    linear = gradients._linear_gradients(model, x, interval, event)
+    assert linear is not None  # every survival model is Linear layers only
+    traced = gradients._vmap_gradients(model, params, x, interval, event)
+    assert list(linear) == list(traced) == list(params)
+    for key in params:
+        np.testing.assert_allclose(linear[key].numpy(), traced[key].numpy(), atol=1e-12)
+
+
+def test_a_model_with_a_parameter_outside_a_linear_layer_uses_vmap() -> None:
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = make_model(SPECS["linear"])
+            self.scale = nn.Parameter(torch.tensor(1.5, dtype=torch.float64))
+
+        def forward(self, x: Tensor) -> Tensor:
+            out: Tensor = self.inner(x) * self.scale
+            return out
+
+    model = Scaled()
+    x, interval, event = make_batch(9)
+    assert gradients._linear_gradients(model, x, interval, event) is None
+    rows = per_patient_gradients(model, x, interval, event).numpy()
+    np.testing.assert_allclose(rows, reference_rows(model, x, interval, event), atol=1e-9)
+
+
 def test_falls_back_to_the_loop_when_vmap_cannot(monkeypatch: pytest.MonkeyPatch) -> None:
     model = make_model(SPECS["mlp"])
     x, interval, event = make_batch(15)
@@ -194,6 +229,7 @@ def test_falls_back_to_the_loop_when_vmap_cannot(monkeypatch: pytest.MonkeyPatch
     def unavailable(*args: object) -> None:
         raise gradients._VmapUnavailable("pretend an unsupported layer")
 
+    monkeypatch.setattr(gradients, "_linear_gradients", lambda *args: None)
     monkeypatch.setattr(gradients, "_vmap_gradients", unavailable)
     with pytest.warns(RuntimeWarning, match="row by row"):
         slow = per_patient_gradients(model, x, interval, event)
