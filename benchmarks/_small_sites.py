@@ -53,8 +53,11 @@ GBSG2_SCHEMA = FeatureSchema(
         NumericFeature(name="age", min=20.0, max=90.0),  # years
         NumericFeature(name="tsize", min=0.0, max=150.0),  # tumour size, mm
         NumericFeature(name="pnodes", min=0.0, max=60.0),  # positive lymph nodes
-        NumericFeature(name="progrec", min=0.0, max=3000.0),  # progesterone receptor, fmol/l
-        NumericFeature(name="estrec", min=0.0, max=3000.0),  # oestrogen receptor, fmol/l
+        # Receptor levels are heavy-tailed (median ~30, a few patients in the thousands): the
+        # model sees log(1 + level), declared in the plan, so that those few do not dominate
+        # the clipped DP-SGD gradients (pooled Cox, the target row, reads the same columns).
+        NumericFeature(name="progrec", min=0.0, max=3000.0, transform="log1p"),  # fmol/l
+        NumericFeature(name="estrec", min=0.0, max=3000.0, transform="log1p"),  # fmol/l
         CategoricalFeature(name="tgrade", levels=["I", "II", "III"]),
         CategoricalFeature(name="menostat", levels=["Pre", "Post"]),
         CategoricalFeature(name="horTh", levels=["no", "yes"]),
@@ -297,16 +300,39 @@ def train_dp(
     return {"seed": seed, **asdict(s), "epsilon": update.epsilon_total, "wall_s": wall}
 
 
-def fit_cox(split: SplitData, raw: np.ndarray, time_: np.ndarray, event: np.ndarray) -> Scores:
-    """Non-private lifelines Cox PH on these rows (standardised), scored on the test split."""
+def untransformed(schema: FeatureSchema, raw: np.ndarray) -> np.ndarray:
+    """The design matrix without the plan's feature transforms (each is invertible on the
+    clipped values): what the reference Cox row without them reads."""
+    out = np.array(raw, dtype=np.float64, copy=True)
+    column = 0
+    for feature in schema.features:
+        if isinstance(feature, NumericFeature) and feature.transform == "log1p":
+            out[:, column] = np.expm1(out[:, column])
+        column += len(feature.encoded_names())
+    return out
+
+
+def fit_cox(
+    split: SplitData,
+    raw: np.ndarray,
+    time_: np.ndarray,
+    event: np.ndarray,
+    *,
+    transforms: bool = True,
+) -> Scores:
+    """Non-private lifelines Cox PH on these rows (standardised), scored on the test split;
+    `transforms=False`: on the columns without the plan's feature transforms."""
     from lifelines import CoxPHFitter
 
+    test_raw = test_matrix(split)
+    if not transforms:
+        raw, test_raw = untransformed(split.schema, raw), untransformed(split.schema, test_raw)
     std = Standardization.from_matrix(raw)
     cols = [f"f{i}" for i in range(raw.shape[1])]
     frame = pd.DataFrame(std.apply(raw).astype(float), columns=cols)
     frame["time"], frame["event"] = time_, event
     fitter = CoxPHFitter(penalizer=1e-4).fit(frame, duration_col="time", event_col="event")
-    test = pd.DataFrame(std.apply(test_matrix(split)).astype(float), columns=cols)
+    test = pd.DataFrame(std.apply(test_raw).astype(float), columns=cols)
     risk = fitter.predict_partial_hazard(test).to_numpy(float)
     surv = fitter.predict_survival_function(test, times=split.cuts).to_numpy(float).T
     return metrics_of(split, surv, risk)
