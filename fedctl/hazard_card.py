@@ -8,6 +8,7 @@ which loads torch), so they are added to a card only where an export folder exis
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,12 @@ COVERS = (
 
 
 def hazard_ratio_table(folder: Path) -> dict[str, Any]:
-    """{"scale", "covers", "ratios": [{feature, ratio, lower, upper}]} of the export in `folder`;
+    """{"scale", "covers", "ratios": [{feature, ratio, lower, upper[, transform]}]} of the export
+    in `folder` (`transform`: the plan's, for a feature the model sees transformed);
     without intervals (and saying why) when the plan's noise has no closed form; for an MLP,
     only a note: its effects vary with the patient and the time."""
     from survival.export import ExportError, load_model
+    from survival.schema import NumericFeature
 
     try:
         model = load_model(folder)
@@ -38,18 +41,37 @@ def hazard_ratio_table(folder: Path) -> dict[str, Any]:
             " with the patient and the time"
         }
     table: dict[str, Any] = {"scale": "hazard-odds ratio exp(β) per consortium SD of the feature"}
+    # a feature the plan transforms is modelled as its transform: say so on its row
+    transforms = {
+        f.name: f.transform
+        for f in model.feature_schema.features
+        if isinstance(f, NumericFeature) and f.transform != "none"
+    }
     try:
         rows = hazard_ratio_intervals(model)
     except IntervalUnavailable as exc:
         ratios = model.hazard_ratios()
         table["covers"] = f"no interval: {exc}"
-        table["ratios"] = [{"feature": name, "ratio": value} for name, value in ratios.items()]
+        table["ratios"] = [
+            _with_transform({"feature": name, "ratio": value}, transforms)
+            for name, value in ratios.items()
+        ]
         return table
     table["covers"] = COVERS
     table["ratios"] = [
-        {"feature": r.feature, "ratio": r.ratio, "lower": r.lower, "upper": r.upper} for r in rows
+        _with_transform(
+            {"feature": r.feature, "ratio": r.ratio, "lower": r.lower, "upper": r.upper},
+            transforms,
+        )
+        for r in rows
     ]
     return table
+
+
+def _with_transform(row: dict[str, Any], transforms: Mapping[str, str]) -> dict[str, Any]:
+    """The row, naming the plan's transform of its feature (the ratio is per SD of log(1 + x))."""
+    transform = transforms.get(str(row["feature"]))
+    return row if transform is None else {**row, "transform": transform}
 
 
 def add_hazard_ratios(mitchell: dict[str, Any], folder: Path) -> dict[str, Any]:

@@ -140,7 +140,8 @@ class SurvivalModel:
         By default per one standard deviation of the feature in the consortium (the model is fitted
         on standardised features: a ratio of 1.5 for `age` means the hazard odds are 1.5 times
         higher per consortium SD of age, all else equal). `per_unit=True` gives exp(beta / sd),
-        per unit of the raw value; for a dummy `sex=M` that is the ratio of level M against the
+        per unit of the raw value (of log(1 + value) for a `transform = "log1p"` feature, which
+        the model sees as its log); for a dummy `sex=M` that is the ratio of level M against the
         reference level, and for a `:missing` indicator, missing against recorded. The linear model
         is a logistic-hazard model, so these are hazard-odds ratios, close to Cox hazard ratios
         while the per-interval hazards are small. The MLP has no such ratios: it raises.

@@ -281,6 +281,27 @@ def test_the_hazard_ratios_carry_their_dp_noise_intervals_in_card_and_report(
     assert "hazard_ratios" in (tmp_path / CARD_MD).read_text()
 
 
+def test_a_ratio_of_a_transformed_feature_names_the_transform(tmp_path: Path) -> None:
+    """A feature the plan log-transforms is modelled as log(1 + value): its row says so."""
+    export = crafted_export()
+    card = json.loads(export.model_card_json)
+    for feature in card["plan"]["features"]:
+        if feature["name"] == "creatinine":
+            feature["transform"] = "log1p"
+    plan = RunPlan.model_validate(card["plan"])
+    card["plan"], card["plan_sha256"] = plan.model_dump(mode="json"), plan.sha256()
+    export.model_card_json = json.dumps(card, sort_keys=True)
+    write_report(export, crafted_status(), tmp_path)
+    table = json.loads((tmp_path / CARD_JSON).read_text())["quantitative_analyses"]
+    transforms = {r["feature"]: r.get("transform") for r in table["hazard_ratios"]["ratios"]}
+    assert transforms == {
+        "age": None,
+        "sex=M": None,
+        "creatinine": "log1p",
+        "creatinine:missing": None,
+    }
+
+
 def test_a_plan_without_a_closed_form_draws_ratios_without_bars_and_says_why(
     tmp_path: Path,
 ) -> None:
