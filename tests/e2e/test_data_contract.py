@@ -52,6 +52,10 @@ EXPORT_MAPPING: dict[str, Any] = {
     "values": {"mgus": {"no": ["0"], "yes": ["1"]}},
 }
 SMALL_EXPORT_ROWS = 130
+KAPPA_AS_IS = (  # the demo plan's kappa, as `fedctl.demo.plan_text` writes it
+    'name = "kappa"\nmin = 0.0\nmax = 30.0\nrequired = true\nout_of_bounds = "clip"\n'
+    'transform = "none"'
+)
 UNMAPPED_EVENT = "event: value in neither data.event_values nor data.censored_values"
 
 
@@ -114,7 +118,11 @@ def test_a_mapped_real_export_joins_and_an_unmapped_one_is_refused_with_counts(
     dead = facts["small_dead"]
     assert 20 < dead < SMALL_EXPORT_ROWS - 10, dead  # the fixture's premise: deaths to misread
     stub = federation.start_all()
-    run_id = submit(stub, e2e_plan(2, train_timeout=60.0, stage_timeout=10.0))
+    # the plan models the heavy-tailed kappa as log(1 + kappa): every site encodes it so
+    plan = e2e_plan(2, train_timeout=60.0, stage_timeout=10.0)
+    logged = plan.replace(KAPPA_AS_IS, KAPPA_AS_IS.replace('"none"', '"log1p"'))
+    assert logged != plan
+    run_id = submit(stub, logged)
     final = wait_until(stub, run_id, lambda s: False, timeout=300)
     assert final.state == federation_pb2.RUN_STATE_COMPLETED, final.message
     sites = {s.site_id: s for s in final.sites}
@@ -122,6 +130,8 @@ def test_a_mapped_real_export_joins_and_an_unmapped_one_is_refused_with_counts(
         assert sites[hospital].decision == admin_pb2.PLAN_DECISION_ACCEPTED, sites[hospital]
     card = json.loads(stub.ExportRun(admin_pb2.ExportRunRequest(run_id=run_id)).model_card_json)
     assert card["history"], card
+    kappa = next(f for f in card["plan"]["features"] if f["name"] == "kappa")
+    assert kappa["transform"] == "log1p"
     for record in card["history"]:  # statistics, both rounds, the evaluation: all three in each
         assert sorted(record["survivors"]) == list(TRAINING), record
 
