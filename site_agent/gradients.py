@@ -134,9 +134,10 @@ def _linear_gradients(
 
     def recorder(name: str) -> Callable[[nn.Module, tuple[Tensor, ...], Tensor], None]:
         def record(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
-            if name in outputs:
-                reused.append(name)
-            inputs[name], outputs[name] = args[0], output
+            if name in outputs or len(args) != 1 or args[0].ndim != 2:
+                reused.append(name)  # applied twice, or not to one [B, in] input: not this path
+            else:
+                inputs[name], outputs[name] = args[0], output
 
         return record
 
@@ -151,10 +152,10 @@ def _linear_gradients(
         return None
     loss = nll_per_patient(logits, interval, event).sum()
     names = list(outputs)
-    backprops = torch.autograd.grad(loss, [outputs[name] for name in names])
+    backprops = torch.autograd.grad(loss, [outputs[name] for name in names], allow_unused=True)
     grads: Params = {}
     for name, g in zip(names, backprops, strict=True):
-        g = g.detach()
+        g = torch.zeros_like(outputs[name]) if g is None else g.detach()  # an unused layer
         grads[f"{name}.weight"] = torch.einsum("bo,bi->boi", g, inputs[name].detach())
         if linears[name].bias is not None:
             grads[f"{name}.bias"] = g

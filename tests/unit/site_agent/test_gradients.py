@@ -221,6 +221,27 @@ def test_a_model_with_a_parameter_outside_a_linear_layer_uses_vmap() -> None:
     np.testing.assert_allclose(rows, reference_rows(model, x, interval, event), atol=1e-9)
 
 
+def test_a_linear_layer_applied_twice_uses_vmap() -> None:
+    """The batched path reads one input per layer: a layer used twice per row must not take it."""
+
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.square = nn.Linear(P, P).double()
+            self.head = nn.Linear(P, K).double()
+
+        def forward(self, x: Tensor) -> Tensor:
+            out: Tensor = self.head(torch.tanh(self.square(torch.tanh(self.square(x)))))
+            return out
+
+    torch.manual_seed(0)
+    model = Twice()
+    x, interval, event = make_batch(7)
+    assert gradients._linear_gradients(model, x, interval, event) is None
+    rows = per_patient_gradients(model, x, interval, event).numpy()
+    np.testing.assert_allclose(rows, reference_rows(model, x, interval, event), atol=1e-9)
+
+
 def test_falls_back_to_the_loop_when_vmap_cannot(monkeypatch: pytest.MonkeyPatch) -> None:
     model = make_model(SPECS["mlp"])
     x, interval, event = make_batch(15)
